@@ -1,0 +1,29 @@
+//! Generates the protocol code from `proto/` with a pure-Rust protobuf
+//! compiler, so a machine with only cargo builds it (no system `protoc`).
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/missioncontrol/lifecycle/v1/lifecycle.proto",
+    "proto/missioncontrol/lifecycle/v1/gateways.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+
+    // Server reflection serves this set, so grpcurl can `list` and `describe`.
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("lifecycle_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

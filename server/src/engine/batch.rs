@@ -1,0 +1,230 @@
+//! A batch of staged transitions: planned against the engine, committed to
+//! the store as one transaction, and only then applied to the engine.
+
+use std::collections::BTreeMap;
+
+use super::model::{
+    Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
+    Status, Timestamp,
+};
+use super::timers::Timer;
+
+/// Something to do once the batch is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Wake(WakeOrder),
+    Retire(PendingRetire),
+}
+
+/// A wake for a gateway to deliver, fenced by generation and attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeOrder {
+    pub gateway_id: GatewayId,
+    pub agent_id: AgentId,
+    pub agent_name: String,
+    pub board_id: Option<BoardId>,
+    pub role: Role,
+    pub generation: u64,
+    pub attempt: u32,
+    pub template_version: String,
+    pub checkin_deadline_at: Timestamp,
+}
+
+impl WakeOrder {
+    pub(super) fn for_agent(agent: &Agent, deadline: Timestamp) -> Self {
+        Self {
+            gateway_id: agent.gateway_id.clone(),
+            agent_id: agent.id.clone(),
+            agent_name: agent.name.clone(),
+            board_id: agent.board_id.clone(),
+            role: agent.role,
+            generation: agent.generation,
+            attempt: agent.wake_attempts,
+            template_version: agent.desired_template_version.clone(),
+            checkin_deadline_at: deadline,
+        }
+    }
+}
+
+/// What the reconciler decided about one timer: the reference's log events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A check-in deadline was armed.
+    Enqueued,
+    /// A deadline timer was processed.
+    WorkerSuccess,
+    /// The agent checked in before its deadline.
+    SkipNotStuck,
+    /// The deadline is later than the timer: re-armed.
+    Deferred,
+    /// No check-in by the deadline: woken again.
+    Retriggered,
+    /// No check-in after the last attempt: offline, escalation stopped.
+    MaxAttemptsReached,
+    SkipMissingAgent,
+    SkipStaleGeneration,
+    SkipMissingGateway,
+}
+
+impl NoteKind {
+    /// The exact event names the reference logs.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            NoteKind::Enqueued => "lifecycle.queue.enqueued",
+            NoteKind::WorkerSuccess => "queue.worker.success",
+            NoteKind::SkipNotStuck => "lifecycle.reconcile.skip_not_stuck",
+            NoteKind::Deferred => "lifecycle.reconcile.deferred",
+            NoteKind::Retriggered => "lifecycle.reconcile.retriggered",
+            NoteKind::MaxAttemptsReached => "lifecycle.reconcile.max_attempts_reached",
+            NoteKind::SkipMissingAgent => "lifecycle.reconcile.skip_missing_agent",
+            NoteKind::SkipStaleGeneration => "lifecycle.reconcile.skip_stale_generation",
+            NoteKind::SkipMissingGateway => "lifecycle.reconcile.skip_missing_gateway",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub kind: NoteKind,
+    pub agent_id: AgentId,
+    pub generation: u64,
+    pub attempt: u32,
+    pub deadline: Option<Timestamp>,
+}
+
+/// Staged changes. Nothing here is visible to readers until committed.
+#[derive(Debug)]
+pub struct Batch {
+    pub(super) now: Timestamp,
+    pub(super) next_revision: u64,
+    /// The final state of each touched agent; `None` once deleted.
+    pub(super) agents: BTreeMap<AgentId, Option<Agent>>,
+    pub(super) gateways: BTreeMap<GatewayId, Gateway>,
+    pub(super) events: Vec<Event>,
+    pub(super) effects: Vec<Effect>,
+    pub(super) notes: Vec<Note>,
+    pub(super) timers_to_arm: Vec<Timer>,
+    /// Timers popped from the wheel, put back if the batch is aborted.
+    pub(super) fired: Vec<Timer>,
+    pub(super) retires_added: Vec<PendingRetire>,
+    pub(super) retires_done: Vec<PendingRetire>,
+}
+
+impl Batch {
+    pub(super) fn new(now: Timestamp, last_revision: u64) -> Self {
+        Self {
+            now,
+            next_revision: last_revision + 1,
+            agents: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            events: Vec::new(),
+            effects: Vec::new(),
+            notes: Vec::new(),
+            timers_to_arm: Vec::new(),
+            fired: Vec::new(),
+            retires_added: Vec::new(),
+            retires_done: Vec::new(),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Whether the store has anything to write.
+    pub fn has_writes(&self) -> bool {
+        !(self.agents.is_empty()
+            && self.gateways.is_empty()
+            && self.events.is_empty()
+            && self.retires_added.is_empty()
+            && self.retires_done.is_empty())
+    }
+
+    pub fn agent_writes(&self) -> impl Iterator<Item = (&AgentId, Option<&Agent>)> {
+        self.agents.iter().map(|(id, agent)| (id, agent.as_ref()))
+    }
+
+    pub fn gateway_writes(&self) -> impl Iterator<Item = &Gateway> {
+        self.gateways.values()
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn retires_added(&self) -> &[PendingRetire] {
+        &self.retires_added
+    }
+
+    pub fn retires_done(&self) -> &[PendingRetire] {
+        &self.retires_done
+    }
+
+    pub(super) fn note(&mut self, kind: NoteKind, agent: &Agent, deadline: Option<Timestamp>) {
+        self.notes.push(Note {
+            kind,
+            agent_id: agent.id.clone(),
+            generation: agent.generation,
+            attempt: agent.wake_attempts,
+            deadline,
+        });
+    }
+
+    /// Stages `after` with an event describing how it got there.
+    pub(super) fn record(&mut self, change: Change, mut after: Agent) -> Agent {
+        let revision = self.next_revision;
+        self.next_revision += 1;
+        if change.kind != EventKind::Deleted {
+            after.revision = revision;
+            after.updated_at = self.now;
+        }
+        self.events.push(Event {
+            revision,
+            kind: change.kind,
+            agent: after.clone(),
+            previous_status: change.previous_status,
+            reason: change.reason,
+            attempt: change.attempt,
+            error: change.error,
+            at: self.now,
+        });
+        let staged = (change.kind != EventKind::Deleted).then(|| after.clone());
+        self.agents.insert(after.id.clone(), staged);
+        after
+    }
+}
+
+/// How an event describes its transition.
+#[derive(Debug, Clone)]
+pub(super) struct Change {
+    pub kind: EventKind,
+    pub previous_status: Option<Status>,
+    pub reason: Reason,
+    pub attempt: u32,
+    pub error: Option<String>,
+}
+
+impl Change {
+    pub fn changed(previous: &Agent, reason: Reason, attempt: u32) -> Self {
+        Self {
+            kind: EventKind::Changed,
+            previous_status: Some(previous.status),
+            reason,
+            attempt,
+            error: None,
+        }
+    }
+
+    pub fn with_error(mut self, error: Option<String>) -> Self {
+        self.error = error;
+        self
+    }
+}
+
+/// What a committed batch leaves for the runtime to do.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub events: Vec<Event>,
+    pub effects: Vec<Effect>,
+    pub notes: Vec<Note>,
+}

@@ -1,0 +1,281 @@
+//! Operations from callers: provision, check-in, operator wake, delete,
+//! gateway registration and wake acknowledgements.
+
+use super::batch::{Change, Effect};
+use super::model::{
+    Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, Status,
+    TokenHash,
+};
+use super::{Batch, Engine, EngineError};
+
+/// A validated provision request.
+#[derive(Debug, Clone)]
+pub struct ProvisionSpec {
+    pub agent_id: AgentId,
+    pub name: String,
+    pub gateway_id: GatewayId,
+    pub board_id: Option<BoardId>,
+    pub role: Role,
+    pub template_version: String,
+    pub rotate_token: bool,
+    /// A freshly minted token's hash, used if the agent is new or rotates.
+    pub new_token: TokenHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub agent: Agent,
+    pub created: bool,
+    /// Whether `new_token` became the agent's token.
+    pub token_minted: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    pub gateway_id: GatewayId,
+    pub name: String,
+    pub rotate_token: bool,
+    pub new_token: TokenHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayRegistered {
+    pub gateway: Gateway,
+    pub created: bool,
+    pub token_minted: bool,
+}
+
+impl Engine {
+    /// Creates the agent, or updates it; either way a fresh wake cycle.
+    pub fn provision(
+        &mut self,
+        batch: &mut Batch,
+        spec: ProvisionSpec,
+    ) -> Result<Provisioned, EngineError> {
+        if self.gateway_in(batch, &spec.gateway_id).is_none() {
+            return Err(EngineError::GatewayNotFound(spec.gateway_id));
+        }
+        let now = batch.now;
+        let existing = self.current(batch, &spec.agent_id);
+        let (mut agent, change, token_minted) = match existing {
+            None => {
+                let agent = Agent {
+                    id: spec.agent_id,
+                    name: spec.name,
+                    gateway_id: spec.gateway_id,
+                    board_id: spec.board_id,
+                    role: spec.role,
+                    status: Status::Provisioning,
+                    generation: 0,
+                    wake_attempts: 0,
+                    last_wake_sent_at: None,
+                    checkin_deadline_at: None,
+                    last_seen_at: None,
+                    lease_expires_at: None,
+                    last_provision_error: None,
+                    offline_reason: None,
+                    desired_template_version: spec.template_version,
+                    reported_template_version: String::new(),
+                    created_at: now,
+                    updated_at: now,
+                    revision: 0,
+                    token_hash: spec.new_token,
+                };
+                let change = Change {
+                    kind: EventKind::Added,
+                    previous_status: None,
+                    reason: Reason::Provisioned,
+                    attempt: 1,
+                    error: None,
+                };
+                (agent, change, true)
+            }
+            Some(previous) => {
+                if previous.gateway_id != spec.gateway_id {
+                    return Err(EngineError::FailedPrecondition(format!(
+                        "agent {} is on gateway {}; delete it before provisioning it on {}",
+                        previous.id, previous.gateway_id, spec.gateway_id
+                    )));
+                }
+                let change = Change::changed(&previous, Reason::Updated, 1);
+                let mut agent = previous;
+                agent.name = spec.name;
+                agent.board_id = spec.board_id;
+                agent.role = spec.role;
+                agent.desired_template_version = spec.template_version;
+                agent.status = Status::Updating;
+                agent.lease_expires_at = None;
+                if spec.rotate_token {
+                    agent.token_hash = spec.new_token;
+                }
+                (agent, change, spec.rotate_token)
+            }
+        };
+        agent.last_provision_error = None;
+        agent.offline_reason = None;
+        self.start_wake_cycle(batch, &mut agent);
+        let created = change.kind == EventKind::Added;
+        let agent = self.stage(batch, change, agent);
+        Ok(Provisioned {
+            agent,
+            created,
+            token_minted,
+        })
+    }
+
+    /// A heartbeat that is a transition: from any status to online, or a new
+    /// reported template version. Judged at the batch's time.
+    pub fn check_in(
+        &mut self,
+        batch: &mut Batch,
+        agent_id: &AgentId,
+        token: &TokenHash,
+        reported_template: Option<String>,
+    ) -> Result<Agent, EngineError> {
+        let previous = self
+            .current(batch, agent_id)
+            .filter(|agent| agent.token_hash == *token)
+            .ok_or(EngineError::Unauthenticated)?;
+        let now = batch.now;
+        let mut agent = previous.clone();
+        agent.last_seen_at = Some(now);
+        agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
+        let new_template = reported_template.filter(|v| *v != agent.reported_template_version);
+        let steady = previous.status == Status::Online && !previous.awaiting_checkin();
+        if steady && new_template.is_none() {
+            // A renewal that only missed the fast path (the agent was in
+            // flight): written with the batch, not an event.
+            batch.agents.insert(agent.id.clone(), Some(agent.clone()));
+            self.in_flight.insert(agent.id.clone());
+            return Ok(agent);
+        }
+        if let Some(version) = new_template {
+            agent.reported_template_version = version;
+        }
+        let reason = if steady {
+            Reason::TemplateReported
+        } else {
+            agent.status = Status::Online;
+            agent.wake_attempts = 0;
+            agent.checkin_deadline_at = None;
+            agent.last_provision_error = None;
+            agent.offline_reason = None;
+            Reason::CheckedIn
+        };
+        self.arm_lease(batch, &agent);
+        let change = Change::changed(&previous, reason, previous.wake_attempts);
+        Ok(self.stage(batch, change, agent))
+    }
+
+    /// Operator recovery: a fresh cycle of wakes; an offline agent becomes
+    /// updating, any other keeps its status.
+    pub fn wake(&mut self, batch: &mut Batch, agent_id: &AgentId) -> Result<Agent, EngineError> {
+        let previous = self
+            .current(batch, agent_id)
+            .ok_or_else(|| EngineError::AgentNotFound(agent_id.clone()))?;
+        let mut agent = previous.clone();
+        if agent.status == Status::Offline {
+            agent.status = Status::Updating;
+            agent.lease_expires_at = None;
+        }
+        agent.last_provision_error = None;
+        agent.offline_reason = None;
+        self.start_wake_cycle(batch, &mut agent);
+        let change = Change::changed(&previous, Reason::Woken, 1);
+        Ok(self.stage(batch, change, agent))
+    }
+
+    /// Deletes the agent: its token stops working, its timers become stale,
+    /// and its gateway is told to retire it.
+    pub fn delete(&mut self, batch: &mut Batch, agent_id: &AgentId) -> Result<Agent, EngineError> {
+        let agent = self
+            .current(batch, agent_id)
+            .ok_or_else(|| EngineError::AgentNotFound(agent_id.clone()))?;
+        let retire = PendingRetire {
+            gateway_id: agent.gateway_id.clone(),
+            agent_id: agent.id.clone(),
+            generation: agent.generation,
+        };
+        batch.retires_added.push(retire.clone());
+        batch.effects.push(Effect::Retire(retire));
+        let change = Change {
+            kind: EventKind::Deleted,
+            previous_status: Some(agent.status),
+            reason: Reason::Deleted,
+            attempt: 0,
+            error: None,
+        };
+        Ok(self.stage(batch, change, agent))
+    }
+
+    /// The gateway could not deliver a wake. A stale report (another
+    /// generation or attempt, or no check-in awaited) changes nothing.
+    pub fn wake_failed(
+        &mut self,
+        batch: &mut Batch,
+        agent_id: &AgentId,
+        generation: u64,
+        attempt: u32,
+        error: &str,
+    ) -> bool {
+        let Some(previous) = self.current(batch, agent_id) else {
+            return false;
+        };
+        if previous.generation != generation
+            || previous.wake_attempts != attempt
+            || !previous.awaiting_checkin()
+        {
+            return false;
+        }
+        let message = format!("wake attempt {attempt} failed: {error}");
+        let mut agent = previous.clone();
+        agent.last_provision_error = Some(message.clone());
+        let change =
+            Change::changed(&previous, Reason::WakeFailed, attempt).with_error(Some(message));
+        self.stage(batch, change, agent);
+        true
+    }
+
+    /// The gateway retired a deleted agent: stop resending the command.
+    pub fn retire_delivered(&mut self, batch: &mut Batch, retire: PendingRetire) {
+        if self.pending_retires.contains(&retire) {
+            batch.retires_done.push(retire);
+        }
+    }
+
+    pub fn register_gateway(&mut self, batch: &mut Batch, spec: GatewaySpec) -> GatewayRegistered {
+        let (gateway, created, token_minted) = match self.gateway_in(batch, &spec.gateway_id) {
+            Some(existing) => {
+                let mut gateway = existing;
+                gateway.name = spec.name;
+                if spec.rotate_token {
+                    gateway.token_hash = spec.new_token;
+                }
+                (gateway, false, spec.rotate_token)
+            }
+            None => {
+                let gateway = Gateway {
+                    id: spec.gateway_id,
+                    name: spec.name,
+                    token_hash: spec.new_token,
+                    created_at: batch.now,
+                };
+                (gateway, true, true)
+            }
+        };
+        batch.gateways.insert(gateway.id.clone(), gateway.clone());
+        GatewayRegistered {
+            gateway,
+            created,
+            token_minted,
+        }
+    }
+
+    fn gateway_in(&self, batch: &Batch, id: &GatewayId) -> Option<Gateway> {
+        batch
+            .gateways
+            .get(id)
+            .or_else(|| self.gateways.get(id))
+            .cloned()
+    }
+}

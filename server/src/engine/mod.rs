@@ -1,0 +1,395 @@
+//! The lifecycle engine: agents, their state machine, and the timer wheel.
+//!
+//! Plain Rust: no transport, no SQL, no clock. Every operation takes the
+//! current time as an argument. Writes are two-phase: an operation stages a
+//! transition in a [`Batch`]; the runtime commits the batch to the store and
+//! only then calls [`Engine::commit`], so nothing uncommitted is ever visible.
+//! Agents staged in a batch are "in flight" until then, and the heartbeat
+//! fast path leaves them alone.
+
+mod batch;
+mod commands;
+pub mod model;
+pub mod policy;
+mod reconcile;
+mod restore;
+pub mod timers;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
+pub use commands::{GatewaySpec, ProvisionSpec, Provisioned};
+pub use model::{
+    Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
+    Status, Timestamp, TokenHash,
+};
+pub use policy::Policy;
+pub use restore::StoredState;
+
+use timers::{Timer, TimerKind, TimerWheel};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("agent {0} not found")]
+    AgentNotFound(AgentId),
+    #[error("gateway {0} is not registered")]
+    GatewayNotFound(GatewayId),
+    /// Deliberately says nothing about whether the agent exists.
+    #[error("invalid agent token")]
+    Unauthenticated,
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// Which agents a list or a watch wants. Empty fields match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentFilter {
+    pub agent_id: Option<AgentId>,
+    pub gateway_id: Option<GatewayId>,
+    pub board_id: Option<BoardId>,
+    pub statuses: Vec<Status>,
+}
+
+impl AgentFilter {
+    pub fn matches(&self, agent: &Agent) -> bool {
+        self.agent_id.as_ref().is_none_or(|id| *id == agent.id)
+            && self
+                .gateway_id
+                .as_ref()
+                .is_none_or(|g| *g == agent.gateway_id)
+            && self
+                .board_id
+                .as_ref()
+                .is_none_or(|b| agent.board_id.as_ref() == Some(b))
+            && (self.statuses.is_empty() || self.statuses.contains(&agent.status))
+    }
+
+    /// An event matches when its agent matches before or after the change,
+    /// so a watcher filtering on a status also sees agents leave that status.
+    pub fn matches_event(&self, event: &Event) -> bool {
+        if self.matches(&event.agent) {
+            return true;
+        }
+        match event.previous_status {
+            Some(previous) if self.statuses.contains(&previous) => {
+                let mut without_status = self.clone();
+                without_status.statuses.clear();
+                without_status.matches(&event.agent)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The outcome of the heartbeat fast path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// An online agent's lease was renewed in memory; nothing to commit.
+    Renewed(LeaseState),
+    /// The heartbeat is a transition (a check-in, a new template version, or
+    /// the agent is in flight): it must go through a committed batch.
+    NeedsCommit(AgentId),
+    /// No agent holds this token.
+    UnknownToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub agent_id: AgentId,
+    pub status: Status,
+    pub generation: u64,
+    pub last_seen_at: Timestamp,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+impl LeaseState {
+    fn of(agent: &Agent) -> Self {
+        Self {
+            agent_id: agent.id.clone(),
+            status: agent.status,
+            generation: agent.generation,
+            last_seen_at: agent.last_seen_at.unwrap_or(agent.updated_at),
+            lease_expires_at: agent.lease_expires_at,
+        }
+    }
+}
+
+/// A lease renewed in memory, to be written to the store in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseCheckpoint {
+    pub agent_id: AgentId,
+    pub generation: u64,
+    pub last_seen_at: Timestamp,
+    pub lease_expires_at: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    policy: Policy,
+    agents: BTreeMap<AgentId, Agent>,
+    agent_tokens: HashMap<TokenHash, AgentId>,
+    gateways: BTreeMap<GatewayId, Gateway>,
+    gateway_tokens: HashMap<TokenHash, GatewayId>,
+    pending_retires: BTreeSet<PendingRetire>,
+    timers: TimerWheel,
+    /// Agents staged in a batch that is being committed.
+    in_flight: HashSet<AgentId>,
+    /// Online agents whose lease changed since the last checkpoint.
+    dirty_leases: HashSet<AgentId>,
+    /// The last committed revision.
+    revision: u64,
+}
+
+impl Engine {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            agents: BTreeMap::new(),
+            agent_tokens: HashMap::new(),
+            gateways: BTreeMap::new(),
+            gateway_tokens: HashMap::new(),
+            pending_retires: BTreeSet::new(),
+            timers: TimerWheel::default(),
+            in_flight: HashSet::new(),
+            dirty_leases: HashSet::new(),
+            revision: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Up to `limit` matching agents with ids after `after`, in id order, and
+    /// the id to continue from if there may be more.
+    pub fn list(
+        &self,
+        filter: &AgentFilter,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> (Vec<Agent>, Option<AgentId>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, Excluded);
+        let mut page: Vec<Agent> = self
+            .agents
+            .range((start, Unbounded))
+            .map(|(_, agent)| agent)
+            .filter(|agent| filter.matches(agent))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page[limit - 1].id.clone()
+        });
+        (page, next)
+    }
+
+    pub fn gateway(&self, id: &GatewayId) -> Option<&Gateway> {
+        self.gateways.get(id)
+    }
+
+    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.gateways.values()
+    }
+
+    pub fn authenticate_gateway(&self, token: &TokenHash) -> Option<&GatewayId> {
+        self.gateway_tokens.get(token)
+    }
+
+    pub fn pending_retires(&self, gateway: &GatewayId) -> Vec<PendingRetire> {
+        self.pending_retires
+            .iter()
+            .filter(|r| r.gateway_id == *gateway)
+            .cloned()
+            .collect()
+    }
+
+    pub fn next_timer_at(&self) -> Option<Timestamp> {
+        self.timers.next_at()
+    }
+
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn timers(&self) -> impl Iterator<Item = &Timer> {
+        self.timers.iter()
+    }
+
+    pub fn begin(&self, now: Timestamp) -> Batch {
+        Batch::new(now, self.revision)
+    }
+
+    /// The heartbeat fast path: a steady-state heartbeat of an online agent
+    /// renews its lease in memory. Anything else needs a committed batch.
+    pub fn renew_lease(
+        &mut self,
+        token: &TokenHash,
+        reported_template: Option<&str>,
+        now: Timestamp,
+    ) -> Renewal {
+        let Some(id) = self.agent_tokens.get(token) else {
+            return Renewal::UnknownToken;
+        };
+        let agent = self
+            .agents
+            .get_mut(id)
+            .expect("the token index names only known agents");
+        let steady = agent.status == Status::Online
+            && !agent.awaiting_checkin()
+            && !self.in_flight.contains(id)
+            && reported_template.is_none_or(|v| v == agent.reported_template_version);
+        if !steady {
+            return Renewal::NeedsCommit(id.clone());
+        }
+        agent.last_seen_at = Some(now);
+        agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
+        self.dirty_leases.insert(id.clone());
+        Renewal::Renewed(LeaseState::of(agent))
+    }
+
+    /// Leases renewed since the last call, for a batched store checkpoint.
+    pub fn take_dirty_leases(&mut self) -> Vec<LeaseCheckpoint> {
+        let dirty = std::mem::take(&mut self.dirty_leases);
+        dirty
+            .into_iter()
+            .filter_map(|id| self.agents.get(&id))
+            .filter(|agent| agent.status == Status::Online)
+            .filter_map(|agent| {
+                Some(LeaseCheckpoint {
+                    agent_id: agent.id.clone(),
+                    generation: agent.generation,
+                    last_seen_at: agent.last_seen_at?,
+                    lease_expires_at: agent.lease_expires_at?,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts back checkpoints that could not be written.
+    pub fn return_dirty_leases(&mut self, leases: Vec<LeaseCheckpoint>) {
+        self.dirty_leases
+            .extend(leases.into_iter().map(|lease| lease.agent_id));
+    }
+
+    /// Applies a batch the store has committed.
+    pub fn commit(&mut self, batch: Batch) -> Committed {
+        for (id, staged) in batch.agents {
+            self.in_flight.remove(&id);
+            if let Some(old) = self.agents.remove(&id) {
+                self.agent_tokens.remove(&old.token_hash);
+            }
+            match staged {
+                Some(agent) => {
+                    self.agent_tokens.insert(agent.token_hash, id.clone());
+                    self.agents.insert(id, agent);
+                }
+                None => {
+                    self.dirty_leases.remove(&id);
+                }
+            }
+        }
+        for (id, gateway) in batch.gateways {
+            if let Some(old) = self.gateways.get(&id) {
+                self.gateway_tokens.remove(&old.token_hash);
+            }
+            self.gateway_tokens.insert(gateway.token_hash, id.clone());
+            self.gateways.insert(id, gateway);
+        }
+        for retire in batch.retires_done {
+            self.pending_retires.remove(&retire);
+        }
+        self.pending_retires.extend(batch.retires_added);
+        for timer in batch.timers_to_arm {
+            self.timers.arm(timer);
+        }
+        self.revision = batch.next_revision - 1;
+        Committed {
+            events: batch.events,
+            effects: batch.effects,
+            notes: batch.notes,
+        }
+    }
+
+    /// Forgets a batch the store did not commit. Timers it consumed are put
+    /// back, so their work is retried.
+    pub fn abort(&mut self, batch: Batch) {
+        for id in batch.agents.keys() {
+            self.in_flight.remove(id);
+        }
+        for timer in batch.fired {
+            self.timers.arm(timer);
+        }
+    }
+
+    /// The agent as the batch sees it: staged, or committed.
+    fn current(&self, batch: &Batch, id: &AgentId) -> Option<Agent> {
+        match batch.agents.get(id) {
+            Some(staged) => staged.clone(),
+            None => self.agents.get(id).cloned(),
+        }
+    }
+
+    fn stage(&mut self, batch: &mut Batch, change: batch::Change, after: Agent) -> Agent {
+        self.in_flight.insert(after.id.clone());
+        batch.record(change, after)
+    }
+
+    /// Starts a fresh wake cycle: a new generation, attempt 1, a deadline.
+    fn start_wake_cycle(&self, batch: &mut Batch, agent: &mut Agent) {
+        agent.generation += 1;
+        agent.wake_attempts = 0;
+        self.send_wake(batch, agent);
+    }
+
+    /// Sends the next wake of the current cycle and arms its deadline.
+    fn send_wake(&self, batch: &mut Batch, agent: &mut Agent) {
+        let now = batch.now;
+        let deadline = now.plus(self.policy.checkin_deadline);
+        agent.wake_attempts += 1;
+        agent.last_wake_sent_at = Some(now);
+        agent.checkin_deadline_at = Some(deadline);
+        batch.timers_to_arm.push(Timer {
+            at: deadline,
+            agent_id: agent.id.clone(),
+            kind: TimerKind::Checkin {
+                generation: agent.generation,
+                attempt: agent.wake_attempts,
+            },
+        });
+        batch
+            .effects
+            .push(Effect::Wake(WakeOrder::for_agent(agent, deadline)));
+        batch.note(NoteKind::Enqueued, agent, Some(deadline));
+    }
+
+    fn arm_lease(&self, batch: &mut Batch, agent: &Agent) {
+        if let Some(at) = agent.lease_expires_at {
+            batch.timers_to_arm.push(Timer {
+                at,
+                agent_id: agent.id.clone(),
+                kind: TimerKind::Lease,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

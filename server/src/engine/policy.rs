@@ -1,0 +1,91 @@
+//! The convergence policy: how long an agent has to check in, how often it is
+//! woken, how long its lease lasts. Defaults are the reference's numbers.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// After each wake, the agent must check in within this.
+    pub checkin_deadline: Duration,
+    /// Wakes without a check-in before the agent is marked offline.
+    pub max_wake_attempts: u32,
+    /// How often an online agent is asked to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// An online agent that has not heartbeaten for this long goes offline.
+    pub lease_ttl: Duration,
+    /// Deadlines that passed while the service was down are moved this far
+    /// (plus a spread of up to the same again) past the start.
+    pub restart_grace: Duration,
+    /// Whether an expired lease starts a wake cycle (the agent stays offline
+    /// until it checks in).
+    pub wake_on_lease_expiry: bool,
+    /// The share of the heartbeat interval taken off at random, so a fleet
+    /// woken together does not heartbeat together.
+    pub heartbeat_jitter: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            checkin_deadline: Duration::from_secs(30),
+            max_wake_attempts: 3,
+            heartbeat_interval: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(30),
+            restart_grace: Duration::from_secs(30),
+            wake_on_lease_expiry: false,
+            heartbeat_jitter: 0.2,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("max wake attempts must be at least 1")]
+    NoAttempts,
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("the lease TTL ({ttl:?}) must be longer than the heartbeat interval ({interval:?})")]
+    LeaseShorterThanInterval { ttl: Duration, interval: Duration },
+    #[error("heartbeat jitter must be within 0.0..1.0")]
+    Jitter,
+}
+
+impl Policy {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.max_wake_attempts == 0 {
+            return Err(PolicyError::NoAttempts);
+        }
+        for (name, value) in [
+            ("the check-in deadline", self.checkin_deadline),
+            ("the heartbeat interval", self.heartbeat_interval),
+        ] {
+            if value.is_zero() {
+                return Err(PolicyError::Zero(name));
+            }
+        }
+        if self.lease_ttl <= self.heartbeat_interval {
+            return Err(PolicyError::LeaseShorterThanInterval {
+                ttl: self.lease_ttl,
+                interval: self.heartbeat_interval,
+            });
+        }
+        if !(0.0..1.0).contains(&self.heartbeat_jitter) {
+            return Err(PolicyError::Jitter);
+        }
+        Ok(())
+    }
+
+    /// When an agent should heartbeat next, given a uniform random `unit` in
+    /// `0.0..1.0`: somewhere in the last `heartbeat_jitter` of the interval.
+    pub fn next_heartbeat_in(&self, unit: f64) -> Duration {
+        let cut = self.heartbeat_jitter * unit.clamp(0.0, 1.0);
+        self.heartbeat_interval.mul_f64(1.0 - cut)
+    }
+
+    /// Where a deadline that passed during downtime moves to: past the grace
+    /// period by a spread derived from `unit` in `0.0..1.0`, so a restart
+    /// does not fire the whole fleet at once.
+    pub fn grace_offset(&self, unit: f64) -> Duration {
+        self.restart_grace + self.restart_grace.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}

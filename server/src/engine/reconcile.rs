@@ -1,0 +1,164 @@
+//! What happens when time passes: check-in deadlines and lease expiries.
+
+use super::batch::{Change, NoteKind};
+use super::model::{Agent, Reason, Status};
+use super::timers::{Timer, TimerKind};
+use super::{Batch, Engine};
+
+impl Engine {
+    /// Processes every timer due at the batch's time.
+    pub fn fire_due(&mut self, batch: &mut Batch) {
+        let due = self.timers.pop_due(batch.now);
+        for timer in &due {
+            match timer.kind {
+                TimerKind::Checkin {
+                    generation,
+                    attempt,
+                } => self.checkin_deadline(batch, timer, generation, attempt),
+                TimerKind::Lease => self.lease_deadline(batch, timer),
+            }
+        }
+        batch.fired.extend(due);
+    }
+
+    fn checkin_deadline(
+        &mut self,
+        batch: &mut Batch,
+        timer: &Timer,
+        generation: u64,
+        attempt: u32,
+    ) {
+        let Some(agent) = self.current(batch, &timer.agent_id) else {
+            batch.notes.push(super::Note {
+                kind: NoteKind::SkipMissingAgent,
+                agent_id: timer.agent_id.clone(),
+                generation,
+                attempt,
+                deadline: Some(timer.at),
+            });
+            return;
+        };
+        let verdict = self.judge_deadline(batch, &agent, generation, attempt);
+        batch.note(verdict, &agent, agent.checkin_deadline_at);
+        let after = match verdict {
+            NoteKind::Deferred => {
+                let at = agent
+                    .checkin_deadline_at
+                    .expect("deferred only with a deadline");
+                batch.timers_to_arm.push(Timer {
+                    at,
+                    ..timer.clone()
+                });
+                agent
+            }
+            NoteKind::Retriggered => {
+                let mut next = agent.clone();
+                self.send_wake(batch, &mut next);
+                let change = Change::changed(&agent, Reason::DeadlineMissed, next.wake_attempts);
+                self.stage(batch, change, next)
+            }
+            NoteKind::MaxAttemptsReached => {
+                let error = self.max_attempts_error(&agent);
+                self.go_offline(batch, agent, Reason::MaxAttemptsReached, error)
+            }
+            NoteKind::SkipMissingGateway => {
+                let error = format!("gateway {} is not registered", agent.gateway_id);
+                self.go_offline(batch, agent, Reason::WakeFailed, error)
+            }
+            _ => agent,
+        };
+        batch.note(NoteKind::WorkerSuccess, &after, after.checkin_deadline_at);
+    }
+
+    /// Decides what a fired check-in timer means for the agent as it is now.
+    fn judge_deadline(
+        &self,
+        batch: &Batch,
+        agent: &Agent,
+        generation: u64,
+        attempt: u32,
+    ) -> NoteKind {
+        if agent.generation != generation {
+            return NoteKind::SkipStaleGeneration;
+        }
+        let Some(deadline) = agent.checkin_deadline_at else {
+            return NoteKind::SkipNotStuck;
+        };
+        if agent.wake_attempts != attempt {
+            return NoteKind::SkipStaleGeneration;
+        }
+        if deadline > batch.now {
+            return NoteKind::Deferred;
+        }
+        if !self.gateway_in_batch(batch, agent) {
+            NoteKind::SkipMissingGateway
+        } else if agent.wake_attempts >= self.policy.max_wake_attempts {
+            NoteKind::MaxAttemptsReached
+        } else {
+            NoteKind::Retriggered
+        }
+    }
+
+    /// Escalation stops: offline, with the reason recorded.
+    fn go_offline(
+        &mut self,
+        batch: &mut Batch,
+        agent: Agent,
+        reason: Reason,
+        error: String,
+    ) -> Agent {
+        let mut offline = agent.clone();
+        offline.status = Status::Offline;
+        offline.checkin_deadline_at = None;
+        offline.lease_expires_at = None;
+        offline.last_provision_error = Some(error.clone());
+        offline.offline_reason = Some(error.clone());
+        let change = Change::changed(&agent, reason, agent.wake_attempts).with_error(Some(error));
+        self.stage(batch, change, offline)
+    }
+
+    fn max_attempts_error(&self, agent: &Agent) -> String {
+        let base = format!("no check-in after {} wake attempts", agent.wake_attempts);
+        match &agent.last_provision_error {
+            Some(last) => format!("{base} (last error: {last})"),
+            None => base,
+        }
+    }
+
+    fn lease_deadline(&mut self, batch: &mut Batch, timer: &Timer) {
+        let Some(agent) = self.current(batch, &timer.agent_id) else {
+            return;
+        };
+        if agent.status != Status::Online {
+            return;
+        }
+        match agent.lease_expires_at {
+            Some(expiry) if expiry > batch.now => {
+                // Heartbeats renewed the lease since the entry was armed.
+                batch.timers_to_arm.push(Timer {
+                    at: expiry,
+                    ..timer.clone()
+                });
+            }
+            _ => self.expire_lease(batch, agent),
+        }
+    }
+
+    fn expire_lease(&mut self, batch: &mut Batch, agent: Agent) {
+        let mut offline = agent.clone();
+        offline.status = Status::Offline;
+        offline.offline_reason = Some("lease expired".to_owned());
+        let mut attempt = 0;
+        if self.policy.wake_on_lease_expiry {
+            self.start_wake_cycle(batch, &mut offline);
+            attempt = offline.wake_attempts;
+        }
+        let change = Change::changed(&agent, Reason::LeaseExpired, attempt);
+        self.stage(batch, change, offline);
+    }
+
+    fn gateway_in_batch(&self, batch: &Batch, agent: &Agent) -> bool {
+        batch.gateways.contains_key(&agent.gateway_id)
+            || self.gateways.contains_key(&agent.gateway_id)
+    }
+}

@@ -1,0 +1,101 @@
+//! Rebuilding the engine from the store at start, with restart grace.
+
+use super::batch::Change;
+use super::model::{Agent, AgentId, Gateway, PendingRetire, Reason, Status, Timestamp};
+use super::timers::{Timer, TimerKind};
+use super::{Batch, Engine, Policy};
+
+/// Everything the store holds that the engine needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredState {
+    pub agents: Vec<Agent>,
+    pub gateways: Vec<Gateway>,
+    pub pending_retires: Vec<PendingRetire>,
+    /// The last committed revision.
+    pub revision: u64,
+}
+
+/// A stable number in `0.0..1.0` for an agent, to spread its grace period.
+pub fn spread_unit(id: &AgentId) -> f64 {
+    // FNV-1a: stable across builds and restarts, unlike the std hasher.
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Engine {
+    /// Rebuilds the engine and its timers from stored state.
+    ///
+    /// Deadlines and leases that passed while the service was down are
+    /// extended once, to `now + grace + spread`, instead of all firing at
+    /// start. The returned batch holds those extensions (with an event each)
+    /// and must be committed like any other batch.
+    pub fn restore(policy: Policy, state: StoredState, now: Timestamp) -> (Engine, Batch) {
+        let mut engine = Engine::new(policy);
+        engine.revision = state.revision;
+        for gateway in state.gateways {
+            engine
+                .gateway_tokens
+                .insert(gateway.token_hash, gateway.id.clone());
+            engine.gateways.insert(gateway.id.clone(), gateway);
+        }
+        engine.pending_retires.extend(state.pending_retires);
+        for agent in &state.agents {
+            engine
+                .agent_tokens
+                .insert(agent.token_hash, agent.id.clone());
+        }
+        engine.agents = state
+            .agents
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+
+        let mut batch = engine.begin(now);
+        let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
+        for id in ids {
+            let agent = engine.agents[&id].clone();
+            let grace_until = now.plus(engine.policy.grace_offset(spread_unit(&id)));
+            let mut extended = agent.clone();
+            if extended.checkin_deadline_at.is_some_and(|d| d <= now) {
+                extended.checkin_deadline_at = Some(grace_until);
+            }
+            let online = extended.status == Status::Online;
+            if online && extended.lease_expires_at.is_none_or(|l| l <= now) {
+                extended.lease_expires_at = Some(grace_until);
+            }
+            let timers = restored_timers(&extended);
+            if extended == agent {
+                timers.into_iter().for_each(|t| engine.timers.arm(t));
+            } else {
+                batch.timers_to_arm.extend(timers);
+                let change = Change::changed(&agent, Reason::RestartGrace, agent.wake_attempts);
+                engine.stage(&mut batch, change, extended);
+            }
+        }
+        (engine, batch)
+    }
+}
+
+fn restored_timers(agent: &Agent) -> Vec<Timer> {
+    let mut timers = Vec::new();
+    if let Some(at) = agent.checkin_deadline_at {
+        timers.push(Timer {
+            at,
+            agent_id: agent.id.clone(),
+            kind: TimerKind::Checkin {
+                generation: agent.generation,
+                attempt: agent.wake_attempts,
+            },
+        });
+    }
+    if let (Status::Online, Some(at)) = (agent.status, agent.lease_expires_at) {
+        timers.push(Timer {
+            at,
+            agent_id: agent.id.clone(),
+            kind: TimerKind::Lease,
+        });
+    }
+    timers
+}

@@ -1,0 +1,746 @@
+//! The state machine, transition by transition, on explicit timestamps.
+
+use std::time::Duration;
+
+use super::*;
+
+const SEC: i64 = 1_000_000;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_micros(1_700_000_000 * SEC + secs * SEC)
+}
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).unwrap()
+}
+
+fn gw() -> GatewayId {
+    GatewayId::parse("gw-1").unwrap()
+}
+
+fn token(n: u8) -> TokenHash {
+    TokenHash([n; 32])
+}
+
+/// An engine with one gateway, driven batch by batch like the runtime does.
+struct Harness {
+    engine: Engine,
+    now: Timestamp,
+    next_token: u8,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_policy(Policy::default())
+    }
+
+    fn with_policy(policy: Policy) -> Self {
+        let mut harness = Self {
+            engine: Engine::new(policy),
+            now: t(0),
+            next_token: 10,
+        };
+        harness.run(|engine, batch| {
+            engine.register_gateway(
+                batch,
+                GatewaySpec {
+                    gateway_id: gw(),
+                    name: "gateway one".into(),
+                    rotate_token: false,
+                    new_token: token(1),
+                },
+            )
+        });
+        harness
+    }
+
+    /// Runs one batch at the current time and commits it.
+    fn run<R>(&mut self, op: impl FnOnce(&mut Engine, &mut Batch) -> R) -> (R, Committed) {
+        let mut batch = self.engine.begin(self.now);
+        let result = op(&mut self.engine, &mut batch);
+        (result, self.engine.commit(batch))
+    }
+
+    /// Moves time to `at`, firing whatever is due, like the runtime's loop.
+    fn advance_to(&mut self, at: Timestamp) -> Committed {
+        self.now = at;
+        self.run(|engine, batch| engine.fire_due(batch)).1
+    }
+
+    fn spec(&mut self, agent: &str, rotate_token: bool) -> ProvisionSpec {
+        self.next_token += 1;
+        ProvisionSpec {
+            agent_id: id(agent),
+            name: agent.to_owned(),
+            gateway_id: gw(),
+            board_id: Some(BoardId::parse("board-1").unwrap()),
+            role: Role::BoardWorker,
+            template_version: "v1".into(),
+            rotate_token,
+            new_token: token(self.next_token),
+        }
+    }
+
+    fn provision(&mut self, agent: &str) -> (Provisioned, Committed) {
+        let spec = self.spec(agent, false);
+        let (result, committed) = self.run(|engine, batch| engine.provision(batch, spec));
+        (result.unwrap(), committed)
+    }
+
+    fn check_in(&mut self, agent: &str) -> Committed {
+        let hash = self.agent(agent).token_hash;
+        let (result, committed) =
+            self.run(|engine, batch| engine.check_in(batch, &id(agent), &hash, None));
+        result.unwrap();
+        committed
+    }
+
+    fn agent(&self, agent: &str) -> Agent {
+        self.engine.agent(&id(agent)).unwrap().clone()
+    }
+}
+
+fn wakes(committed: &Committed) -> Vec<(String, u64, u32)> {
+    committed
+        .effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Wake(w) => Some((w.agent_id.to_string(), w.generation, w.attempt)),
+            Effect::Retire(_) => None,
+        })
+        .collect()
+}
+
+fn notes(committed: &Committed) -> Vec<NoteKind> {
+    committed.notes.iter().map(|n| n.kind).collect()
+}
+
+fn reasons(committed: &Committed) -> Vec<Reason> {
+    committed.events.iter().map(|e| e.reason).collect()
+}
+
+#[test]
+fn provision_creates_a_provisioning_agent_with_wake_one_and_a_deadline() {
+    let mut h = Harness::new();
+    let (provisioned, committed) = h.provision("a");
+    assert!(provisioned.created && provisioned.token_minted);
+
+    let agent = h.agent("a");
+    assert_eq!(agent.status, Status::Provisioning);
+    assert_eq!(agent.generation, 1);
+    assert_eq!(agent.wake_attempts, 1);
+    assert_eq!(agent.last_wake_sent_at, Some(t(0)));
+    assert_eq!(agent.checkin_deadline_at, Some(t(30)));
+    assert_eq!(wakes(&committed), [("a".into(), 1, 1)]);
+    assert_eq!(committed.events[0].kind, EventKind::Added);
+    assert_eq!(committed.events[0].reason, Reason::Provisioned);
+    assert_eq!(committed.events[0].revision, agent.revision);
+    assert_eq!(notes(&committed), [NoteKind::Enqueued]);
+}
+
+#[test]
+fn three_missed_deadlines_mean_three_wakes_then_offline_at_the_right_instants() {
+    let mut h = Harness::new();
+    h.provision("a");
+
+    assert!(
+        h.advance_to(t(29)).events.is_empty(),
+        "nothing before the deadline"
+    );
+
+    let second = h.advance_to(t(30));
+    assert_eq!(wakes(&second), [("a".into(), 1, 2)]);
+    assert_eq!(reasons(&second), [Reason::DeadlineMissed]);
+    assert_eq!(
+        notes(&second),
+        [
+            NoteKind::Retriggered,
+            NoteKind::Enqueued,
+            NoteKind::WorkerSuccess
+        ]
+    );
+    assert_eq!(h.agent("a").checkin_deadline_at, Some(t(60)));
+    assert_eq!(h.agent("a").status, Status::Provisioning);
+
+    let third = h.advance_to(t(60));
+    assert_eq!(wakes(&third), [("a".into(), 1, 3)]);
+
+    assert!(h.advance_to(t(89)).events.is_empty());
+    let last = h.advance_to(t(90));
+    assert!(wakes(&last).is_empty(), "no fourth wake");
+    assert_eq!(reasons(&last), [Reason::MaxAttemptsReached]);
+    assert_eq!(
+        notes(&last),
+        [NoteKind::MaxAttemptsReached, NoteKind::WorkerSuccess]
+    );
+
+    let agent = h.agent("a");
+    assert_eq!(agent.status, Status::Offline);
+    assert_eq!(agent.wake_attempts, 3);
+    assert_eq!(agent.checkin_deadline_at, None);
+    let error = agent.last_provision_error.unwrap();
+    assert!(
+        error.contains("no check-in after 3 wake attempts"),
+        "{error}"
+    );
+    assert_eq!(agent.offline_reason.as_deref(), Some(error.as_str()));
+
+    assert_eq!(h.engine.timer_count(), 0, "escalation stopped");
+    assert!(h.advance_to(t(10_000)).events.is_empty());
+}
+
+#[test]
+fn a_check_in_at_any_attempt_resets_attempts_and_clears_the_deadline() {
+    for attempt in 1..=3u32 {
+        let mut h = Harness::new();
+        h.provision("a");
+        for n in 1..attempt {
+            h.advance_to(t(30 * i64::from(n)));
+        }
+        assert_eq!(h.agent("a").wake_attempts, attempt);
+
+        h.now = t(30 * i64::from(attempt) - 1);
+        let checked_in = h.check_in("a");
+        assert_eq!(reasons(&checked_in), [Reason::CheckedIn]);
+        assert_eq!(checked_in.events[0].attempt, attempt);
+
+        let agent = h.agent("a");
+        assert_eq!(agent.status, Status::Online);
+        assert_eq!(agent.wake_attempts, 0);
+        assert_eq!(agent.checkin_deadline_at, None);
+        assert_eq!(agent.last_seen_at, Some(h.now));
+        assert_eq!(agent.last_provision_error, None);
+
+        // The timer armed for this attempt finds nothing to do.
+        let fired = h.advance_to(t(30 * i64::from(attempt)));
+        assert!(wakes(&fired).is_empty(), "attempt {attempt}");
+        assert_eq!(
+            notes(&fired),
+            [NoteKind::SkipNotStuck, NoteKind::WorkerSuccess]
+        );
+    }
+}
+
+#[test]
+fn a_heartbeat_makes_any_status_online() {
+    let mut h = Harness::new();
+    h.provision("provisioning");
+    h.provision("updating");
+    h.provision("updating");
+    h.provision("offline");
+    for at in [30, 60, 90] {
+        h.now = t(at);
+        for agent in ["provisioning", "updating"] {
+            h.check_in(agent);
+            let spec = h.spec(agent, false);
+            h.run(|e, b| e.provision(b, spec)).0.unwrap();
+        }
+        h.advance_to(t(at));
+    }
+    assert_eq!(h.agent("offline").status, Status::Offline);
+    assert_eq!(h.agent("updating").status, Status::Updating);
+    assert_eq!(h.agent("provisioning").status, Status::Updating);
+
+    let mut h2 = Harness::new();
+    h2.provision("p");
+    assert_eq!(h2.agent("p").status, Status::Provisioning);
+    h2.check_in("p");
+    assert_eq!(h2.agent("p").status, Status::Online);
+
+    for agent in ["offline", "updating"] {
+        let previous = h.agent(agent).status;
+        let committed = h.check_in(agent);
+        assert_eq!(committed.events[0].previous_status, Some(previous));
+        let after = h.agent(agent);
+        assert_eq!(after.status, Status::Online, "{agent}");
+        assert_eq!(after.offline_reason, None);
+        assert_eq!(after.last_provision_error, None);
+    }
+}
+
+#[test]
+fn re_provisioning_resets_attempts_and_gives_a_full_cycle_of_wakes() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.advance_to(t(30));
+    h.advance_to(t(60));
+    assert_eq!(h.agent("a").wake_attempts, 3);
+
+    h.now = t(70);
+    let (provisioned, committed) = h.provision("a");
+    assert!(!provisioned.created && !provisioned.token_minted);
+    assert_eq!(reasons(&committed), [Reason::Updated]);
+    let agent = h.agent("a");
+    assert_eq!(agent.status, Status::Updating);
+    assert_eq!(agent.generation, 2);
+    assert_eq!(agent.wake_attempts, 1);
+    assert_eq!(agent.checkin_deadline_at, Some(t(100)));
+
+    // The old cycle's deadline at t=90 is stale now.
+    assert_eq!(
+        notes(&h.advance_to(t(90)))[0],
+        NoteKind::SkipStaleGeneration
+    );
+    let mut all_wakes = wakes(&committed);
+    for at in [100, 130, 160] {
+        all_wakes.extend(wakes(&h.advance_to(t(at))));
+    }
+    assert_eq!(
+        all_wakes,
+        [("a".into(), 2, 1), ("a".into(), 2, 2), ("a".into(), 2, 3)]
+    );
+    assert_eq!(h.agent("a").status, Status::Offline);
+}
+
+#[test]
+fn an_operator_wake_starts_a_fresh_cycle_and_revives_an_offline_agent() {
+    let mut h = Harness::new();
+    h.provision("a");
+    for at in [30, 60, 90] {
+        h.advance_to(t(at));
+    }
+    assert_eq!(h.agent("a").status, Status::Offline);
+
+    h.now = t(100);
+    let (woken, committed) = h.run(|e, b| e.wake(b, &id("a")));
+    let woken = woken.unwrap();
+    assert_eq!(woken.status, Status::Updating);
+    assert_eq!(woken.wake_attempts, 1);
+    assert_eq!(woken.generation, 2);
+    assert_eq!(woken.offline_reason, None);
+    assert_eq!(woken.last_provision_error, None);
+    assert_eq!(wakes(&committed), [("a".into(), 2, 1)]);
+    assert_eq!(reasons(&committed), [Reason::Woken]);
+
+    // An online agent stays online while the fresh cycle runs.
+    h.check_in("a");
+    let (woken, _) = h.run(|e, b| e.wake(b, &id("a")));
+    let woken = woken.unwrap();
+    assert_eq!(woken.status, Status::Online);
+    assert_eq!(woken.wake_attempts, 1);
+    assert!(woken.awaiting_checkin());
+
+    let missing = h.run(|e, b| e.wake(b, &id("nobody"))).0;
+    assert_eq!(missing, Err(EngineError::AgentNotFound(id("nobody"))));
+}
+
+#[test]
+fn wakes_never_rotate_the_token_and_only_rotate_token_does() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let original = h.agent("a").token_hash;
+    h.advance_to(t(30));
+    h.run(|e, b| e.wake(b, &id("a"))).0.unwrap();
+    h.provision("a");
+    assert_eq!(h.agent("a").token_hash, original);
+
+    let spec = h.spec("a", true);
+    let rotated = spec.new_token;
+    let provisioned = h.run(|e, b| e.provision(b, spec)).0.unwrap();
+    assert!(provisioned.token_minted);
+    assert_eq!(h.agent("a").token_hash, rotated);
+    assert_eq!(
+        h.engine.renew_lease(&original, None, h.now),
+        Renewal::UnknownToken
+    );
+    assert_eq!(
+        h.run(|e, b| e.check_in(b, &id("a"), &original, None)).0,
+        Err(EngineError::Unauthenticated)
+    );
+}
+
+#[test]
+fn a_timer_armed_for_an_older_generation_does_nothing() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.now = t(10);
+    h.run(|e, b| e.wake(b, &id("a"))).0.unwrap();
+
+    let stale = h.advance_to(t(30));
+    assert!(stale.events.is_empty() && wakes(&stale).is_empty());
+    assert_eq!(
+        notes(&stale),
+        [NoteKind::SkipStaleGeneration, NoteKind::WorkerSuccess]
+    );
+    assert_eq!(h.agent("a").wake_attempts, 1);
+
+    let live = h.advance_to(t(40));
+    assert_eq!(wakes(&live), [("a".into(), 2, 2)]);
+}
+
+#[test]
+fn a_heartbeat_racing_the_deadline_never_causes_a_re_wake() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    // The runtime handles commands received before the deadline first, then
+    // fires timers, in one batch: the check-in wins.
+    h.now = t(30);
+    let (result, committed) = h.run(|engine, batch| {
+        let agent = engine.check_in(batch, &id("a"), &token, None);
+        engine.fire_due(batch);
+        agent
+    });
+    assert_eq!(result.unwrap().status, Status::Online);
+    assert!(wakes(&committed).is_empty());
+    assert_eq!(
+        notes(&committed),
+        [NoteKind::SkipNotStuck, NoteKind::WorkerSuccess]
+    );
+    assert_eq!(h.agent("a").wake_attempts, 0);
+}
+
+#[test]
+fn the_fast_path_renews_only_steady_online_agents() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    assert_eq!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::NeedsCommit(id("a")),
+        "a provisioning agent's heartbeat is a check-in"
+    );
+    h.check_in("a");
+
+    h.now = t(5);
+    match h.engine.renew_lease(&token, None, h.now) {
+        Renewal::Renewed(lease) => {
+            assert_eq!(lease.status, Status::Online);
+            assert_eq!(lease.lease_expires_at, Some(t(35)));
+        }
+        other => panic!("expected a renewal, got {other:?}"),
+    }
+    assert_eq!(h.agent("a").last_seen_at, Some(t(5)));
+    assert_eq!(
+        h.engine.renew_lease(&token, Some("v2"), h.now),
+        Renewal::NeedsCommit(id("a")),
+        "a new template version is committed"
+    );
+    assert_eq!(
+        h.engine.renew_lease(&TokenHash([99; 32]), None, h.now),
+        Renewal::UnknownToken
+    );
+
+    // While a batch touching the agent is being committed, heartbeats queue.
+    let mut batch = h.engine.begin(h.now);
+    h.engine.wake(&mut batch, &id("a")).unwrap();
+    assert_eq!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::NeedsCommit(id("a"))
+    );
+    h.engine.abort(batch);
+    assert!(matches!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::Renewed(_)
+    ));
+}
+
+#[test]
+fn an_online_agent_whose_lease_expires_goes_offline() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.now = t(1);
+    h.check_in("a");
+    let token = h.agent("a").token_hash;
+    assert_eq!(h.agent("a").lease_expires_at, Some(t(31)));
+
+    // Heartbeats keep the lease alive; the entry re-arms itself.
+    for at in [10, 20, 30] {
+        h.now = t(at);
+        assert!(matches!(
+            h.engine.renew_lease(&token, None, h.now),
+            Renewal::Renewed(_)
+        ));
+    }
+    assert!(h.advance_to(t(31)).events.is_empty());
+    assert_eq!(h.engine.next_timer_at(), Some(t(60)));
+
+    let expired = h.advance_to(t(60));
+    assert_eq!(reasons(&expired), [Reason::LeaseExpired]);
+    assert!(wakes(&expired).is_empty(), "no wake cycle by default");
+    let agent = h.agent("a");
+    assert_eq!(agent.status, Status::Offline);
+    assert_eq!(agent.offline_reason.as_deref(), Some("lease expired"));
+
+    h.now = t(61);
+    assert_eq!(reasons(&h.check_in("a")), [Reason::CheckedIn]);
+    assert_eq!(h.agent("a").status, Status::Online);
+}
+
+#[test]
+fn with_wake_on_lease_expiry_an_expired_agent_is_woken_while_offline() {
+    let mut h = Harness::with_policy(Policy {
+        wake_on_lease_expiry: true,
+        ..Policy::default()
+    });
+    h.provision("a");
+    h.check_in("a");
+    let expired = h.advance_to(t(30));
+    assert_eq!(wakes(&expired), [("a".into(), 2, 1)]);
+    assert_eq!(h.agent("a").status, Status::Offline);
+
+    let retried = h.advance_to(t(60));
+    assert_eq!(wakes(&retried), [("a".into(), 2, 2)]);
+    assert_eq!(h.agent("a").status, Status::Offline, "offline, recovering");
+    h.advance_to(t(90));
+    let last = h.advance_to(t(120));
+    assert_eq!(reasons(&last), [Reason::MaxAttemptsReached]);
+    assert!(!h.agent("a").awaiting_checkin());
+}
+
+#[test]
+fn a_failed_wake_is_recorded_and_a_stale_report_is_ignored() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let (recorded, committed) =
+        h.run(|e, b| e.wake_failed(b, &id("a"), 1, 1, "gateway gw-1 is not connected"));
+    assert!(recorded);
+    assert_eq!(reasons(&committed), [Reason::WakeFailed]);
+    let agent = h.agent("a");
+    assert_eq!(
+        agent.last_provision_error.as_deref(),
+        Some("wake attempt 1 failed: gateway gw-1 is not connected")
+    );
+    assert_eq!(agent.wake_attempts, 1, "a failed wake still counts");
+    assert_eq!(
+        agent.checkin_deadline_at,
+        Some(t(30)),
+        "and escalation goes on"
+    );
+
+    for (generation, attempt) in [(0, 1), (1, 2), (2, 1)] {
+        let (recorded, committed) =
+            h.run(|e, b| e.wake_failed(b, &id("a"), generation, attempt, "late"));
+        assert!(!recorded && committed.events.is_empty());
+    }
+    assert_eq!(wakes(&h.advance_to(t(30))), [("a".into(), 1, 2)]);
+    h.advance_to(t(60));
+    h.advance_to(t(90));
+    let error = h.agent("a").last_provision_error.unwrap();
+    assert!(
+        error.starts_with("no check-in after 3 wake attempts"),
+        "{error}"
+    );
+}
+
+#[test]
+fn delete_revokes_the_token_retires_the_agent_and_leaves_timers_stale() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    let (deleted, committed) = h.run(|e, b| e.delete(b, &id("a")));
+    assert_eq!(deleted.unwrap().id, id("a"));
+    assert_eq!(committed.events[0].kind, EventKind::Deleted);
+    let retire = PendingRetire {
+        gateway_id: gw(),
+        agent_id: id("a"),
+        generation: 1,
+    };
+    assert_eq!(committed.effects, [Effect::Retire(retire.clone())]);
+    assert_eq!(h.engine.pending_retires(&gw()), [retire.clone()]);
+    assert!(h.engine.agent(&id("a")).is_none());
+    assert_eq!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::UnknownToken
+    );
+
+    let fired = h.advance_to(t(30));
+    assert_eq!(notes(&fired), [NoteKind::SkipMissingAgent]);
+    assert!(fired.effects.is_empty());
+
+    h.run(|e, b| e.retire_delivered(b, retire));
+    assert!(h.engine.pending_retires(&gw()).is_empty());
+}
+
+#[test]
+fn provision_checks_the_gateway() {
+    let mut h = Harness::new();
+    let mut spec = h.spec("a", false);
+    spec.gateway_id = GatewayId::parse("elsewhere").unwrap();
+    let result = h.run(|e, b| e.provision(b, spec.clone())).0;
+    assert!(matches!(result, Err(EngineError::GatewayNotFound(_))));
+
+    h.provision("a");
+    h.run(|e, b| {
+        e.register_gateway(
+            b,
+            GatewaySpec {
+                gateway_id: spec.gateway_id.clone(),
+                name: String::new(),
+                rotate_token: false,
+                new_token: token(2),
+            },
+        )
+    });
+    let moved = h.run(|e, b| e.provision(b, spec)).0;
+    assert!(matches!(moved, Err(EngineError::FailedPrecondition(_))));
+}
+
+#[test]
+fn an_aborted_batch_changes_nothing_and_its_timers_fire_again() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.now = t(30);
+    let mut batch = h.engine.begin(h.now);
+    h.engine.fire_due(&mut batch);
+    assert_eq!(batch.events().len(), 1);
+    h.engine.abort(batch);
+    assert_eq!(h.agent("a").wake_attempts, 1);
+
+    let retried = h.advance_to(t(30));
+    assert_eq!(wakes(&retried), [("a".into(), 1, 2)]);
+}
+
+#[test]
+fn a_new_template_version_from_an_online_agent_is_an_event() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.check_in("a");
+    let token = h.agent("a").token_hash;
+    let (agent, committed) = h.run(|e, b| e.check_in(b, &id("a"), &token, Some("v2".into())));
+    assert_eq!(agent.unwrap().reported_template_version, "v2");
+    assert_eq!(reasons(&committed), [Reason::TemplateReported]);
+}
+
+#[test]
+fn restart_extends_passed_deadlines_once_with_a_spread() {
+    let mut h = Harness::new();
+    for n in 0..20 {
+        h.provision(&format!("agent-{n}"));
+    }
+    h.provision("online");
+    h.check_in("online");
+    h.now = t(100);
+    h.provision("future");
+
+    let state = StoredState {
+        agents: h.engine.agents().cloned().collect(),
+        gateways: h.engine.gateways().cloned().collect(),
+        pending_retires: vec![],
+        revision: h.engine.revision(),
+    };
+    let restart = t(120);
+    let (mut engine, batch) = Engine::restore(Policy::default(), state, restart);
+    let committed = engine.commit(batch);
+
+    assert_eq!(committed.events.len(), 21, "20 deadlines and one lease");
+    assert!(
+        committed
+            .events
+            .iter()
+            .all(|e| e.reason == Reason::RestartGrace)
+    );
+    assert!(committed.effects.is_empty(), "no wake at start");
+    let grace = Duration::from_secs(30);
+    let mut deadlines = std::collections::BTreeSet::new();
+    for n in 0..20 {
+        let agent = engine.agent(&id(&format!("agent-{n}"))).unwrap();
+        let deadline = agent.checkin_deadline_at.unwrap();
+        assert!(deadline >= restart.plus(grace) && deadline <= restart.plus(grace * 2));
+        assert_eq!(agent.wake_attempts, 1, "attempts survive the restart");
+        deadlines.insert(deadline);
+    }
+    assert!(deadlines.len() > 10, "spread out, not all at once");
+    let online = engine.agent(&id("online")).unwrap();
+    assert!(online.lease_expires_at.unwrap() >= restart.plus(grace));
+    assert_eq!(
+        engine.agent(&id("future")).unwrap().checkin_deadline_at,
+        Some(t(130)),
+        "a future deadline is kept"
+    );
+    assert_eq!(engine.timer_count(), 22);
+
+    // Each extended deadline then runs the normal policy.
+    let mut batch = engine.begin(restart.plus(grace * 2));
+    engine.fire_due(&mut batch);
+    let fired = engine.commit(batch);
+    assert_eq!(wakes(&fired).len(), 21, "the twenty and the future one");
+    assert!(wakes(&fired).iter().all(|(_, _, attempt)| *attempt == 2));
+}
+
+#[test]
+fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let state = StoredState {
+        agents: h.engine.agents().cloned().collect(),
+        gateways: vec![],
+        pending_retires: vec![],
+        revision: h.engine.revision(),
+    };
+    let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
+    engine.commit(batch);
+    let mut batch = engine.begin(t(30));
+    engine.fire_due(&mut batch);
+    let fired = engine.commit(batch);
+    assert_eq!(notes(&fired)[0], NoteKind::SkipMissingGateway);
+    let agent = engine.agent(&id("a")).unwrap();
+    assert_eq!(agent.status, Status::Offline);
+    assert_eq!(
+        agent.last_provision_error.as_deref(),
+        Some("gateway gw-1 is not registered")
+    );
+}
+
+#[test]
+fn list_filters_and_pages_in_id_order() {
+    let mut h = Harness::new();
+    for n in 0..7 {
+        h.provision(&format!("a{n}"));
+    }
+    h.check_in("a3");
+    let all = AgentFilter::default();
+    let (page, next) = h.engine.list(&all, None, 3);
+    assert_eq!(
+        page.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["a0", "a1", "a2"]
+    );
+    let (page, next) = h.engine.list(&all, next.as_ref(), 3);
+    assert_eq!(page.len(), 3);
+    let (page, next) = h.engine.list(&all, next.as_ref(), 3);
+    assert_eq!(page.len(), 1);
+    assert_eq!(next, None);
+
+    let online = AgentFilter {
+        statuses: vec![Status::Online],
+        ..AgentFilter::default()
+    };
+    let (page, _) = h.engine.list(&online, None, 100);
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, id("a3"));
+}
+
+#[test]
+fn a_status_filter_sees_agents_leave_the_status() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let committed = h.check_in("a");
+    let provisioning = AgentFilter {
+        statuses: vec![Status::Provisioning],
+        ..AgentFilter::default()
+    };
+    assert!(provisioning.matches_event(&committed.events[0]));
+    let other_gateway = AgentFilter {
+        gateway_id: Some(GatewayId::parse("gw-2").unwrap()),
+        statuses: vec![Status::Provisioning],
+        ..AgentFilter::default()
+    };
+    assert!(!other_gateway.matches_event(&committed.events[0]));
+}
+
+#[test]
+fn checkpoints_carry_only_renewed_online_leases() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.provision("b");
+    h.check_in("a");
+    let token = h.agent("a").token_hash;
+    h.now = t(5);
+    h.engine.renew_lease(&token, None, h.now);
+    let leases = h.engine.take_dirty_leases();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].last_seen_at, t(5));
+    assert!(h.engine.take_dirty_leases().is_empty());
+    h.engine.return_dirty_leases(leases);
+    assert_eq!(h.engine.take_dirty_leases().len(), 1);
+}

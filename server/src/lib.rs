@@ -1,0 +1,8 @@
+//! mission-control: the agent lifecycle control plane.
+//!
+//! - [`engine`]: the lifecycle state machine and timer wheel, plain Rust.
+//! - [`store`]: where the truth lives: Postgres, or memory for `--dev`.
+//! - [`runtime`]: wires the engine to the store, the gateways and watchers.
+//! - [`grpc`]: the transport adapter: validation, conversion, status codes.
+
+pub mod engine;
