@@ -6,3 +6,5 @@
 //! - [`grpc`]: the transport adapter: validation, conversion, status codes.
 
 pub mod engine;
+pub mod store;
+pub mod testing;

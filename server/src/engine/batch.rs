@@ -178,10 +178,15 @@ impl Batch {
             after.revision = revision;
             after.updated_at = self.now;
         }
+        // History never holds the token hash.
+        let agent = Agent {
+            token_hash: Default::default(),
+            ..after.clone()
+        };
         self.events.push(Event {
             revision,
             kind: change.kind,
-            agent: after.clone(),
+            agent,
             previous_status: change.previous_status,
             reason: change.reason,
             attempt: change.attempt,

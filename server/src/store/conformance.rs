@@ -1,0 +1,369 @@
+//! One conformance suite for every store. Each case builds its batches with
+//! the real engine, so the store is tested on the writes it will really get.
+//! `store_conformance_tests!(make)` expands to one test per case, where
+//! `make` is an async expression giving a fresh `(store, guard)`.
+
+use super::{Store, StoreError};
+use crate::engine::{
+    AgentId, Batch, BoardId, Engine, EventKind, GatewayId, GatewaySpec, Policy, ProvisionSpec,
+    Reason, Renewal, Role, Status, StoredState, Timestamp, TokenHash,
+};
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!($make;
+            commit_and_load_round_trip,
+            timestamps_round_trip_exactly,
+            a_failed_commit_writes_nothing,
+            deletes_and_retires_round_trip,
+            events_after_is_ordered_and_limited,
+            history_is_newest_first_and_paged,
+            checkpoints_only_move_online_leases_forward,
+            compaction_drops_old_events_and_keeps_the_revision,
+            ping_answers,
+        );
+    };
+    ($make:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                $crate::store::conformance::$case(&store).await;
+            }
+        )+
+    };
+}
+
+const SEC: i64 = 1_000_000;
+
+fn at(secs: i64) -> Timestamp {
+    // A microsecond part, to catch any loss of precision.
+    Timestamp::from_micros(1_750_000_000 * SEC + secs * SEC + 123_456)
+}
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).unwrap()
+}
+
+fn gateway() -> GatewayId {
+    GatewayId::parse("gw-1").unwrap()
+}
+
+/// An engine that commits every batch to the store under test.
+struct Fixture<'a> {
+    store: &'a dyn Store,
+    engine: Engine,
+    tokens: u8,
+}
+
+impl<'a> Fixture<'a> {
+    async fn new(store: &'a dyn Store) -> Self {
+        let mut fixture = Self {
+            store,
+            engine: Engine::new(Policy::default()),
+            tokens: 1,
+        };
+        fixture
+            .run(at(0), |engine, batch| {
+                engine.register_gateway(
+                    batch,
+                    GatewaySpec {
+                        gateway_id: gateway(),
+                        name: "gateway one".into(),
+                        rotate_token: false,
+                        new_token: TokenHash([1; 32]),
+                    },
+                );
+            })
+            .await
+            .unwrap();
+        fixture
+    }
+
+    async fn run(
+        &mut self,
+        now: Timestamp,
+        op: impl FnOnce(&mut Engine, &mut Batch),
+    ) -> Result<(), StoreError> {
+        let mut batch = self.engine.begin(now);
+        op(&mut self.engine, &mut batch);
+        match self.store.commit(&batch).await {
+            Ok(()) => {
+                self.engine.commit(batch);
+                Ok(())
+            }
+            Err(e) => {
+                self.engine.abort(batch);
+                Err(e)
+            }
+        }
+    }
+
+    async fn provision(&mut self, now: Timestamp, agent: &str) {
+        self.tokens += 1;
+        let spec = ProvisionSpec {
+            agent_id: id(agent),
+            name: format!("Agent {agent}"),
+            gateway_id: gateway(),
+            board_id: Some(BoardId::parse("board-7").unwrap()),
+            role: Role::BoardLead,
+            template_version: "2026.11".into(),
+            rotate_token: false,
+            new_token: TokenHash([self.tokens; 32]),
+        };
+        self.run(now, |engine, batch| {
+            engine.provision(batch, spec).unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn check_in(&mut self, now: Timestamp, agent: &str) {
+        let token = self.engine.agent(&id(agent)).unwrap().token_hash;
+        self.run(now, |engine, batch| {
+            engine
+                .check_in(batch, &id(agent), &token, Some("2026.11".into()))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    fn state(&self) -> StoredState {
+        StoredState {
+            agents: self.engine.agents().cloned().collect(),
+            gateways: self.engine.gateways().cloned().collect(),
+            pending_retires: self.engine.pending_retires(&gateway()),
+            revision: self.engine.revision(),
+        }
+    }
+}
+
+pub async fn commit_and_load_round_trip(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(1), "a").await;
+    f.provision(at(2), "b").await;
+    f.check_in(at(3), "b").await;
+    f.run(at(32), |engine, batch| engine.fire_due(batch))
+        .await
+        .unwrap();
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, f.state());
+    assert_eq!(loaded.revision, 4, "three transitions and one re-wake");
+    let a = loaded.agents.iter().find(|a| a.id == id("a")).unwrap();
+    assert_eq!(a.wake_attempts, 2);
+    let b = loaded.agents.iter().find(|a| a.id == id("b")).unwrap();
+    assert_eq!(b.status, Status::Online);
+    assert_eq!(b.reported_template_version, "2026.11");
+}
+
+pub async fn timestamps_round_trip_exactly(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(1), "a").await;
+    let stored = store.load().await.unwrap();
+    let agent = &stored.agents[0];
+    assert_eq!(agent.created_at, at(1));
+    assert_eq!(agent.checkin_deadline_at, Some(at(31)));
+    assert_eq!(stored.gateways[0].created_at, at(0));
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(events[0].at, at(1));
+    let mut expected = f.engine.agent(&id("a")).unwrap().clone();
+    expected.token_hash = TokenHash::default();
+    assert_eq!(
+        events[0].agent, expected,
+        "history never holds the token hash"
+    );
+}
+
+pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(1), "a").await;
+    let before = store.load().await.unwrap();
+
+    // A second engine that does not know revision 1 is taken.
+    let mut stale = Engine::new(Policy::default());
+    let mut batch = stale.begin(at(2));
+    stale.register_gateway(
+        &mut batch,
+        GatewaySpec {
+            gateway_id: GatewayId::parse("gw-2").unwrap(),
+            name: "second".into(),
+            rotate_token: false,
+            new_token: TokenHash([200; 32]),
+        },
+    );
+    stale
+        .provision(
+            &mut batch,
+            ProvisionSpec {
+                agent_id: id("z"),
+                name: "z".into(),
+                gateway_id: GatewayId::parse("gw-2").unwrap(),
+                board_id: None,
+                role: Role::GatewayMain,
+                template_version: String::new(),
+                rotate_token: false,
+                new_token: TokenHash([201; 32]),
+            },
+        )
+        .unwrap();
+    let result = store.commit(&batch).await;
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(store.load().await.unwrap(), before, "all or nothing");
+}
+
+pub async fn deletes_and_retires_round_trip(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(1), "a").await;
+    f.provision(at(1), "b").await;
+    f.run(at(2), |engine, batch| {
+        engine.delete(batch, &id("a")).unwrap();
+    })
+    .await
+    .unwrap();
+    let stored = store.load().await.unwrap();
+    assert_eq!(stored.agents.len(), 1);
+    assert_eq!(stored.pending_retires.len(), 1);
+    assert_eq!(stored.pending_retires[0].agent_id, id("a"));
+
+    let retire = stored.pending_retires[0].clone();
+    f.run(at(3), |engine, batch| {
+        engine.retire_delivered(batch, retire)
+    })
+    .await
+    .unwrap();
+    assert!(store.load().await.unwrap().pending_retires.is_empty());
+
+    let history = store.agent_history(&id("a"), None, 10).await.unwrap();
+    assert_eq!(history[0].kind, EventKind::Deleted);
+    assert_eq!(history[0].reason, Reason::Deleted);
+}
+
+pub async fn events_after_is_ordered_and_limited(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    for n in 0..5 {
+        f.provision(at(n), &format!("a{n}")).await;
+    }
+    let all = store.events_after(0, 100).await.unwrap();
+    let revisions: Vec<u64> = all.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 4, 5]);
+    let page = store.events_after(2, 2).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.revision).collect::<Vec<_>>(), [3, 4]);
+    assert!(store.events_after(5, 10).await.unwrap().is_empty());
+    assert_eq!(all[0].kind, EventKind::Added);
+    assert_eq!(all[0].previous_status, None);
+}
+
+pub async fn history_is_newest_first_and_paged(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(0), "a").await;
+    f.provision(at(0), "other").await;
+    f.run(at(30), |engine, batch| engine.fire_due(batch))
+        .await
+        .unwrap();
+    f.check_in(at(35), "a").await;
+
+    let history = store.agent_history(&id("a"), None, 10).await.unwrap();
+    let reasons: Vec<Reason> = history.iter().map(|e| e.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::CheckedIn,
+            Reason::DeadlineMissed,
+            Reason::Provisioned
+        ]
+    );
+    assert_eq!(history[0].attempt, 2);
+    assert_eq!(history[0].previous_status, Some(Status::Provisioning));
+
+    let first = store.agent_history(&id("a"), None, 2).await.unwrap();
+    let rest = store
+        .agent_history(&id("a"), Some(first[1].revision), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].reason, Reason::Provisioned);
+}
+
+pub async fn checkpoints_only_move_online_leases_forward(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(0), "online").await;
+    f.provision(at(0), "waiting").await;
+    f.check_in(at(1), "online").await;
+    let token = f.engine.agent(&id("online")).unwrap().token_hash;
+    assert!(matches!(
+        f.engine.renew_lease(&token, None, at(9)),
+        Renewal::Renewed(_)
+    ));
+    let leases = f.engine.take_dirty_leases();
+    store.checkpoint_leases(&leases).await.unwrap();
+
+    let stored = store.load().await.unwrap();
+    let online = stored.agents.iter().find(|a| a.id == id("online")).unwrap();
+    assert_eq!(online.last_seen_at, Some(at(9)));
+    assert_eq!(online.lease_expires_at, Some(at(39)));
+
+    // An older checkpoint never moves it back.
+    let mut older = leases.clone();
+    older[0].last_seen_at = at(5);
+    older[0].lease_expires_at = at(35);
+    store.checkpoint_leases(&older).await.unwrap();
+    let online = store
+        .load()
+        .await
+        .unwrap()
+        .agents
+        .into_iter()
+        .find(|a| a.id == id("online"))
+        .unwrap();
+    assert_eq!(online.last_seen_at, Some(at(9)));
+
+    // A checkpoint from before a re-provision changes nothing.
+    f.provision(at(10), "online").await;
+    let mut late = leases;
+    late[0].last_seen_at = at(11);
+    late[0].lease_expires_at = at(41);
+    store.checkpoint_leases(&late).await.unwrap();
+    let updating = store
+        .load()
+        .await
+        .unwrap()
+        .agents
+        .into_iter()
+        .find(|a| a.id == id("online"))
+        .unwrap();
+    assert_eq!(updating.status, Status::Updating);
+    assert_eq!(updating.last_seen_at, Some(at(9)));
+    assert_eq!(updating.lease_expires_at, None);
+}
+
+pub async fn compaction_drops_old_events_and_keeps_the_revision(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    for n in 0..4 {
+        f.provision(at(n * 10), &format!("a{n}")).await;
+    }
+    assert_eq!(store.compacted_revision().await.unwrap(), 0);
+    let compacted = store.compact(at(15)).await.unwrap();
+    assert_eq!(compacted, 2);
+    assert_eq!(store.compacted_revision().await.unwrap(), 2);
+    let left: Vec<u64> = store
+        .events_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(left, [3, 4]);
+    // Compacting with an older cutoff never goes back.
+    assert_eq!(store.compact(at(0)).await.unwrap(), 2);
+    // Compacting everything keeps the last revision known.
+    assert_eq!(store.compact(at(10_000)).await.unwrap(), 4);
+    assert_eq!(store.load().await.unwrap().revision, 4);
+}
+
+pub async fn ping_answers(store: &dyn Store) {
+    store.ping().await.unwrap();
+}

@@ -1,0 +1,181 @@
+//! An in-memory store: no setup, nothing survives the process. For `--dev`
+//! and for tests, which can also make it fail on purpose.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{Store, StoreError};
+use crate::engine::{
+    Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, Status,
+    StoredState, Timestamp,
+};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    agents: BTreeMap<AgentId, Agent>,
+    gateways: BTreeMap<GatewayId, Gateway>,
+    retires: BTreeSet<PendingRetire>,
+    events: BTreeMap<u64, Event>,
+    last_revision: u64,
+    compacted_revision: u64,
+    /// While set, every call fails as if the database were down.
+    unavailable: bool,
+    commits: u64,
+    checkpoints: u64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every call fail (or succeed again), like a database outage.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.lock().unavailable = unavailable;
+    }
+
+    /// How many commits and checkpoints have been written.
+    pub fn write_counts(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.commits, state.checkpoints)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory store lock poisoned")
+    }
+
+    fn available(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        let state = self.lock();
+        if state.unavailable {
+            return Err(StoreError::Unavailable("memory store switched off".into()));
+        }
+        Ok(state)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self) -> Result<StoredState, StoreError> {
+        let state = self.available()?;
+        Ok(StoredState {
+            agents: state.agents.values().cloned().collect(),
+            gateways: state.gateways.values().cloned().collect(),
+            pending_retires: state.retires.iter().cloned().collect(),
+            revision: state.last_revision,
+        })
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut state = self.available()?;
+        // Check before writing anything: all or nothing.
+        if let Some(event) = batch
+            .events()
+            .iter()
+            .find(|e| e.revision <= state.last_revision)
+        {
+            return Err(StoreError::Conflict(format!(
+                "revision {} is already taken",
+                event.revision
+            )));
+        }
+        for (id, agent) in batch.agent_writes() {
+            match agent {
+                Some(agent) => state.agents.insert(id.clone(), agent.clone()),
+                None => state.agents.remove(id),
+            };
+        }
+        for gateway in batch.gateway_writes() {
+            state.gateways.insert(gateway.id.clone(), gateway.clone());
+        }
+        for retire in batch.retires_done() {
+            state.retires.remove(retire);
+        }
+        state.retires.extend(batch.retires_added().iter().cloned());
+        for event in batch.events() {
+            state.last_revision = event.revision;
+            state.events.insert(event.revision, event.clone());
+        }
+        state.commits += 1;
+        Ok(())
+    }
+
+    async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {
+        let mut state = self.available()?;
+        for lease in leases {
+            let Some(agent) = state.agents.get_mut(&lease.agent_id) else {
+                continue;
+            };
+            if agent.generation != lease.generation || agent.status != Status::Online {
+                continue;
+            }
+            agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
+            agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
+        }
+        state.checkpoints += 1;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let state = self.available()?;
+        Ok(state
+            .events
+            .range(after + 1..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn agent_history(
+        &self,
+        agent: &AgentId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let state = self.available()?;
+        Ok(state
+            .events
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .filter(|(_, e)| e.agent.id == *agent)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn compact(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.available()?;
+        let newest_old = state
+            .events
+            .values()
+            .filter(|e| e.at < cutoff)
+            .map(|e| e.revision)
+            .max();
+        if let Some(up_to) = newest_old {
+            state.events = state.events.split_off(&(up_to + 1));
+            state.compacted_revision = state.compacted_revision.max(up_to);
+        }
+        Ok(state.compacted_revision)
+    }
+
+    async fn compacted_revision(&self) -> Result<u64, StoreError> {
+        Ok(self.available()?.compacted_revision)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.available().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStore;
+
+    crate::store_conformance_tests!(async { (MemoryStore::new(), ()) });
+}

@@ -1,0 +1,583 @@
+//! The durable store, on Postgres through a deadpool connection pool.
+//!
+//! A batch is one transaction whose statements are pipelined: each kind of
+//! write is a single statement over arrays (`unnest`), so a batch costs the
+//! same few round trips whether it holds one transition or a thousand.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures_util::future::try_join_all;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{Store, StoreError, migrations};
+use crate::engine::{
+    Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
+    PendingRetire, Reason, Role, Status, StoredState, Timestamp, TokenHash,
+};
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: usize,
+    /// How long to wait for a connection (from the pool or a new one).
+    pub timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Connects and applies pending migrations.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
+        config.connect_timeout(settings.timeout);
+        config.application_name("mission-control");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections)
+            .wait_timeout(Some(settings.timeout))
+            .create_timeout(Some(settings.timeout))
+            .recycle_timeout(Some(settings.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let store = Self { pool };
+        let mut client = store.client().await?;
+        let applied = migrations::run(&mut client).await.map_err(classify)?;
+        tracing::info!(applied, "database schema is up to date");
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => classify(e),
+            other => StoreError::Unavailable(other.to_string()),
+        })
+    }
+}
+
+/// Maps a Postgres error to a store error, by SQLSTATE: the one place that
+/// knows them.
+fn classify(e: tokio_postgres::Error) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection failed or closed.
+        return StoreError::Unavailable(e.to_string());
+    };
+    let message = e
+        .as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+    match code {
+        c if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(message),
+        c if c.code().starts_with("08") // connection exception
+            || c.code().starts_with("53") // insufficient resources
+            || c.code().starts_with("57") // operator intervention: shutdown
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            StoreError::Unavailable(message)
+        }
+        _ => StoreError::Other(format!("{message} (SQLSTATE {})", code.code())),
+    }
+}
+
+fn time(t: Timestamp) -> SystemTime {
+    t.to_system_time()
+}
+
+fn opt_time(t: Option<Timestamp>) -> Option<SystemTime> {
+    t.map(Timestamp::to_system_time)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn token_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
+    let hash: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?;
+    Ok(TokenHash(hash))
+}
+
+fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
+    let ts = |column: &str| -> Option<Timestamp> {
+        row.get::<_, Option<SystemTime>>(column)
+            .map(Timestamp::from_system_time)
+    };
+    let text = |column: &str| -> String { row.get(column) };
+    Ok(Agent {
+        id: AgentId::parse(text("id")).map_err(|e| corrupt("agent id", &e.to_string()))?,
+        name: text("name"),
+        gateway_id: GatewayId::parse(text("gateway_id"))
+            .map_err(|e| corrupt("gateway id", &e.to_string()))?,
+        board_id: row
+            .get::<_, Option<String>>("board_id")
+            .map(BoardId::parse)
+            .transpose()
+            .map_err(|e| corrupt("board id", &e.to_string()))?,
+        role: Role::parse(&text("role")).ok_or_else(|| corrupt("role", &text("role")))?,
+        status: Status::parse(&text("status")).ok_or_else(|| corrupt("status", &text("status")))?,
+        generation: row.get::<_, i64>("generation") as u64,
+        wake_attempts: row.get::<_, i32>("wake_attempts") as u32,
+        last_wake_sent_at: ts("last_wake_sent_at"),
+        checkin_deadline_at: ts("checkin_deadline_at"),
+        last_seen_at: ts("last_seen_at"),
+        lease_expires_at: ts("lease_expires_at"),
+        last_provision_error: row.get("last_provision_error"),
+        offline_reason: row.get("offline_reason"),
+        desired_template_version: text("desired_template_version"),
+        reported_template_version: text("reported_template_version"),
+        created_at: ts("created_at").unwrap_or(Timestamp::from_micros(0)),
+        updated_at: ts("updated_at").unwrap_or(Timestamp::from_micros(0)),
+        revision: row.get::<_, i64>("revision") as u64,
+        token_hash: token_hash(row.get("token_hash"))?,
+    })
+}
+
+fn event_from_row(row: &Row) -> Result<Event, StoreError> {
+    let text = |column: &str| -> String { row.get(column) };
+    let agent: Agent = serde_json::from_value(row.get("agent"))
+        .map_err(|e| StoreError::Corrupt(format!("event agent: {e}")))?;
+    Ok(Event {
+        revision: row.get::<_, i64>("revision") as u64,
+        kind: EventKind::parse(&text("kind"))
+            .ok_or_else(|| corrupt("event kind", &text("kind")))?,
+        agent,
+        previous_status: row
+            .get::<_, Option<String>>("previous_status")
+            .map(|s| Status::parse(&s).ok_or_else(|| corrupt("status", &s)))
+            .transpose()?,
+        reason: Reason::parse(&text("reason")).ok_or_else(|| corrupt("reason", &text("reason")))?,
+        attempt: row.get::<_, i32>("attempt") as u32,
+        error: row.get("error"),
+        at: Timestamp::from_system_time(row.get("at")),
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent";
+
+const UPSERT_AGENTS: &str = "
+INSERT INTO agents (id, name, gateway_id, board_id, role, status, generation, wake_attempts,
+    last_wake_sent_at, checkin_deadline_at, last_seen_at, lease_expires_at,
+    last_provision_error, offline_reason, desired_template_version, reported_template_version,
+    created_at, updated_at, revision, token_hash)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::int8[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+    $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::text[],
+    $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::bytea[])
+ON CONFLICT (id) DO UPDATE SET
+    name = EXCLUDED.name, gateway_id = EXCLUDED.gateway_id, board_id = EXCLUDED.board_id,
+    role = EXCLUDED.role, status = EXCLUDED.status, generation = EXCLUDED.generation,
+    wake_attempts = EXCLUDED.wake_attempts, last_wake_sent_at = EXCLUDED.last_wake_sent_at,
+    checkin_deadline_at = EXCLUDED.checkin_deadline_at,
+    last_seen_at = GREATEST(agents.last_seen_at, EXCLUDED.last_seen_at),
+    lease_expires_at = EXCLUDED.lease_expires_at,
+    last_provision_error = EXCLUDED.last_provision_error,
+    offline_reason = EXCLUDED.offline_reason,
+    desired_template_version = EXCLUDED.desired_template_version,
+    reported_template_version = EXCLUDED.reported_template_version,
+    updated_at = EXCLUDED.updated_at, revision = EXCLUDED.revision,
+    token_hash = EXCLUDED.token_hash";
+
+/// One array per column of the agents written by a batch.
+#[derive(Default)]
+struct AgentColumns<'a> {
+    id: Vec<&'a str>,
+    name: Vec<&'a str>,
+    gateway_id: Vec<&'a str>,
+    board_id: Vec<Option<&'a str>>,
+    role: Vec<&'static str>,
+    status: Vec<&'static str>,
+    generation: Vec<i64>,
+    wake_attempts: Vec<i32>,
+    last_wake_sent_at: Vec<Option<SystemTime>>,
+    checkin_deadline_at: Vec<Option<SystemTime>>,
+    last_seen_at: Vec<Option<SystemTime>>,
+    lease_expires_at: Vec<Option<SystemTime>>,
+    last_provision_error: Vec<Option<&'a str>>,
+    offline_reason: Vec<Option<&'a str>>,
+    desired_template_version: Vec<&'a str>,
+    reported_template_version: Vec<&'a str>,
+    created_at: Vec<SystemTime>,
+    updated_at: Vec<SystemTime>,
+    revision: Vec<i64>,
+    token_hash: Vec<&'a [u8]>,
+}
+
+impl<'a> AgentColumns<'a> {
+    fn push(&mut self, a: &'a Agent) {
+        self.id.push(a.id.as_str());
+        self.name.push(&a.name);
+        self.gateway_id.push(a.gateway_id.as_str());
+        self.board_id.push(a.board_id.as_ref().map(BoardId::as_str));
+        self.role.push(a.role.as_str());
+        self.status.push(a.status.as_str());
+        self.generation.push(a.generation as i64);
+        self.wake_attempts.push(a.wake_attempts as i32);
+        self.last_wake_sent_at.push(opt_time(a.last_wake_sent_at));
+        self.checkin_deadline_at
+            .push(opt_time(a.checkin_deadline_at));
+        self.last_seen_at.push(opt_time(a.last_seen_at));
+        self.lease_expires_at.push(opt_time(a.lease_expires_at));
+        self.last_provision_error
+            .push(a.last_provision_error.as_deref());
+        self.offline_reason.push(a.offline_reason.as_deref());
+        self.desired_template_version
+            .push(&a.desired_template_version);
+        self.reported_template_version
+            .push(&a.reported_template_version);
+        self.created_at.push(time(a.created_at));
+        self.updated_at.push(time(a.updated_at));
+        self.revision.push(a.revision as i64);
+        self.token_hash.push(&a.token_hash.0);
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+        [
+            &self.id,
+            &self.name,
+            &self.gateway_id,
+            &self.board_id,
+            &self.role,
+            &self.status,
+            &self.generation,
+            &self.wake_attempts,
+            &self.last_wake_sent_at,
+            &self.checkin_deadline_at,
+            &self.last_seen_at,
+            &self.lease_expires_at,
+            &self.last_provision_error,
+            &self.offline_reason,
+            &self.desired_template_version,
+            &self.reported_template_version,
+            &self.created_at,
+            &self.updated_at,
+            &self.revision,
+            &self.token_hash,
+        ]
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load(&self) -> Result<StoredState, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for all four reads.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        let agents = tx
+            .query("SELECT * FROM agents ORDER BY id", &[])
+            .await
+            .map_err(classify)?;
+        let gateways = tx
+            .query(
+                "SELECT id, name, token_hash, created_at FROM gateways ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        let retires = tx
+            .query(
+                "SELECT gateway_id, agent_id, generation FROM pending_retires ORDER BY 1, 2, 3",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        let revision: i64 = tx
+            .query_one(
+                "SELECT GREATEST((SELECT compacted_revision FROM event_history),
+                                 (SELECT COALESCE(max(revision), 0) FROM agent_events))",
+                &[],
+            )
+            .await
+            .map_err(classify)?
+            .get(0);
+        tx.commit().await.map_err(classify)?;
+
+        let gateway_id =
+            |s: String| GatewayId::parse(s).map_err(|e| corrupt("gateway id", &e.to_string()));
+        Ok(StoredState {
+            agents: agents
+                .iter()
+                .map(agent_from_row)
+                .collect::<Result<_, _>>()?,
+            gateways: gateways
+                .iter()
+                .map(|row| {
+                    Ok(Gateway {
+                        id: gateway_id(row.get("id"))?,
+                        name: row.get("name"),
+                        token_hash: token_hash(row.get("token_hash"))?,
+                        created_at: Timestamp::from_system_time(row.get("created_at")),
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            pending_retires: retires
+                .iter()
+                .map(|row| {
+                    Ok(PendingRetire {
+                        gateway_id: gateway_id(row.get("gateway_id"))?,
+                        agent_id: AgentId::parse(row.get::<_, String>("agent_id"))
+                            .map_err(|e| corrupt("agent id", &e.to_string()))?,
+                        generation: row.get::<_, i64>("generation") as u64,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            revision: revision as u64,
+        })
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut upserts = AgentColumns::default();
+        let mut deletes: Vec<&str> = Vec::new();
+        for (id, agent) in batch.agent_writes() {
+            match agent {
+                Some(agent) => upserts.push(agent),
+                None => deletes.push(id.as_str()),
+            }
+        }
+        let gateways: Vec<&Gateway> = batch.gateway_writes().collect();
+        let gw_ids: Vec<&str> = gateways.iter().map(|g| g.id.as_str()).collect();
+        let gw_names: Vec<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+        let gw_tokens: Vec<&[u8]> = gateways.iter().map(|g| &g.token_hash.0[..]).collect();
+        let gw_created: Vec<SystemTime> = gateways.iter().map(|g| time(g.created_at)).collect();
+
+        let events = batch.events();
+        let ev_revision: Vec<i64> = events.iter().map(|e| e.revision as i64).collect();
+        let ev_agent_id: Vec<&str> = events.iter().map(|e| e.agent.id.as_str()).collect();
+        let ev_kind: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let ev_reason: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        let ev_previous: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.previous_status.map(Status::as_str))
+            .collect();
+        let ev_attempt: Vec<i32> = events.iter().map(|e| e.attempt as i32).collect();
+        let ev_error: Vec<Option<&str>> = events.iter().map(|e| e.error.as_deref()).collect();
+        let ev_at: Vec<SystemTime> = events.iter().map(|e| time(e.at)).collect();
+        let ev_agent: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(&e.agent))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Other(format!("encoding an event: {e}")))?;
+
+        let retire_columns = |retires: &[PendingRetire]| {
+            (
+                retires
+                    .iter()
+                    .map(|r| r.gateway_id.to_string())
+                    .collect::<Vec<_>>(),
+                retires
+                    .iter()
+                    .map(|r| r.agent_id.to_string())
+                    .collect::<Vec<_>>(),
+                retires
+                    .iter()
+                    .map(|r| r.generation as i64)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let added = retire_columns(batch.retires_added());
+        let done = retire_columns(batch.retires_done());
+
+        let event_insert = format!(
+            "INSERT INTO agent_events ({EVENT_COLUMNS})
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int4[], $7::text[], $8::timestamptz[], $9::jsonb[])"
+        );
+        type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
+        let mut statements: Vec<(&str, Params<'_>)> = Vec::new();
+        if !upserts.id.is_empty() {
+            statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
+        }
+        if !deletes.is_empty() {
+            statements.push(("DELETE FROM agents WHERE id = ANY($1)", vec![&deletes]));
+        }
+        if !gateways.is_empty() {
+            statements.push((
+                "INSERT INTO gateways (id, name, token_hash, created_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[])
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, token_hash = EXCLUDED.token_hash",
+                vec![&gw_ids, &gw_names, &gw_tokens, &gw_created],
+            ));
+        }
+        if !events.is_empty() {
+            statements.push((
+                event_insert.as_str(),
+                vec![
+                    &ev_revision,
+                    &ev_agent_id,
+                    &ev_kind,
+                    &ev_reason,
+                    &ev_previous,
+                    &ev_attempt,
+                    &ev_error,
+                    &ev_at,
+                    &ev_agent,
+                ],
+            ));
+        }
+        if !added.0.is_empty() {
+            statements.push((
+                "INSERT INTO pending_retires (gateway_id, agent_id, generation)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) ON CONFLICT DO NOTHING",
+                vec![&added.0, &added.1, &added.2],
+            ));
+        }
+        if !done.0.is_empty() {
+            statements.push((
+                "DELETE FROM pending_retires
+                 WHERE (gateway_id, agent_id, generation) IN
+                       (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]))",
+                vec![&done.0, &done.1, &done.2],
+            ));
+        }
+
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        // Pipelined: sent together, answered in order, one transaction.
+        try_join_all(
+            statements
+                .iter()
+                .map(|(sql, params)| tx.execute(*sql, params)),
+        )
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = leases.iter().map(|l| l.agent_id.as_str()).collect();
+        let generations: Vec<i64> = leases.iter().map(|l| l.generation as i64).collect();
+        let seen: Vec<SystemTime> = leases.iter().map(|l| time(l.last_seen_at)).collect();
+        let expires: Vec<SystemTime> = leases.iter().map(|l| time(l.lease_expires_at)).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE agents AS a SET
+                     last_seen_at = GREATEST(a.last_seen_at, v.last_seen_at),
+                     lease_expires_at = GREATEST(a.lease_expires_at, v.lease_expires_at)
+                 FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[])
+                      AS v(id, generation, last_seen_at, lease_expires_at)
+                 WHERE a.id = v.id AND a.generation = v.generation AND a.status = 'online'",
+            )
+            .await
+            .map_err(classify)?;
+        client
+            .execute(&statement, &[&ids, &generations, &seen, &expires])
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM agent_events
+                     WHERE revision > $1 ORDER BY revision LIMIT $2"
+                ),
+                &[&(after as i64), &(limit as i64)],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn agent_history(
+        &self,
+        agent: &AgentId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let client = self.client().await?;
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM agent_events
+                     WHERE agent_id = $1 AND revision < $2
+                     ORDER BY revision DESC LIMIT $3"
+                ),
+                &[&agent.as_str(), &before, &(limit as i64)],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn compact(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "WITH cut AS (SELECT max(revision) AS up_to FROM agent_events WHERE at < $1),
+                      gone AS (DELETE FROM agent_events WHERE revision <= (SELECT up_to FROM cut))
+                 UPDATE event_history
+                    SET compacted_revision = GREATEST(compacted_revision,
+                                                      COALESCE((SELECT up_to FROM cut), 0))
+                 RETURNING compacted_revision",
+                &[&time(cutoff)],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn compacted_revision(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT compacted_revision FROM event_history", &[])
+            .await
+            .map_err(classify)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(classify)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PostgresStore;
+    use crate::testing::TestDatabase;
+
+    crate::store_conformance_tests!(async {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::connect(db.url(), &Default::default())
+            .await
+            .expect("connect to the test database");
+        (store, db)
+    });
+}
