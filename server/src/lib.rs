@@ -5,6 +5,11 @@
 //! - [`runtime`]: wires the engine to the store, the gateways and watchers.
 //! - [`grpc`]: the transport adapter: validation, conversion, status codes.
 
+pub mod app;
+pub mod config;
 pub mod engine;
+pub mod grpc;
+pub mod logging;
+pub mod runtime;
 pub mod store;
 pub mod testing;

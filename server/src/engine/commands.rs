@@ -18,8 +18,6 @@ pub struct ProvisionSpec {
     pub role: Role,
     pub template_version: String,
     pub rotate_token: bool,
-    /// A freshly minted token's hash, used if the agent is new or rotates.
-    pub new_token: TokenHash,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +33,6 @@ pub struct GatewaySpec {
     pub gateway_id: GatewayId,
     pub name: String,
     pub rotate_token: bool,
-    pub new_token: TokenHash,
 }
 
 #[derive(Debug, Clone)]
@@ -47,10 +44,13 @@ pub struct GatewayRegistered {
 
 impl Engine {
     /// Creates the agent, or updates it; either way a fresh wake cycle.
+    /// `new_token` (a freshly minted token's hash) becomes the agent's token
+    /// if the agent is new or asks to rotate it.
     pub fn provision(
         &mut self,
         batch: &mut Batch,
         spec: ProvisionSpec,
+        new_token: TokenHash,
     ) -> Result<Provisioned, EngineError> {
         if self.gateway_in(batch, &spec.gateway_id).is_none() {
             return Err(EngineError::GatewayNotFound(spec.gateway_id));
@@ -79,7 +79,7 @@ impl Engine {
                     created_at: now,
                     updated_at: now,
                     revision: 0,
-                    token_hash: spec.new_token,
+                    token_hash: new_token,
                 };
                 let change = Change {
                     kind: EventKind::Added,
@@ -106,7 +106,7 @@ impl Engine {
                 agent.status = Status::Updating;
                 agent.lease_expires_at = None;
                 if spec.rotate_token {
-                    agent.token_hash = spec.new_token;
+                    agent.token_hash = new_token;
                 }
                 (agent, change, spec.rotate_token)
             }
@@ -243,13 +243,19 @@ impl Engine {
         }
     }
 
-    pub fn register_gateway(&mut self, batch: &mut Batch, spec: GatewaySpec) -> GatewayRegistered {
+    /// Registers or renames a gateway; `new_token` is used as for agents.
+    pub fn register_gateway(
+        &mut self,
+        batch: &mut Batch,
+        spec: GatewaySpec,
+        new_token: TokenHash,
+    ) -> GatewayRegistered {
         let (gateway, created, token_minted) = match self.gateway_in(batch, &spec.gateway_id) {
             Some(existing) => {
                 let mut gateway = existing;
                 gateway.name = spec.name;
                 if spec.rotate_token {
-                    gateway.token_hash = spec.new_token;
+                    gateway.token_hash = new_token;
                 }
                 (gateway, false, spec.rotate_token)
             }
@@ -257,7 +263,7 @@ impl Engine {
                 let gateway = Gateway {
                     id: spec.gateway_id,
                     name: spec.name,
-                    token_hash: spec.new_token,
+                    token_hash: new_token,
                     created_at: batch.now,
                 };
                 (gateway, true, true)

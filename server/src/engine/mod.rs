@@ -18,7 +18,7 @@ pub mod timers;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
-pub use commands::{GatewaySpec, ProvisionSpec, Provisioned};
+pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     Status, Timestamp, TokenHash,

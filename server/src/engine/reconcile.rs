@@ -1,6 +1,6 @@
 //! What happens when time passes: check-in deadlines and lease expiries.
 
-use super::batch::{Change, NoteKind};
+use super::batch::{Change, Note, NoteKind};
 use super::model::{Agent, Reason, Status};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine};
@@ -8,7 +8,13 @@ use super::{Batch, Engine};
 impl Engine {
     /// Processes every timer due at the batch's time.
     pub fn fire_due(&mut self, batch: &mut Batch) {
-        let due = self.timers.pop_due(batch.now);
+        self.fire_due_at_most(batch, usize::MAX);
+    }
+
+    /// Processes up to `limit` due timers, earliest first; the rest stay due
+    /// for the next batch, so a mass expiry cannot make one huge batch.
+    pub fn fire_due_at_most(&mut self, batch: &mut Batch, limit: usize) {
+        let due = self.timers.pop_due(batch.now, limit);
         for timer in &due {
             match timer.kind {
                 TimerKind::Checkin {
@@ -28,18 +34,22 @@ impl Engine {
         generation: u64,
         attempt: u32,
     ) {
-        let Some(agent) = self.current(batch, &timer.agent_id) else {
-            batch.notes.push(super::Note {
-                kind: NoteKind::SkipMissingAgent,
+        // Notes name the task as it was armed, like the reference's queue.
+        let note = |batch: &mut Batch, kind, deadline| {
+            batch.notes.push(Note {
+                kind,
                 agent_id: timer.agent_id.clone(),
                 generation,
                 attempt,
-                deadline: Some(timer.at),
-            });
+                deadline,
+            })
+        };
+        let Some(agent) = self.current(batch, &timer.agent_id) else {
+            note(batch, NoteKind::SkipMissingAgent, Some(timer.at));
             return;
         };
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);
-        batch.note(verdict, &agent, agent.checkin_deadline_at);
+        note(batch, verdict, agent.checkin_deadline_at.or(Some(timer.at)));
         let after = match verdict {
             NoteKind::Deferred => {
                 let at = agent
@@ -67,7 +77,7 @@ impl Engine {
             }
             _ => agent,
         };
-        batch.note(NoteKind::WorkerSuccess, &after, after.checkin_deadline_at);
+        note(batch, NoteKind::WorkerSuccess, after.checkin_deadline_at);
     }
 
     /// Decides what a fired check-in timer means for the agent as it is now.

@@ -47,8 +47,8 @@ impl Harness {
                     gateway_id: gw(),
                     name: "gateway one".into(),
                     rotate_token: false,
-                    new_token: token(1),
                 },
+                token(1),
             )
         });
         harness
@@ -68,7 +68,6 @@ impl Harness {
     }
 
     fn spec(&mut self, agent: &str, rotate_token: bool) -> ProvisionSpec {
-        self.next_token += 1;
         ProvisionSpec {
             agent_id: id(agent),
             name: agent.to_owned(),
@@ -77,13 +76,18 @@ impl Harness {
             role: Role::BoardWorker,
             template_version: "v1".into(),
             rotate_token,
-            new_token: token(self.next_token),
         }
+    }
+
+    fn new_token(&mut self) -> TokenHash {
+        self.next_token += 1;
+        token(self.next_token)
     }
 
     fn provision(&mut self, agent: &str) -> (Provisioned, Committed) {
         let spec = self.spec(agent, false);
-        let (result, committed) = self.run(|engine, batch| engine.provision(batch, spec));
+        let minted = self.new_token();
+        let (result, committed) = self.run(|engine, batch| engine.provision(batch, spec, minted));
         (result.unwrap(), committed)
     }
 
@@ -233,7 +237,8 @@ fn a_heartbeat_makes_any_status_online() {
         for agent in ["provisioning", "updating"] {
             h.check_in(agent);
             let spec = h.spec(agent, false);
-            h.run(|e, b| e.provision(b, spec)).0.unwrap();
+            let minted = h.new_token();
+            h.run(|e, b| e.provision(b, spec, minted)).0.unwrap();
         }
         h.advance_to(t(at));
     }
@@ -335,8 +340,8 @@ fn wakes_never_rotate_the_token_and_only_rotate_token_does() {
     assert_eq!(h.agent("a").token_hash, original);
 
     let spec = h.spec("a", true);
-    let rotated = spec.new_token;
-    let provisioned = h.run(|e, b| e.provision(b, spec)).0.unwrap();
+    let rotated = h.new_token();
+    let provisioned = h.run(|e, b| e.provision(b, spec, rotated)).0.unwrap();
     assert!(provisioned.token_minted);
     assert_eq!(h.agent("a").token_hash, rotated);
     assert_eq!(
@@ -557,7 +562,7 @@ fn provision_checks_the_gateway() {
     let mut h = Harness::new();
     let mut spec = h.spec("a", false);
     spec.gateway_id = GatewayId::parse("elsewhere").unwrap();
-    let result = h.run(|e, b| e.provision(b, spec.clone())).0;
+    let result = h.run(|e, b| e.provision(b, spec.clone(), token(50))).0;
     assert!(matches!(result, Err(EngineError::GatewayNotFound(_))));
 
     h.provision("a");
@@ -568,11 +573,11 @@ fn provision_checks_the_gateway() {
                 gateway_id: spec.gateway_id.clone(),
                 name: String::new(),
                 rotate_token: false,
-                new_token: token(2),
             },
+            token(2),
         )
     });
-    let moved = h.run(|e, b| e.provision(b, spec)).0;
+    let moved = h.run(|e, b| e.provision(b, spec, token(51))).0;
     assert!(matches!(moved, Err(EngineError::FailedPrecondition(_))));
 }
 

@@ -47,10 +47,12 @@ impl TimerWheel {
         self.entries.keys().next().map(|(at, _)| *at)
     }
 
-    /// Removes and returns every timer due at `now`, earliest first.
-    pub fn pop_due(&mut self, now: Timestamp) -> Vec<Timer> {
+    /// Removes and returns up to `limit` timers due at `now`, earliest first.
+    pub fn pop_due(&mut self, now: Timestamp, limit: usize) -> Vec<Timer> {
         let mut due = Vec::new();
-        while let Some(entry) = self.entries.first_entry() {
+        while due.len() < limit
+            && let Some(entry) = self.entries.first_entry()
+        {
             if entry.key().0 > now {
                 break;
             }
@@ -105,13 +107,17 @@ mod tests {
         assert_eq!(wheel.next_at(), Some(Timestamp::from_micros(10)));
 
         let due: Vec<_> = wheel
-            .pop_due(Timestamp::from_micros(20))
+            .pop_due(Timestamp::from_micros(20), usize::MAX)
             .into_iter()
             .map(|t| t.agent_id.to_string())
             .collect();
         assert_eq!(due, ["a", "a2", "b"]);
         assert_eq!(wheel.next_at(), Some(Timestamp::from_micros(30)));
-        assert!(wheel.pop_due(Timestamp::from_micros(29)).is_empty());
+        assert!(
+            wheel
+                .pop_due(Timestamp::from_micros(29), usize::MAX)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -126,7 +132,7 @@ mod tests {
         wheel.arm(lease(20));
         assert_eq!(wheel.len(), 1);
 
-        assert_eq!(wheel.pop_due(Timestamp::from_micros(10)).len(), 1);
+        assert_eq!(wheel.pop_due(Timestamp::from_micros(10), 1).len(), 1);
         wheel.arm(lease(40));
         assert_eq!(wheel.next_at(), Some(Timestamp::from_micros(40)));
     }

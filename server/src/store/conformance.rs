@@ -73,8 +73,8 @@ impl<'a> Fixture<'a> {
                         gateway_id: gateway(),
                         name: "gateway one".into(),
                         rotate_token: false,
-                        new_token: TokenHash([1; 32]),
                     },
+                    TokenHash([1; 32]),
                 );
             })
             .await
@@ -111,10 +111,10 @@ impl<'a> Fixture<'a> {
             role: Role::BoardLead,
             template_version: "2026.11".into(),
             rotate_token: false,
-            new_token: TokenHash([self.tokens; 32]),
         };
+        let minted = TokenHash([self.tokens; 32]);
         self.run(now, |engine, batch| {
-            engine.provision(batch, spec).unwrap();
+            engine.provision(batch, spec, minted).unwrap();
         })
         .await
         .unwrap();
@@ -192,8 +192,8 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
             gateway_id: GatewayId::parse("gw-2").unwrap(),
             name: "second".into(),
             rotate_token: false,
-            new_token: TokenHash([200; 32]),
         },
+        TokenHash([200; 32]),
     );
     stale
         .provision(
@@ -206,8 +206,8 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
                 role: Role::GatewayMain,
                 template_version: String::new(),
                 rotate_token: false,
-                new_token: TokenHash([201; 32]),
             },
+            TokenHash([201; 32]),
         )
         .unwrap();
     let result = store.commit(&batch).await;

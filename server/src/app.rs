@@ -1,0 +1,138 @@
+//! A running service: store, runtime and gRPC server wired together. The
+//! binary runs one until SIGTERM; tests start them on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::runtime::{Clock, Lifecycle};
+use crate::store::{MemoryStore, PostgresStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start on the database: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct App {
+    addr: SocketAddr,
+    lifecycle: Lifecycle,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain_timeout: Duration,
+}
+
+impl App {
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let settings = config
+            .settings()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let store = open_store(config).await?;
+        let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::grpc::serve(
+            lifecycle.clone(),
+            listener,
+            shutdown.clone().cancelled_owned(),
+        ));
+        tracing::info!(%addr, "listening");
+        Ok(Self {
+            addr,
+            lifecycle,
+            shutdown,
+            server,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Runs until the server fails or `signal` completes, then drains.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tokio::select! {
+            result = &mut self.server => {
+                self.lifecycle.stop().await;
+                return result.unwrap_or(Ok(()));
+            }
+            _ = signal => {}
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Graceful drain: health turns NOT_SERVING, streams end, no new calls
+    /// are accepted, calls in flight finish (up to the drain timeout), the
+    /// writer commits what it accepted and leases are checkpointed.
+    pub async fn shutdown(self) {
+        tracing::info!("draining");
+        self.lifecycle.end_streams();
+        self.shutdown.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(self.drain_timeout, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.drain_timeout, "calls still in flight after the drain timeout; closing");
+            server.abort();
+        }
+        self.lifecycle.stop().await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let Some(url) = config.database_url.as_deref().filter(|_| !config.dev) else {
+        tracing::warn!(
+            "DEV MODE: in-memory store. NOTHING IS DURABLE: every agent, gateway and event \
+             is lost when this process exits. Use --database-url for a real deployment."
+        );
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PostgresStore::connect(url, &config.pool()).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(StoreError::Unavailable(error))
+                if started.elapsed() < config.database_startup_timeout =>
+            {
+                tracing::warn!(%error, retry_in = ?delay, "waiting for the database");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

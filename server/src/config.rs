@@ -1,0 +1,167 @@
+//! Command-line flags and environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::{Policy, policy::PolicyError};
+use crate::runtime::Settings;
+use crate::store::PoolSettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The agent lifecycle control plane: provisions agents onto gateways, wakes
+/// them, and knows at every moment whether each one has checked in.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mission-control", version)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Postgres connection URL, e.g. postgres://user@localhost:5432/missioncontrol.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "dev"
+    )]
+    pub database_url: Option<String>,
+
+    /// Use an embedded in-memory store instead of Postgres. Needs no setup;
+    /// NOT DURABLE: everything is lost when the process exits.
+    #[arg(long, conflicts_with = "database_url")]
+    pub dev: bool,
+
+    /// How long an agent has to check in after each wake.
+    #[arg(long, env = "MC_CHECKIN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub checkin_deadline: Duration,
+
+    /// Wakes without a check-in before the agent is marked offline.
+    #[arg(long, env = "MC_MAX_WAKE_ATTEMPTS", default_value_t = 3)]
+    pub max_wake_attempts: u32,
+
+    /// How often an online agent is told to heartbeat (jittered down by up to 20%).
+    #[arg(long, env = "MC_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// An online agent without a heartbeat for this long goes offline ("lease expired").
+    #[arg(long, env = "MC_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Deadlines that passed while the service was down move this far past
+    /// the start, plus a spread of up to the same again.
+    #[arg(long, env = "MC_RESTART_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub restart_grace: Duration,
+
+    /// Start a wake cycle when an online agent's lease expires.
+    #[arg(long, env = "MC_WAKE_ON_LEASE_EXPIRY")]
+    pub wake_on_lease_expiry: bool,
+
+    /// How often heartbeat-renewed leases are written to Postgres.
+    #[arg(long, env = "MC_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+
+    /// How long transition history is kept (for GetAgentHistory and watch resume).
+    #[arg(long, env = "MC_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+
+    /// Events a watcher may fall behind before its stream is ended.
+    #[arg(long, env = "MC_WATCH_BUFFER", default_value_t = 8192)]
+    pub watch_buffer: usize,
+
+    /// How often an idle watch stream gets a bookmark.
+    #[arg(long, env = "MC_WATCH_BOOKMARK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub watch_bookmark_interval: Duration,
+
+    /// Postgres connections in the pool.
+    #[arg(long, env = "MC_DATABASE_CONNECTIONS", default_value_t = 16)]
+    pub database_connections: usize,
+
+    /// How long to wait for Postgres at start before giving up.
+    #[arg(long, env = "MC_DATABASE_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub database_startup_timeout: Duration,
+
+    /// On SIGTERM, how long calls in flight may take to finish.
+    #[arg(long, env = "MC_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format. Filter with RUST_LOG (default: info).
+    #[arg(long, env = "MC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults with an in-memory store, for tests and examples.
+    pub fn dev() -> Self {
+        Self::parse_from(["mission-control", "--dev"])
+    }
+
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        let policy = Policy {
+            checkin_deadline: self.checkin_deadline,
+            max_wake_attempts: self.max_wake_attempts,
+            heartbeat_interval: self.heartbeat_interval,
+            lease_ttl: self.lease_ttl,
+            restart_grace: self.restart_grace,
+            wake_on_lease_expiry: self.wake_on_lease_expiry,
+            ..Policy::default()
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn settings(&self) -> Result<Settings, PolicyError> {
+        Ok(Settings {
+            policy: self.policy()?,
+            checkpoint_interval: self.checkpoint_interval,
+            event_retention: self.event_retention,
+            watch_buffer: self.watch_buffer.max(16),
+            bookmark_interval: self.watch_bookmark_interval,
+            ..Settings::default()
+        })
+    }
+
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.database_connections.max(2),
+            ..PoolSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference_policy() {
+        let config = Config::dev();
+        let policy = config.policy().unwrap();
+        assert_eq!(policy.checkin_deadline, Duration::from_secs(30));
+        assert_eq!(policy.max_wake_attempts, 3);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn a_store_is_required_and_bad_policies_are_refused() {
+        assert!(Config::try_parse_from(["mission-control"]).is_err());
+        let zero = Config::try_parse_from(["mission-control", "--dev", "--max-wake-attempts", "0"])
+            .unwrap();
+        assert!(zero.policy().is_err());
+        let short =
+            Config::try_parse_from(["mission-control", "--dev", "--lease-ttl", "5s"]).unwrap();
+        assert!(short.policy().is_err());
+        assert!(
+            Config::try_parse_from(["mission-control", "--dev", "--checkin-deadline", "soon"])
+                .is_err()
+        );
+    }
+}

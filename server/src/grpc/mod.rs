@@ -1,0 +1,94 @@
+//! The transport adapter: gRPC services over the runtime, plus standard
+//! health (NOT_SERVING while the database is unreachable) and reflection.
+
+mod convert;
+mod error;
+mod gateways;
+mod lifecycle;
+mod validate;
+
+use std::future::Future;
+use std::time::Duration;
+
+use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycleServer;
+use mission_control_proto::v1::gateways_server::GatewaysServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::runtime::Lifecycle;
+
+pub use gateways::GATEWAY_TOKEN_HEADER;
+pub use lifecycle::AGENT_TOKEN_HEADER;
+
+/// Serves every service on `listener` until `shutdown` completes, then
+/// stops accepting and waits for calls in flight.
+pub async fn serve(
+    lifecycle: Lifecycle,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(reporter, lifecycle.clone()));
+
+    let descriptors = [
+        mission_control_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut v1 = tonic_reflection::server::Builder::configure();
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptors {
+        v1 = v1.register_encoded_file_descriptor_set(set);
+        v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = v1
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = v1alpha
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentLifecycleServer::new(lifecycle::LifecycleService::new(
+            lifecycle.clone(),
+        )))
+        .add_service(GatewaysServer::new(gateways::GatewayService::new(
+            lifecycle,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Keeps the health service in step with the database (and the drain).
+async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
+    let mut reachable = lifecycle.database_reachable();
+    let stopping = lifecycle.streams_stopped();
+    loop {
+        let serving = *reachable.borrow_and_update() && !stopping.is_cancelled();
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            "missioncontrol.lifecycle.v1.AgentLifecycle",
+            "missioncontrol.lifecycle.v1.Gateways",
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+        tokio::select! {
+            changed = reachable.changed() => if changed.is_err() { return },
+            _ = stopping.cancelled(), if !stopping.is_cancelled() => {}
+        }
+        if stopping.is_cancelled() && !serving {
+            return;
+        }
+    }
+}

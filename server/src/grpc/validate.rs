@@ -1,0 +1,237 @@
+//! Request validation: protocol messages in, domain values out, and an
+//! INVALID_ARGUMENT naming the field for anything else.
+
+use mission_control_proto::v1 as pb;
+
+use super::convert;
+use crate::engine::{
+    AgentFilter, AgentId, BoardId, GatewayId, GatewaySpec, ProvisionSpec, Role, Status,
+};
+use crate::runtime::{LifecycleError, WatchRequest};
+
+const MAX_NAME: usize = 200;
+const MAX_TEMPLATE_VERSION: usize = 128;
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+type Result<T> = std::result::Result<T, LifecycleError>;
+
+pub fn agent_id(field: &'static str, value: &str) -> Result<AgentId> {
+    AgentId::parse(value).map_err(|e| LifecycleError::invalid(field, e.to_string()))
+}
+
+pub fn gateway_id(field: &'static str, value: &str) -> Result<GatewayId> {
+    GatewayId::parse(value).map_err(|e| LifecycleError::invalid(field, e.to_string()))
+}
+
+fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<Option<T>> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
+
+fn board_id(value: &str) -> Result<Option<BoardId>> {
+    optional(value, |v| {
+        BoardId::parse(v).map_err(|e| LifecycleError::invalid("board_id", e.to_string()))
+    })
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
+    if value.chars().count() > max {
+        return Err(LifecycleError::invalid(
+            field,
+            format!("is longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(LifecycleError::invalid(
+            field,
+            "may not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn template_version(value: &str) -> Result<String> {
+    text("template_version", value, MAX_TEMPLATE_VERSION)
+}
+
+fn role(value: i32) -> Result<Role> {
+    pb::AgentRole::try_from(value)
+        .ok()
+        .and_then(convert::role_from)
+        .ok_or_else(|| {
+            LifecycleError::invalid(
+                "role",
+                "is required: AGENT_ROLE_GATEWAY_MAIN, AGENT_ROLE_BOARD_LEAD or AGENT_ROLE_BOARD_WORKER",
+            )
+        })
+}
+
+fn statuses(values: &[i32]) -> Result<Vec<Status>> {
+    values
+        .iter()
+        .map(|&v| {
+            pb::AgentStatus::try_from(v)
+                .ok()
+                .and_then(convert::status_from)
+                .ok_or_else(|| LifecycleError::invalid("statuses", format!("{v} is not a status")))
+        })
+        .collect()
+}
+
+pub fn provision(request: &pb::ProvisionRequest) -> Result<ProvisionSpec> {
+    let agent_id = agent_id("agent_id", &request.agent_id)?;
+    let gateway_id = gateway_id("gateway_id", &request.gateway_id)?;
+    let role = role(request.role)?;
+    let board_id = board_id(&request.board_id)?;
+    match (role.needs_board(), &board_id) {
+        (true, None) => {
+            return Err(LifecycleError::invalid(
+                "board_id",
+                "is required for board roles",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(LifecycleError::invalid(
+                "board_id",
+                "must be empty for the gateway-main role",
+            ));
+        }
+        _ => {}
+    }
+    let name = match text("name", request.name.trim(), MAX_NAME)? {
+        name if name.is_empty() => agent_id.to_string(),
+        name => name,
+    };
+    Ok(ProvisionSpec {
+        agent_id,
+        name,
+        gateway_id,
+        board_id,
+        role,
+        template_version: template_version(&request.template_version)?,
+        rotate_token: request.rotate_token,
+    })
+}
+
+pub fn register_gateway(request: &pb::RegisterGatewayRequest) -> Result<GatewaySpec> {
+    let gateway_id = gateway_id("gateway_id", &request.gateway_id)?;
+    let name = match text("name", request.name.trim(), MAX_NAME)? {
+        name if name.is_empty() => gateway_id.to_string(),
+        name => name,
+    };
+    Ok(GatewaySpec {
+        gateway_id,
+        name,
+        rotate_token: request.rotate_token,
+    })
+}
+
+/// `0` means the default; anything above the maximum is the maximum.
+pub fn page_size(value: u32) -> usize {
+    match value as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+pub fn list(request: &pb::ListAgentsRequest) -> Result<(AgentFilter, Option<AgentId>, usize)> {
+    let filter = AgentFilter {
+        agent_id: None,
+        gateway_id: optional(&request.gateway_id, |v| gateway_id("gateway_id", v))?,
+        board_id: board_id(&request.board_id)?,
+        statuses: statuses(&request.statuses)?,
+    };
+    let after = optional(&request.page_token, |v| {
+        agent_id("page_token", v).map_err(|_| {
+            LifecycleError::invalid("page_token", "is not a token from a previous page")
+        })
+    })?;
+    Ok((filter, after, page_size(request.page_size)))
+}
+
+pub fn history(request: &pb::GetAgentHistoryRequest) -> Result<(AgentId, Option<u64>, usize)> {
+    let agent = agent_id("agent_id", &request.agent_id)?;
+    let before = optional(&request.page_token, |v| {
+        v.parse::<u64>().map_err(|_| {
+            LifecycleError::invalid("page_token", "is not a token from a previous page")
+        })
+    })?;
+    Ok((agent, before, page_size(request.page_size)))
+}
+
+pub fn watch(request: &pb::WatchAgentRequest) -> Result<WatchRequest> {
+    Ok(WatchRequest {
+        filter: AgentFilter {
+            agent_id: optional(&request.agent_id, |v| agent_id("agent_id", v))?,
+            gateway_id: optional(&request.gateway_id, |v| gateway_id("gateway_id", v))?,
+            board_id: board_id(&request.board_id)?,
+            statuses: statuses(&request.statuses)?,
+        },
+        start_revision: request.start_revision,
+        include_heartbeats: request.include_heartbeats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::ProvisionRequest {
+        pb::ProvisionRequest {
+            agent_id: "agent-1".into(),
+            name: String::new(),
+            gateway_id: "gw-1".into(),
+            board_id: "board-1".into(),
+            role: pb::AgentRole::BoardWorker.into(),
+            template_version: "v1".into(),
+            rotate_token: false,
+        }
+    }
+
+    fn field_of(result: Result<ProvisionSpec>) -> &'static str {
+        match result {
+            Err(LifecycleError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_request_parses_and_the_name_defaults_to_the_id() {
+        let spec = provision(&request()).unwrap();
+        assert_eq!(spec.name, "agent-1");
+        assert_eq!(spec.role, Role::BoardWorker);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: [(fn(&mut pb::ProvisionRequest), &str); 8] = [
+            (|r| r.agent_id.clear(), "agent_id"),
+            (|r| r.agent_id = "has space".into(), "agent_id"),
+            (|r| r.agent_id = "x".repeat(65), "agent_id"),
+            (|r| r.gateway_id.clear(), "gateway_id"),
+            (|r| r.role = 0, "role"),
+            (|r| r.role = 99, "role"),
+            (|r| r.board_id.clear(), "board_id"),
+            (|r| r.name = "bad\u{7}name".into(), "name"),
+        ];
+        for (spoil, field) in cases {
+            let mut r = request();
+            spoil(&mut r);
+            assert_eq!(field_of(provision(&r)), field);
+        }
+        let mut main = request();
+        main.role = pb::AgentRole::GatewayMain.into();
+        assert_eq!(field_of(provision(&main)), "board_id");
+    }
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(1_000_000), MAX_PAGE_SIZE);
+    }
+}

@@ -1,0 +1,353 @@
+//! The single writer. It takes commands and due timers in batches, stages
+//! them in the engine, commits each batch to the store in one transaction,
+//! and only then applies it, announces its events, answers the callers and
+//! sends the wakes. One writer means one order: revisions follow commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::gateways::GatewayCommand;
+use super::{LifecycleError, Shared};
+use crate::engine::{
+    Agent, AgentId, Batch, Effect, Engine, EngineError, GatewayRegistered, GatewaySpec, Note,
+    NoteKind, PendingRetire, ProvisionSpec, Provisioned, Timestamp, TokenHash,
+};
+use crate::store::StoreError;
+
+type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
+
+pub(super) enum Command {
+    Provision {
+        spec: ProvisionSpec,
+        new_token: TokenHash,
+        reply: Reply<Provisioned>,
+    },
+    CheckIn {
+        agent_id: AgentId,
+        token: TokenHash,
+        reported_template: Option<String>,
+        reply: Reply<Agent>,
+    },
+    Wake {
+        agent_id: AgentId,
+        reply: Reply<Agent>,
+    },
+    Delete {
+        agent_id: AgentId,
+        reply: Reply<Agent>,
+    },
+    RegisterGateway {
+        spec: GatewaySpec,
+        new_token: TokenHash,
+        reply: Reply<GatewayRegistered>,
+    },
+    WakeFailed {
+        agent_id: AgentId,
+        generation: u64,
+        attempt: u32,
+        error: String,
+    },
+    RetireDelivered(PendingRetire),
+}
+
+impl Command {
+    /// Answers the caller, if there is one, without doing anything.
+    fn refuse(self, error: LifecycleError) {
+        match self {
+            Command::Provision { reply, .. } => drop(reply.send(Err(error))),
+            Command::RegisterGateway { reply, .. } => drop(reply.send(Err(error))),
+            Command::CheckIn { reply, .. }
+            | Command::Wake { reply, .. }
+            | Command::Delete { reply, .. } => drop(reply.send(Err(error))),
+            Command::WakeFailed { .. } | Command::RetireDelivered(_) => {}
+        }
+    }
+}
+
+/// Answers a caller once the batch's fate is known.
+type PendingReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, staged: Result<T, EngineError>) -> PendingReply {
+    Box::new(move |failure| {
+        let result = match (staged, failure) {
+            (Err(e), _) => Err(e.into()),
+            (Ok(_), Some(e)) => Err(e.clone().into()),
+            (Ok(value), None) => Ok(value),
+        };
+        let _ = reply.send(result);
+    })
+}
+
+pub(super) struct Actor {
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Receiver<Command>,
+    pub stop: CancellationToken,
+    /// Commands the actor gives itself (failed deliveries), run first.
+    pub followups: Vec<Command>,
+}
+
+impl Actor {
+    pub async fn run(mut self) {
+        loop {
+            let mut commands = std::mem::take(&mut self.followups);
+            if commands.is_empty() {
+                let next_timer = self.shared.engine().next_timer_at();
+                let wake_at = next_timer.map(|at| self.shared.clock.instant_at(at));
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => break,
+                    command = self.commands.recv() => match command {
+                        Some(command) => commands.push(command),
+                        None => break,
+                    },
+                    _ = sleep_until(wake_at) => {}
+                }
+            }
+            // Everything already received is judged before any timer fires.
+            while commands.len() < self.shared.settings.max_batch {
+                match self.commands.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.run_batch(commands).await {
+                self.recover(error).await;
+            }
+        }
+        self.drain().await;
+    }
+
+    /// At shutdown: one last batch for whatever was already accepted.
+    async fn drain(&mut self) {
+        self.commands.close();
+        let mut rest = std::mem::take(&mut self.followups);
+        while let Ok(command) = self.commands.try_recv() {
+            rest.push(command);
+        }
+        if !rest.is_empty() {
+            let _ = self.run_batch(rest).await;
+        }
+    }
+
+    async fn run_batch(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
+        let now = self.shared.clock.now();
+        let (batch, replies) = {
+            let mut engine = self.shared.engine();
+            let mut batch = engine.begin(now);
+            let replies: Vec<PendingReply> = commands
+                .into_iter()
+                .filter_map(|command| stage(&mut engine, &mut batch, command))
+                .collect();
+            engine.fire_due_at_most(&mut batch, self.shared.settings.max_batch);
+            (batch, replies)
+        };
+
+        if batch.has_writes()
+            && let Err(error) = self.shared.store.commit(&batch).await
+        {
+            self.shared.engine().abort(batch);
+            replies.into_iter().for_each(|reply| reply(Some(&error)));
+            return Err(error);
+        }
+
+        let committed = {
+            let mut engine = self.shared.engine();
+            let committed = engine.commit(batch);
+            // Under the engine lock, so a new watcher's snapshot and its
+            // subscription see the same point in the sequence.
+            for event in &committed.events {
+                let _ = self.shared.events.send(Arc::new(event.clone()));
+            }
+            committed
+        };
+        self.shared.set_database_reachable(true);
+        replies.into_iter().for_each(|reply| reply(None));
+        for event in &committed.events {
+            tracing::info!(
+                agent_id = %event.agent.id,
+                generation = event.agent.generation,
+                attempt = event.attempt,
+                revision = event.revision,
+                from = event.previous_status.map(|s| s.as_str()),
+                to = event.agent.status.as_str(),
+                reason = event.reason.as_str(),
+                error = event.error.as_deref(),
+                "lifecycle.transition"
+            );
+        }
+        committed.notes.iter().for_each(|note| log_note(note, now));
+        self.deliver(committed.effects);
+        Ok(())
+    }
+
+    fn deliver(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Wake(order) => {
+                    let gateway = order.gateway_id.clone();
+                    let (agent_id, generation, attempt) =
+                        (order.agent_id.clone(), order.generation, order.attempt);
+                    match self.shared.hub.send(&gateway, GatewayCommand::Wake(order)) {
+                        Ok(()) => {
+                            tracing::debug!(%agent_id, generation, attempt, "lifecycle.wake.sent")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
+                            self.followups.push(Command::WakeFailed {
+                                agent_id,
+                                generation,
+                                attempt,
+                                error: error.to_string(),
+                            });
+                        }
+                    }
+                }
+                Effect::Retire(retire) => {
+                    let gateway = retire.gateway_id.clone();
+                    if let Err(error) = self
+                        .shared
+                        .hub
+                        .send(&gateway, GatewayCommand::Retire(retire))
+                    {
+                        tracing::info!(%error, "retire command kept until the gateway connects");
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a failed commit the store may or may not hold the batch, so
+    /// the engine is rebuilt from the store before anything else is done.
+    async fn recover(&mut self, error: StoreError) {
+        self.shared.set_database_reachable(false);
+        tracing::error!(%error, "commit failed; rebuilding state from the store");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let retry_at = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(retry_at) => break,
+                    Some(command) = self.commands.recv() => {
+                        command.refuse(LifecycleError::Unavailable(
+                            "the database is unavailable; retry shortly".into(),
+                        ));
+                    }
+                }
+            }
+            match self.resync().await {
+                Ok(()) => {
+                    self.shared.set_database_reachable(true);
+                    tracing::info!("state rebuilt from the store");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "rebuilding state failed");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn resync(&mut self) -> Result<(), StoreError> {
+        let store = &self.shared.store;
+        let state = store.load().await?;
+        // Events the store has that no watcher was told of: a commit whose
+        // answer was lost may still have succeeded.
+        let announced = self.shared.engine().revision();
+        let mut missed = Vec::new();
+        let mut after = announced;
+        while after < state.revision {
+            let page = store.events_after(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.revision;
+            missed.extend(page);
+        }
+        let now = self.shared.clock.now();
+        let (engine, grace) = Engine::restore(self.shared.settings.policy.clone(), state, now);
+        store.commit(&grace).await?;
+        self.followups.clear();
+        let mut guard = self.shared.engine();
+        *guard = engine;
+        let committed = guard.commit(grace);
+        for event in missed.into_iter().chain(committed.events) {
+            let _ = self.shared.events.send(Arc::new(event));
+        }
+        Ok(())
+    }
+}
+
+fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<PendingReply> {
+    Some(match command {
+        Command::Provision {
+            spec,
+            new_token,
+            reply,
+        } => pending(reply, engine.provision(batch, spec, new_token)),
+        Command::CheckIn {
+            agent_id,
+            token,
+            reported_template,
+            reply,
+        } => pending(
+            reply,
+            engine.check_in(batch, &agent_id, &token, reported_template),
+        ),
+        Command::Wake { agent_id, reply } => pending(reply, engine.wake(batch, &agent_id)),
+        Command::Delete { agent_id, reply } => pending(reply, engine.delete(batch, &agent_id)),
+        Command::RegisterGateway {
+            spec,
+            new_token,
+            reply,
+        } => pending(reply, Ok(engine.register_gateway(batch, spec, new_token))),
+        Command::WakeFailed {
+            agent_id,
+            generation,
+            attempt,
+            error,
+        } => {
+            engine.wake_failed(batch, &agent_id, generation, attempt, &error);
+            return None;
+        }
+        Command::RetireDelivered(retire) => {
+            engine.retire_delivered(batch, retire);
+            return None;
+        }
+    })
+}
+
+/// The reference's log events, with the same names and fields.
+fn log_note(note: &Note, now: Timestamp) {
+    let deadline = note.deadline.map(|d| d.to_string());
+    let delay_ms = note.deadline.map(|d| d.since(now).as_millis() as u64);
+    let agent_id = note.agent_id.as_str();
+    let (generation, attempt) = (note.generation, note.attempt);
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                agent_id,
+                generation,
+                attempt,
+                deadline = deadline.as_deref(),
+                delay_ms,
+                "{}",
+                note.kind.event_name()
+            )
+        };
+    }
+    match note.kind {
+        NoteKind::MaxAttemptsReached | NoteKind::SkipMissingGateway => log!(warn),
+        _ => log!(info),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

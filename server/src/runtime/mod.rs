@@ -1,0 +1,562 @@
+//! The runtime: the engine behind a lock, one writer task that commits its
+//! batches, the gateway hub, watch streams and background tasks.
+//!
+//! Reads (get, list, the heartbeat fast path) take the engine lock briefly
+//! and never wait for the database. Every transition goes through the
+//! writer ([`actor`]), which commits it before anyone can see it.
+
+mod actor;
+mod clock;
+mod error;
+mod gateways;
+mod tasks;
+pub mod tokens;
+mod watch;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch as tokio_watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{
+    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, Policy,
+    ProvisionSpec, Renewal, Status, Timestamp,
+};
+use crate::store::{Store, StoreError};
+use actor::{Actor, Command};
+
+pub use clock::Clock;
+pub use error::LifecycleError;
+pub use gateways::{GatewayCommand, Outbound};
+pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
+
+/// Runtime settings beyond the policy. Defaults suit production.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    /// How often leases renewed in memory are written to the store.
+    pub checkpoint_interval: Duration,
+    /// How long event history is kept (for history and watch resume).
+    pub event_retention: Duration,
+    pub compaction_interval: Duration,
+    /// Events a watcher may fall behind before it is ended.
+    pub watch_buffer: usize,
+    /// An idle watch gets a bookmark this often.
+    pub bookmark_interval: Duration,
+    /// With `include_heartbeats`, at most one per agent this often.
+    pub heartbeat_event_interval: Duration,
+    pub health_check_interval: Duration,
+    /// Commands (and, separately, due timers) per committed batch.
+    pub max_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            checkpoint_interval: Duration::from_secs(5),
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            compaction_interval: Duration::from_secs(60),
+            watch_buffer: 8192,
+            bookmark_interval: Duration::from_secs(15),
+            heartbeat_event_interval: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(2),
+            max_batch: 512,
+        }
+    }
+}
+
+/// State shared by the handle, the writer and the background tasks.
+struct Shared {
+    engine: Mutex<Engine>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    hub: gateways::GatewayHub,
+    events: broadcast::Sender<Arc<Event>>,
+    heartbeats: broadcast::Sender<HeartbeatSeen>,
+    database_reachable: tokio_watch::Sender<bool>,
+    /// The writer's queue.
+    commands: mpsc::Sender<Command>,
+    settings: Settings,
+    /// Ends watch and gateway streams (the first step of a drain).
+    streams_stop: CancellationToken,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().expect("engine lock poisoned")
+    }
+
+    fn set_database_reachable(&self, reachable: bool) {
+        self.database_reachable.send_if_modified(|current| {
+            let changed = *current != reachable;
+            if changed {
+                if reachable {
+                    tracing::info!("database reachable");
+                } else {
+                    tracing::error!("database unreachable");
+                }
+            }
+            *current = reachable;
+            changed
+        });
+    }
+}
+
+/// What a provision produced.
+#[derive(Debug, Clone)]
+pub struct ProvisionOutcome {
+    pub agent: Agent,
+    pub created: bool,
+    /// Set only when a token was minted; never shown again.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayOutcome {
+    pub gateway: GatewayView,
+    pub created: bool,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayView {
+    pub gateway: Gateway,
+    pub connected_since: Option<Timestamp>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone)]
+pub struct HeartbeatAck {
+    pub agent_id: AgentId,
+    pub status: Status,
+    pub generation: u64,
+    pub lease_expires_at: Option<Timestamp>,
+    pub next_heartbeat_at: Timestamp,
+    pub next_heartbeat_in: Duration,
+}
+
+/// An authenticated gateway's connection. Dropping it disconnects.
+pub struct GatewaySession {
+    gateway_id: GatewayId,
+    session: u64,
+    shared: Arc<Shared>,
+}
+
+impl GatewaySession {
+    pub fn gateway_id(&self) -> &GatewayId {
+        &self.gateway_id
+    }
+
+    /// Handles the gateway's acknowledgement of a command.
+    pub fn acknowledge(
+        &self,
+        command_id: u64,
+        outcome: Result<(), String>,
+    ) -> Result<(), LifecycleError> {
+        let sent = self
+            .shared
+            .hub
+            .acknowledge(&self.gateway_id, self.session, command_id)
+            .ok_or_else(|| {
+                LifecycleError::invalid(
+                    "command_id",
+                    format!("no unacknowledged command {command_id}"),
+                )
+            })?;
+        let followup = match (sent, outcome) {
+            (
+                gateways::Sent::Wake {
+                    agent_id,
+                    generation,
+                    attempt,
+                },
+                Err(error),
+            ) => {
+                tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
+                Some(Command::WakeFailed {
+                    agent_id,
+                    generation,
+                    attempt,
+                    error: format!("gateway reported: {error}"),
+                })
+            }
+            (
+                gateways::Sent::Wake {
+                    agent_id,
+                    generation,
+                    attempt,
+                },
+                Ok(()),
+            ) => {
+                tracing::info!(%agent_id, generation, attempt, "lifecycle.wake.delivered");
+                None
+            }
+            (gateways::Sent::Retire(retire), Ok(())) => Some(Command::RetireDelivered(retire)),
+            (gateways::Sent::Retire(retire), Err(error)) => {
+                tracing::warn!(agent_id = %retire.agent_id, %error, "retire failed; resent on the next connection");
+                None
+            }
+        };
+        if let Some(command) = followup {
+            // Best effort: a dropped acknowledgement is covered by the timers.
+            let _ = self.shared.commands.try_send(command);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GatewaySession {
+    fn drop(&mut self) {
+        self.shared.hub.disconnect(&self.gateway_id, self.session);
+        tracing::info!(gateway_id = %self.gateway_id, "gateway disconnected");
+    }
+}
+
+/// The handle the transport layer uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Lifecycle {
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    tasks_stop: CancellationToken,
+}
+
+/// Commands waiting for the writer beyond this make callers wait.
+const COMMAND_QUEUE: usize = 8192;
+
+impl Lifecycle {
+    /// Loads the fleet from the store, extends deadlines that passed while
+    /// the service was down, and starts the writer and background tasks.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let state = store.load().await?;
+        let now = clock.now();
+        let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
+        store.commit(&grace).await?;
+        let extended = grace.events().len();
+        engine.commit(grace);
+        tracing::info!(
+            agents = engine.agent_count(),
+            timers = engine.timer_count(),
+            extended,
+            revision = engine.revision(),
+            "lifecycle.restored"
+        );
+
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            store,
+            clock,
+            hub: gateways::GatewayHub::default(),
+            events: broadcast::channel(settings.watch_buffer.max(1)).0,
+            heartbeats: broadcast::channel(settings.watch_buffer.max(1)).0,
+            database_reachable: tokio_watch::channel(true).0,
+            commands: commands_tx,
+            settings,
+            streams_stop: CancellationToken::new(),
+        });
+        let tasks_stop = CancellationToken::new();
+        let actor = Actor {
+            shared: shared.clone(),
+            commands: commands_rx,
+            stop: tasks_stop.clone(),
+            followups: Vec::new(),
+        };
+        let tasks = vec![
+            tokio::spawn(actor.run()),
+            tokio::spawn(tasks::checkpoint_leases(shared.clone(), tasks_stop.clone())),
+            tokio::spawn(tasks::compact_history(shared.clone(), tasks_stop.clone())),
+            tokio::spawn(tasks::probe_database(shared.clone(), tasks_stop.clone())),
+        ];
+        Ok(Self {
+            shared,
+            tasks: Arc::new(Mutex::new(tasks)),
+            tasks_stop,
+        })
+    }
+
+    /// Ends every watch and gateway stream: the first step of a drain.
+    pub fn end_streams(&self) {
+        self.shared.streams_stop.cancel();
+    }
+
+    /// Commits what was accepted, checkpoints leases, stops every task.
+    pub async fn stop(&self) {
+        self.end_streams();
+        self.tasks_stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether the database answered lately; watch it for health reports.
+    pub fn database_reachable(&self) -> tokio_watch::Receiver<bool> {
+        self.shared.database_reachable.subscribe()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.shared.settings.policy
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.shared.clock.now()
+    }
+
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, LifecycleError>>) -> Command,
+    ) -> Result<T, LifecycleError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .commands
+            .send(command(reply))
+            .await
+            .map_err(|_| LifecycleError::shutting_down())?;
+        answer.await.map_err(|_| LifecycleError::shutting_down())?
+    }
+
+    pub async fn provision(&self, spec: ProvisionSpec) -> Result<ProvisionOutcome, LifecycleError> {
+        let (token, new_token) = tokens::mint(tokens::AGENT_TOKEN_PREFIX);
+        let provisioned = self
+            .call(|reply| Command::Provision {
+                spec,
+                new_token,
+                reply,
+            })
+            .await?;
+        Ok(ProvisionOutcome {
+            agent: provisioned.agent,
+            created: provisioned.created,
+            token: provisioned.token_minted.then_some(token),
+        })
+    }
+
+    /// An agent's check-in. A steady-state heartbeat renews the lease in
+    /// memory; anything else is a transition, committed first.
+    pub async fn heartbeat(
+        &self,
+        token: &str,
+        reported_template: Option<String>,
+    ) -> Result<HeartbeatAck, LifecycleError> {
+        let hash = tokens::hash(token);
+        let now = self.shared.clock.now();
+        let renewal = self
+            .shared
+            .engine()
+            .renew_lease(&hash, reported_template.as_deref(), now);
+        let (agent_id, status, generation, lease_expires_at) = match renewal {
+            Renewal::Renewed(lease) => {
+                self.announce_heartbeat(&lease.agent_id);
+                (
+                    lease.agent_id,
+                    lease.status,
+                    lease.generation,
+                    lease.lease_expires_at,
+                )
+            }
+            Renewal::UnknownToken => return Err(invalid_agent_token()),
+            Renewal::NeedsCommit(agent_id) => {
+                let agent = self
+                    .call(|reply| Command::CheckIn {
+                        agent_id,
+                        token: hash,
+                        reported_template,
+                        reply,
+                    })
+                    .await?;
+                (
+                    agent.id,
+                    agent.status,
+                    agent.generation,
+                    agent.lease_expires_at,
+                )
+            }
+        };
+        let next_heartbeat_in = self
+            .shared
+            .settings
+            .policy
+            .next_heartbeat_in(fastrand::f64());
+        let now = self.shared.clock.now();
+        Ok(HeartbeatAck {
+            agent_id,
+            status,
+            generation,
+            lease_expires_at,
+            next_heartbeat_at: now.plus(next_heartbeat_in),
+            next_heartbeat_in,
+        })
+    }
+
+    fn announce_heartbeat(&self, agent_id: &AgentId) {
+        if self.shared.heartbeats.receiver_count() == 0 {
+            return;
+        }
+        let seen = {
+            let engine = self.shared.engine();
+            let Some(agent) = engine.agent(agent_id) else {
+                return;
+            };
+            HeartbeatSeen {
+                agent_id: agent.id.clone(),
+                gateway_id: agent.gateway_id.clone(),
+                board_id: agent.board_id.clone(),
+                status: agent.status,
+                last_seen_at: agent.last_seen_at.unwrap_or(agent.updated_at),
+                lease_expires_at: agent.lease_expires_at,
+            }
+        };
+        let _ = self.shared.heartbeats.send(seen);
+    }
+
+    pub async fn wake(&self, agent_id: AgentId) -> Result<Agent, LifecycleError> {
+        self.call(|reply| Command::Wake { agent_id, reply }).await
+    }
+
+    pub async fn delete(&self, agent_id: AgentId) -> Result<Agent, LifecycleError> {
+        self.call(|reply| Command::Delete { agent_id, reply }).await
+    }
+
+    pub fn get(&self, agent_id: &AgentId) -> Result<Agent, LifecycleError> {
+        self.shared
+            .engine()
+            .agent(agent_id)
+            .cloned()
+            .ok_or_else(|| LifecycleError::NotFound(format!("agent {agent_id} not found")))
+    }
+
+    /// A page of agents in id order, and the id to continue after.
+    pub fn list(
+        &self,
+        filter: &AgentFilter,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> (Vec<Agent>, Option<AgentId>) {
+        self.shared.engine().list(filter, after, limit)
+    }
+
+    /// An agent's events, newest first, before revision `before`.
+    pub async fn history(
+        &self,
+        agent_id: &AgentId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let events = self
+            .shared
+            .store
+            .agent_history(agent_id, before, limit)
+            .await?;
+        if events.is_empty() && before.is_none() && self.shared.engine().agent(agent_id).is_none() {
+            return Err(LifecycleError::NotFound(format!(
+                "agent {agent_id} not found"
+            )));
+        }
+        Ok(events)
+    }
+
+    pub async fn register_gateway(
+        &self,
+        spec: GatewaySpec,
+    ) -> Result<GatewayOutcome, LifecycleError> {
+        let (token, new_token) = tokens::mint(tokens::GATEWAY_TOKEN_PREFIX);
+        let registered = self
+            .call(|reply| Command::RegisterGateway {
+                spec,
+                new_token,
+                reply,
+            })
+            .await?;
+        Ok(GatewayOutcome {
+            gateway: self.gateway_view(registered.gateway),
+            created: registered.created,
+            token: registered.token_minted.then_some(token),
+        })
+    }
+
+    pub fn list_gateways(&self) -> Vec<GatewayView> {
+        let gateways: Vec<Gateway> = self.shared.engine().gateways().cloned().collect();
+        gateways.into_iter().map(|g| self.gateway_view(g)).collect()
+    }
+
+    fn gateway_view(&self, gateway: Gateway) -> GatewayView {
+        let connected_since = self.shared.hub.connected_since(&gateway.id);
+        GatewayView {
+            gateway,
+            connected_since,
+        }
+    }
+
+    /// Authenticates a gateway and opens its command stream, replacing any
+    /// older stream of the same gateway. Retires it has not acknowledged
+    /// are queued first.
+    pub fn connect_gateway(
+        &self,
+        token: &str,
+    ) -> Result<(GatewaySession, mpsc::Receiver<Outbound>), LifecycleError> {
+        let hash = tokens::hash(token);
+        let engine = self.shared.engine();
+        let gateway_id = engine
+            .authenticate_gateway(&hash)
+            .cloned()
+            .ok_or_else(|| LifecycleError::Unauthenticated("invalid gateway token".into()))?;
+        let (session, commands) = self
+            .shared
+            .hub
+            .connect(&gateway_id, self.shared.clock.now());
+        for retire in engine.pending_retires(&gateway_id) {
+            let _ = self
+                .shared
+                .hub
+                .send(&gateway_id, GatewayCommand::Retire(retire));
+        }
+        drop(engine);
+        tracing::info!(%gateway_id, "gateway connected");
+        let session = GatewaySession {
+            gateway_id,
+            session,
+            shared: self.shared.clone(),
+        };
+        Ok((session, commands))
+    }
+
+    /// A stream of the matching agents' snapshot and changes.
+    pub async fn watch(
+        &self,
+        request: WatchRequest,
+    ) -> Result<
+        impl Stream<Item = Result<WatchItem, LifecycleError>> + Send + 'static,
+        LifecycleError,
+    > {
+        let watcher = watch::Watcher::open(self.shared.clone(), request).await?;
+        Ok(futures_util::stream::unfold(
+            watcher,
+            |mut watcher| async move {
+                let item = watcher.next().await?;
+                Some((item, watcher))
+            },
+        ))
+    }
+
+    /// A signal that fires when streams should end.
+    pub fn streams_stopped(&self) -> CancellationToken {
+        self.shared.streams_stop.clone()
+    }
+
+    /// Writes leases renewed in memory now, instead of at the next interval.
+    pub async fn checkpoint_now(&self) {
+        tasks::checkpoint_once(&self.shared).await;
+    }
+}
+
+fn invalid_agent_token() -> LifecycleError {
+    LifecycleError::Unauthenticated("invalid agent token".into())
+}

@@ -1,0 +1,84 @@
+//! Background work beside the writer: lease checkpoints, event history
+//! compaction, and the database health probe. Each stops on its token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// Writes leases renewed in memory to the store, in one statement per
+/// interval however many heartbeats arrived. Flushes once more on stop.
+pub(super) async fn checkpoint_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut interval = every(shared.settings.checkpoint_interval);
+    loop {
+        let stopping = tokio::select! {
+            _ = interval.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        checkpoint_once(&shared).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+pub(super) async fn checkpoint_once(shared: &Shared) {
+    let leases = shared.engine().take_dirty_leases();
+    if leases.is_empty() {
+        return;
+    }
+    match shared.store.checkpoint_leases(&leases).await {
+        Ok(()) => tracing::debug!(leases = leases.len(), "lifecycle.leases.checkpointed"),
+        Err(error) => {
+            tracing::warn!(%error, leases = leases.len(), "lease checkpoint failed; will retry");
+            shared.engine().return_dirty_leases(leases);
+        }
+    }
+}
+
+/// Deletes event history older than the retention period.
+pub(super) async fn compact_history(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut interval = every(shared.settings.compaction_interval);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let cutoff = shared.clock.now().minus(shared.settings.event_retention);
+        match shared.store.compact(cutoff).await {
+            Ok(revision) => {
+                tracing::debug!(compacted_revision = revision, "lifecycle.history.compacted")
+            }
+            Err(error) => tracing::warn!(%error, "event history compaction failed"),
+        }
+    }
+}
+
+/// Pings the database, so health reports NOT_SERVING while it is away.
+pub(super) async fn probe_database(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut interval = every(shared.settings.health_check_interval);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let timeout = shared
+            .settings
+            .health_check_interval
+            .max(Duration::from_secs(1));
+        let reachable = matches!(
+            tokio::time::timeout(timeout, shared.store.ping()).await,
+            Ok(Ok(()))
+        );
+        shared.set_database_reachable(reachable);
+    }
+}
