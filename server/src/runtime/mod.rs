@@ -560,3 +560,6 @@ impl Lifecycle {
 fn invalid_agent_token() -> LifecycleError {
     LifecycleError::Unauthenticated("invalid agent token".into())
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,7 +72,8 @@ impl HeartbeatSeen {
 
 struct Heartbeats {
     receiver: broadcast::Receiver<HeartbeatSeen>,
-    last_sent: HashMap<AgentId, Instant>,
+    /// The heartbeat time of the last one sent, per agent.
+    last_sent: HashMap<AgentId, Timestamp>,
 }
 
 pub(super) struct Watcher {
@@ -250,7 +251,8 @@ impl Watcher {
         }
     }
 
-    /// At most one heartbeat per agent per configured interval.
+    /// At most one heartbeat per agent per configured interval, judged by
+    /// when the heartbeats arrived, not when this watcher reads them.
     fn heartbeat_due(&mut self, seen: &HeartbeatSeen) -> bool {
         let Some(heartbeats) = self.heartbeats.as_mut() else {
             return false;
@@ -258,12 +260,13 @@ impl Watcher {
         if !seen.matches(&self.filter) {
             return false;
         }
-        let now = Instant::now();
         let interval = self.shared.settings.heartbeat_event_interval;
         match heartbeats.last_sent.get(&seen.agent_id) {
-            Some(last) if now.duration_since(*last) < interval => false,
+            Some(last) if seen.last_seen_at.since(*last) < interval => false,
             _ => {
-                heartbeats.last_sent.insert(seen.agent_id.clone(), now);
+                heartbeats
+                    .last_sent
+                    .insert(seen.agent_id.clone(), seen.last_seen_at);
                 true
             }
         }

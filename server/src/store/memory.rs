@@ -27,6 +27,9 @@ struct State {
     compacted_revision: u64,
     /// While set, every call fails as if the database were down.
     unavailable: bool,
+    /// While set, commits are written but reported as failed, like a
+    /// connection lost before the answer to COMMIT arrived.
+    lose_commit_answers: bool,
     commits: u64,
     checkpoints: u64,
 }
@@ -39,6 +42,11 @@ impl MemoryStore {
     /// Makes every call fail (or succeed again), like a database outage.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.lock().unavailable = unavailable;
+    }
+
+    /// Makes commits succeed but report failure (or stop doing so).
+    pub fn set_lose_commit_answers(&self, lose: bool) {
+        self.lock().lose_commit_answers = lose;
     }
 
     /// How many commits and checkpoints have been written.
@@ -103,6 +111,11 @@ impl Store for MemoryStore {
             state.events.insert(event.revision, event.clone());
         }
         state.commits += 1;
+        if state.lose_commit_answers {
+            return Err(StoreError::Unavailable(
+                "connection lost before COMMIT was answered".into(),
+            ));
+        }
         Ok(())
     }
 
