@@ -13,3 +13,34 @@ pub mod v1 {
 
 pub use prost_types;
 pub use v1::*;
+
+impl v1::ProvisionRequest {
+    /// A request for an agent with this id, on this gateway, in this role.
+    pub fn new(
+        agent_id: impl Into<String>,
+        gateway_id: impl Into<String>,
+        role: v1::AgentRole,
+    ) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            gateway_id: gateway_id.into(),
+            role: role.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn on_board(mut self, board_id: impl Into<String>) -> Self {
+        self.board_id = board_id.into();
+        self
+    }
+
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn with_template_version(mut self, version: impl Into<String>) -> Self {
+        self.template_version = version.into();
+        self
+    }
+}

@@ -1,1 +1,60 @@
+//! Client library for the mission-control agent lifecycle service.
+//!
+//! - [`agent`]: check in and keep a lease alive, paced by the server.
+//! - [`gateway`]: receive wake and retire commands as a `Stream`, and
+//!   acknowledge each; reconnects with backoff and jitter.
+//! - [`operator`]: provision, wake, delete, list and watch.
+//!
+//! The generated stubs and messages for every service are re-exported from
+//! [`proto`] (and at the crate root), for anything the helpers do not cover.
+//! Nothing here depends on Postgres.
 
+pub mod agent;
+mod backoff;
+mod error;
+pub mod gateway;
+pub mod operator;
+
+pub use backoff::Backoff;
+pub use error::Error;
+pub use mission_control_proto as proto;
+pub use mission_control_proto::v1::*;
+
+/// The metadata key an agent sends its token in.
+pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
+/// The metadata key a gateway sends its token in.
+pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
+
+/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
+/// first use and reconnects by itself.
+pub fn channel(endpoint: &str) -> Result<tonic::transport::Channel, Error> {
+    let endpoint = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(endpoint)
+        .map_err(|e| Error::InvalidEndpoint(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Converts a `google.protobuf.Duration` to a std duration (negative: zero).
+pub fn to_duration(d: &prost_types::Duration) -> std::time::Duration {
+    if d.seconds < 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(d.seconds as u64, d.nanos.max(0) as u32)
+}
+
+/// Converts a `google.protobuf.Timestamp` to a system time.
+pub fn to_system_time(t: &prost_types::Timestamp) -> std::time::SystemTime {
+    let nanos = std::time::Duration::from_nanos(t.nanos.max(0) as u64);
+    if t.seconds >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds as u64) + nanos
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(t.seconds.unsigned_abs()) + nanos
+    }
+}

@@ -1,0 +1,246 @@
+//! The whole policy over the wire: provision, wake over the gateway stream,
+//! check in, escalate, go offline; and what a hostile client gets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mission_control_client::agent::AgentClient;
+use mission_control_client::gateway::GatewayEvent;
+use mission_control_client::{
+    AgentRole, AgentStatus, ProvisionRequest, TransitionReason, WatchAgentRequest,
+};
+use tonic::Code;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn one_agent_checks_in_on_its_second_wake_and_one_that_never_does_ends_offline_after_three() {
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    let gateway_token = app.gateway("gw-e2e").await;
+    let mut gateway = app.connect_gateway(&gateway_token);
+    connected(&mut gateway).await;
+    let mut watch = app.watch(WatchAgentRequest::default()).await;
+
+    let eager = app
+        .operator
+        .provision(ProvisionRequest::new("eager", "gw-e2e", AgentRole::BoardWorker).on_board("b1"))
+        .await
+        .unwrap();
+    let silent = app
+        .operator
+        .provision(ProvisionRequest::new(
+            "silent",
+            "gw-e2e",
+            AgentRole::GatewayMain,
+        ))
+        .await
+        .unwrap();
+    assert!(!eager.agent_token.is_empty() && !silent.agent_token.is_empty());
+    assert_eq!(
+        eager.agent.unwrap().status,
+        AgentStatus::Provisioning as i32,
+        "not online before a check-in"
+    );
+
+    // The gateway: acknowledge every wake; start "eager" on its second.
+    let wakes: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let recorded = wakes.clone();
+    let endpoint = app.endpoint.clone();
+    let eager_token = eager.agent_token.clone();
+    tokio::spawn(async move {
+        while let Some(event) = gateway.recv().await {
+            if let GatewayEvent::Wake { command, ack } = event {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .entry(command.agent_id.clone())
+                    .or_default()
+                    .push(command.attempt);
+                ack.delivered().await;
+                if command.agent_id == "eager" && command.attempt == 2 {
+                    let mut agent = AgentClient::connect(&endpoint, &eager_token).unwrap();
+                    agent.heartbeat().await.expect("check-in accepted");
+                }
+            }
+        }
+    });
+
+    let (mut eager_online, mut silent_offline) = (false, false);
+    while !(eager_online && silent_offline) {
+        let event = next_event(&mut watch).await;
+        let agent = event.agent.unwrap();
+        eager_online |= agent.id == "eager" && agent.status == AgentStatus::Online as i32;
+        silent_offline |= agent.id == "silent" && agent.status == AgentStatus::Offline as i32;
+    }
+
+    let eager = app.operator.get("eager").await.unwrap();
+    assert_eq!(eager.status, AgentStatus::Online as i32);
+    assert_eq!(eager.wake_attempts, 0);
+    assert!(eager.checkin_deadline_at.is_none());
+    assert!(eager.last_seen_at.is_some());
+
+    let silent = app.operator.get("silent").await.unwrap();
+    assert_eq!(silent.status, AgentStatus::Offline as i32);
+    assert_eq!(silent.wake_attempts, 3);
+    assert!(silent.checkin_deadline_at.is_none());
+    assert!(
+        silent
+            .last_provision_error
+            .contains("no check-in after 3 wake attempts"),
+        "{}",
+        silent.last_provision_error
+    );
+
+    let wakes = wakes.lock().unwrap().clone();
+    assert_eq!(wakes["silent"], [1, 2, 3], "exactly three wakes");
+    assert_eq!(wakes["eager"], [1, 2], "no wake after the check-in");
+
+    let history = app.operator.history("silent", 10).await.unwrap();
+    let reasons: Vec<i32> = history.iter().map(|e| e.reason).collect();
+    use TransitionReason as R;
+    assert_eq!(
+        reasons,
+        [
+            R::MaxAttemptsReached,
+            R::DeadlineMissed,
+            R::DeadlineMissed,
+            R::Provisioned
+        ]
+        .map(|r| r as i32)
+    );
+    app.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_bad_tokens_and_unknown_agents_get_clear_errors() {
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    app.gateway("gw").await;
+    let provisioned = app
+        .operator
+        .provision(ProvisionRequest::new("a1", "gw", AgentRole::GatewayMain))
+        .await
+        .unwrap();
+
+    let mut lifecycle = app.operator.lifecycle();
+    let missing = lifecycle
+        .heartbeat(mission_control_client::HeartbeatRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    for token in ["mca_0000", "garbage", &provisioned.agent_token[..20]] {
+        let error = AgentClient::connect(&app.endpoint, token)
+            .unwrap()
+            .heartbeat()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, mission_control_client::Error::TokenRejected(ref m) if m == "invalid agent token"),
+            "{error}"
+        );
+    }
+
+    let bad = lifecycle
+        .provision(ProvisionRequest::new("", "gw", AgentRole::GatewayMain))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("agent_id:"), "{}", bad.message());
+    let no_board = lifecycle
+        .provision(ProvisionRequest::new("w", "gw", AgentRole::BoardWorker))
+        .await
+        .unwrap_err();
+    assert!(
+        no_board.message().starts_with("board_id:"),
+        "{}",
+        no_board.message()
+    );
+    let no_gateway = lifecycle
+        .provision(ProvisionRequest::new(
+            "x",
+            "nowhere",
+            AgentRole::GatewayMain,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(no_gateway.code(), Code::NotFound);
+
+    let unknown = app.operator.get("nobody").await.unwrap_err();
+    assert!(
+        matches!(unknown, mission_control_client::Error::Status(ref s) if s.code() == Code::NotFound)
+    );
+    let unknown = app.operator.wake("nobody").await.unwrap_err();
+    assert!(
+        matches!(unknown, mission_control_client::Error::Status(ref s) if s.code() == Code::NotFound)
+    );
+
+    let mut rejected = app.connect_gateway("mcg_not_a_token");
+    match tokio::time::timeout(PATIENCE, rejected.recv())
+        .await
+        .unwrap()
+    {
+        Some(GatewayEvent::Rejected(_)) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    app.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_postgres_is_unreachable() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    let mut health = HealthClient::new(mission_control_client::channel(&app.endpoint).unwrap());
+    let mut statuses = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_status = async || {
+        let reply = tokio::time::timeout(PATIENCE, statuses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        reply.status
+    };
+    assert_eq!(next_status().await, ServingStatus::Serving as i32);
+
+    // Cut this server off from its database, and only this server.
+    let admin = admin().await;
+    let name = db.name();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_status().await, ServingStatus::NotServing as i32);
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    assert_eq!(next_status().await, ServingStatus::Serving as i32);
+    app.app.shutdown().await;
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let url = mission_control_server::testing::admin_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
