@@ -3,5 +3,6 @@
 
 mod grpcurl;
 mod lifecycle;
+mod python;
 mod restart;
 mod support;

@@ -1,0 +1,33 @@
+//! A client nobody here wrote: Python grpcio with stubs generated from proto/.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_python_agent_checks_in_and_a_python_watcher_sees_it() {
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/interop.py");
+    let output = tokio::process::Command::new("python3")
+        .args([script, "--endpoint", &app.app.addr().to_string()])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "interop.py failed (pip install grpcio grpcio-tools; scripts/test does it):\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("ok: python agent checked in"),
+        "{stdout}"
+    );
+
+    let agent = app.operator.get("py-agent").await.unwrap();
+    assert_eq!(
+        agent.status,
+        mission_control_client::AgentStatus::Online as i32
+    );
+    assert_eq!(agent.reported_template_version, "py-1");
+    app.app.shutdown().await;
+}
