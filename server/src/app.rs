@@ -36,9 +36,7 @@ pub struct App {
 
 impl App {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let settings = config
-            .settings()
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let settings = config.settings().map_err(StartError::Config)?;
         let store = open_store(config).await?;
         let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
         let listener =

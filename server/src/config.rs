@@ -9,6 +9,10 @@ use crate::engine::{Policy, policy::PolicyError};
 use crate::runtime::Settings;
 use crate::store::PoolSettings;
 
+/// A batch holds at most `max_batch` commands and as many timers, one event
+/// each: a watcher's buffer must hold a whole batch.
+const MIN_WATCH_BUFFER: usize = 2 * 512;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -73,7 +77,12 @@ pub struct Config {
     #[arg(long, env = "MC_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
 
-    /// Events a watcher may fall behind before its stream is ended.
+    /// How often history older than the retention is deleted.
+    #[arg(long, env = "MC_COMPACTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub compaction_interval: Duration,
+
+    /// Events a watcher may fall behind before its stream is ended (at least
+    /// 1024: one committed batch must always fit).
     #[arg(long, env = "MC_WATCH_BUFFER", default_value_t = 8192)]
     pub watch_buffer: usize,
 
@@ -118,12 +127,23 @@ impl Config {
         Ok(policy)
     }
 
-    pub fn settings(&self) -> Result<Settings, PolicyError> {
+    /// Everything the runtime needs, checked.
+    pub fn settings(&self) -> Result<Settings, String> {
+        for (flag, value) in [
+            ("--checkpoint-interval", self.checkpoint_interval),
+            ("--compaction-interval", self.compaction_interval),
+            ("--watch-bookmark-interval", self.watch_bookmark_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than zero"));
+            }
+        }
         Ok(Settings {
-            policy: self.policy()?,
+            policy: self.policy().map_err(|e| e.to_string())?,
             checkpoint_interval: self.checkpoint_interval,
             event_retention: self.event_retention,
-            watch_buffer: self.watch_buffer.max(16),
+            compaction_interval: self.compaction_interval,
+            watch_buffer: self.watch_buffer.max(MIN_WATCH_BUFFER),
             bookmark_interval: self.watch_bookmark_interval,
             ..Settings::default()
         })

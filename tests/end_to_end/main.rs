@@ -6,3 +6,4 @@ mod lifecycle;
 mod python;
 mod restart;
 mod support;
+mod watch;

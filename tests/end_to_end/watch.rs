@@ -1,0 +1,371 @@
+//! WatchAgent against real Postgres: many watchers with different filters
+//! through a burst, resume from the middle and from compacted history, and a
+//! slow watcher beside a fast one. The truth they are held to is the
+//! `agent_events` table itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use mission_control_client::agent::AgentClient;
+use mission_control_client::{
+    AgentEvent, AgentRole, AgentStatus, ProvisionRequest, WatchAgentRequest, WatchAgentResponse,
+    watch_agent_response::Kind,
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
+
+use crate::support::*;
+
+/// A committed event as the database holds it.
+#[derive(Debug, Clone)]
+struct Committed {
+    revision: u64,
+    agent_id: String,
+    gateway_id: String,
+    board_id: String,
+    status: String,
+    previous_status: Option<String>,
+}
+
+async fn committed_events(database_url: &str, up_to: u64) -> Vec<Committed> {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT revision, agent_id, agent->>'gateway_id', COALESCE(agent->>'board_id', ''),
+                    agent->>'status', previous_status
+             FROM agent_events WHERE revision <= $1 ORDER BY revision",
+            &[&(up_to.min(i64::MAX as u64) as i64)],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| Committed {
+            revision: row.get::<_, i64>(0) as u64,
+            agent_id: row.get(1),
+            gateway_id: row.get(2),
+            board_id: row.get(3),
+            status: row.get(4),
+            previous_status: row.get(5),
+        })
+        .collect()
+}
+
+fn status_name(status: i32) -> &'static str {
+    match AgentStatus::try_from(status).unwrap() {
+        AgentStatus::Provisioning => "provisioning",
+        AgentStatus::Updating => "updating",
+        AgentStatus::Online => "online",
+        AgentStatus::Offline => "offline",
+        AgentStatus::Unspecified => "unspecified",
+    }
+}
+
+/// The documented rule: an event matches if its agent matches the filter
+/// after the change, or matched it (by status) before.
+fn matches(filter: &WatchAgentRequest, event: &Committed) -> bool {
+    let fixed = (filter.agent_id.is_empty() || filter.agent_id == event.agent_id)
+        && (filter.gateway_id.is_empty() || filter.gateway_id == event.gateway_id)
+        && (filter.board_id.is_empty() || filter.board_id == event.board_id);
+    let statuses: Vec<&str> = filter.statuses.iter().map(|s| status_name(*s)).collect();
+    let status_ok = statuses.is_empty()
+        || statuses.contains(&event.status.as_str())
+        || event
+            .previous_status
+            .as_deref()
+            .is_some_and(|p| statuses.contains(&p));
+    fixed && status_ok
+}
+
+/// Revisions of events received until a bookmark at or past `until`.
+async fn revisions_until(watch: &mut Streaming<WatchAgentResponse>, until: u64) -> Vec<u64> {
+    let mut revisions = Vec::new();
+    loop {
+        let item = tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .expect("the watch keeps talking")
+            .expect("the watch goes on")
+            .expect("no error");
+        match item.kind.unwrap() {
+            Kind::Event(event) if event.revision <= until => revisions.push(event.revision),
+            Kind::Event(_) => return revisions,
+            Kind::Bookmark(bookmark) if bookmark.revision >= until => return revisions,
+            _ => {}
+        }
+    }
+}
+
+fn watch_flags(database_url: &str) -> Vec<String> {
+    let mut flags = fast_flags(database_url);
+    flags.extend(["--watch-bookmark-interval", "200ms"].map(String::from));
+    flags
+}
+
+/// Provisions `count` agents across two gateways and boards, concurrently;
+/// returns the tokens.
+async fn burst(app: &TestApp, prefix: &str, count: usize) -> Vec<(String, String)> {
+    let requests = (0..count).map(|n| {
+        let (gateway, board) = [("gw-a", "b1"), ("gw-a", "b2"), ("gw-b", "b1")][n % 3];
+        let id = format!("{prefix}-{n:03}");
+        let request = ProvisionRequest::new(&id, gateway, AgentRole::BoardWorker).on_board(board);
+        async move {
+            let reply = app.operator.provision(request).await.unwrap();
+            (id, reply.agent_token)
+        }
+    });
+    join_all(requests).await
+}
+
+#[tokio::test]
+async fn concurrent_watchers_each_get_exactly_their_committed_events_in_order() {
+    let db = database().await;
+    let app = spawn_app(watch_flags(db.url())).await;
+    app.gateway("gw-a").await;
+    app.gateway("gw-b").await;
+
+    let filters = [
+        WatchAgentRequest::default(),
+        WatchAgentRequest {
+            gateway_id: "gw-a".into(),
+            ..Default::default()
+        },
+        WatchAgentRequest {
+            board_id: "b1".into(),
+            ..Default::default()
+        },
+        WatchAgentRequest {
+            statuses: vec![AgentStatus::Online as i32],
+            ..Default::default()
+        },
+        WatchAgentRequest {
+            statuses: vec![AgentStatus::Offline as i32],
+            gateway_id: "gw-b".into(),
+            ..Default::default()
+        },
+        WatchAgentRequest {
+            agent_id: "burst-007".into(),
+            ..Default::default()
+        },
+    ];
+    let mut watchers = Vec::new();
+    for filter in &filters {
+        watchers.push(app.watch(filter.clone()).await);
+    }
+
+    // Provisions, then check-ins for every other agent while the rest escalate.
+    let agents = burst(&app, "burst", 45).await;
+    let check_ins = agents.iter().step_by(2).map(|(_, token)| {
+        let endpoint = app.endpoint.clone();
+        let token = token.clone();
+        async move {
+            AgentClient::connect(&endpoint, &token)
+                .unwrap()
+                .heartbeat()
+                .await
+                .unwrap()
+        }
+    });
+    join_all(check_ins).await;
+
+    // Settled when every agent that never checked in is offline.
+    let silent = agents.len() / 2;
+    let mut all = app
+        .watch(WatchAgentRequest {
+            statuses: vec![AgentStatus::Offline as i32],
+            ..Default::default()
+        })
+        .await;
+    let mut offline = std::collections::BTreeSet::new();
+    while offline.len() < silent {
+        let event = next_event(&mut all).await;
+        offline.insert(event.agent.unwrap().id);
+    }
+    let last = committed_events(db.url(), u64::MAX)
+        .await
+        .last()
+        .unwrap()
+        .revision;
+    let truth = committed_events(db.url(), last).await;
+
+    for (filter, watcher) in filters.iter().zip(watchers.iter_mut()) {
+        let received = revisions_until(watcher, last).await;
+        let expected: Vec<u64> = truth
+            .iter()
+            .filter(|e| matches(filter, e))
+            .map(|e| e.revision)
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "the filter {filter:?} matches something"
+        );
+        assert_eq!(
+            received, expected,
+            "filter {filter:?}: exactly the committed matches, in order"
+        );
+    }
+    app.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watch_resumes_mid_burst_and_a_compacted_revision_says_list_again() {
+    let db = database().await;
+    let mut flags = watch_flags(db.url());
+    flags.extend(["--event-retention", "2s", "--compaction-interval", "100ms"].map(String::from));
+    let app = spawn_app(flags).await;
+    app.gateway("gw-a").await;
+    app.gateway("gw-b").await;
+
+    let mut watch = app.watch(WatchAgentRequest::default()).await;
+    burst(&app, "first", 30).await;
+    let mut seen = Vec::new();
+    while seen.len() < 30 {
+        seen.push(next_event(&mut watch).await.revision);
+    }
+    let middle = seen[seen.len() / 2];
+    burst(&app, "second", 30).await;
+    let last = committed_events(db.url(), u64::MAX)
+        .await
+        .last()
+        .unwrap()
+        .revision;
+
+    let mut resumed = app
+        .watch(WatchAgentRequest {
+            start_revision: middle,
+            ..Default::default()
+        })
+        .await;
+    let first = tokio::time::timeout(PATIENCE, resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(first.kind, Some(Kind::Event(ref e)) if e.revision == middle + 1),
+        "no snapshot: {first:?}"
+    );
+    let mut revisions = vec![middle + 1];
+    revisions.extend(revisions_until(&mut resumed, last).await);
+    let expected: Vec<u64> = committed_events(db.url(), last)
+        .await
+        .iter()
+        .map(|e| e.revision)
+        .filter(|r| *r > middle)
+        .collect();
+    assert_eq!(
+        revisions, expected,
+        "every change after the revision, once, in order"
+    );
+
+    // Wait for the history to age out, then ask for it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let status = loop {
+        let mut lifecycle = app.operator.lifecycle();
+        let request = WatchAgentRequest {
+            start_revision: 1,
+            ..Default::default()
+        };
+        match lifecycle.watch_agent(request).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "history never compacted"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .expect("ErrorInfo with the oldest revision");
+    let oldest: u64 = info.metadata["oldest_revision"].parse().unwrap();
+    assert!(oldest > 1);
+    assert!(
+        status.message().contains("list the agents again"),
+        "{}",
+        status.message()
+    );
+    app.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_watcher_is_ended_with_a_resume_point_while_a_fast_one_gets_everything() {
+    let db = database().await;
+    let mut flags = watch_flags(db.url());
+    flags.extend(["--watch-buffer", "1024"].map(String::from));
+    let app = spawn_app(flags).await;
+    app.gateway("gw-a").await;
+    app.gateway("gw-b").await;
+
+    let mut slow = app.watch(WatchAgentRequest::default()).await;
+    let mut fast = app.watch(WatchAgentRequest::default()).await;
+    let reader = tokio::spawn(async move {
+        let mut revisions = BTreeMap::new();
+        while let Some(Ok(item)) = fast.next().await {
+            if let Some(Kind::Event(AgentEvent { revision, .. })) = item.kind {
+                assert!(
+                    revisions.insert(revision, ()).is_none(),
+                    "duplicate {revision}"
+                );
+                if revisions.len() >= 4000 {
+                    break;
+                }
+            }
+        }
+        revisions.into_keys().collect::<Vec<u64>>()
+    });
+
+    // The slow watcher reads nothing while 2000 agents are provisioned.
+    for round in 0..40 {
+        burst(&app, &format!("r{round:02}"), 50).await;
+    }
+    let fast_revisions = reader.await.unwrap();
+    let last = *fast_revisions.last().unwrap();
+    assert_eq!(
+        fast_revisions,
+        (1..=last).collect::<Vec<_>>(),
+        "the fast watcher: no gap, no duplicate"
+    );
+
+    let mut slow_revisions = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, slow.next()).await.unwrap() {
+            Some(Ok(WatchAgentResponse {
+                kind: Some(Kind::Event(e)),
+            })) => slow_revisions.push(e.revision),
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break status,
+            None => panic!("the slow watch ended without saying why"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let resume: u64 = status.get_details_error_info().unwrap().metadata["resume_revision"]
+        .parse()
+        .unwrap();
+    assert_eq!(resume, slow_revisions.last().copied().unwrap_or(0));
+
+    let now = committed_events(db.url(), u64::MAX)
+        .await
+        .last()
+        .unwrap()
+        .revision;
+    let mut resumed = app
+        .watch(WatchAgentRequest {
+            start_revision: resume,
+            ..Default::default()
+        })
+        .await;
+    slow_revisions.extend(revisions_until(&mut resumed, now).await);
+    assert_eq!(
+        slow_revisions,
+        (1..=now).collect::<Vec<_>>(),
+        "resuming fills the gap exactly"
+    );
+    app.app.shutdown().await;
+}
