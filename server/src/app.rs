@@ -123,7 +123,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     loop {
         match PostgresStore::connect(url, &config.pool()).await {
             Ok(store) => return Ok(Arc::new(store)),
-            Err(StoreError::Unavailable(error))
+            Err(StoreError::Unavailable(error) | StoreError::WriterLocked(error))
                 if started.elapsed() < config.database_startup_timeout =>
             {
                 tracing::warn!(%error, retry_in = ?delay, "waiting for the database");

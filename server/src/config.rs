@@ -39,9 +39,10 @@ pub struct Config {
     )]
     pub database_url: Option<String>,
 
-    /// Use an embedded in-memory store instead of Postgres. Needs no setup;
-    /// NOT DURABLE: everything is lost when the process exits.
-    #[arg(long, conflicts_with = "database_url")]
+    /// Use an embedded in-memory store instead of Postgres (wins over
+    /// --database-url). Needs no setup; NOT DURABLE: everything is lost when
+    /// the process exits.
+    #[arg(long)]
     pub dev: bool,
 
     /// How long an agent has to check in after each wake.

@@ -208,7 +208,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: [(fn(&mut pb::ProvisionRequest), &str); 8] = [
+        type Spoil = fn(&mut pb::ProvisionRequest);
+        let cases: [(Spoil, &str); 8] = [
             (|r| r.agent_id.clear(), "agent_id"),
             (|r| r.agent_id = "has space".into(), "agent_id"),
             (|r| r.agent_id = "x".repeat(65), "agent_id"),

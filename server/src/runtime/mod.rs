@@ -295,6 +295,7 @@ impl Lifecycle {
         for task in tasks {
             let _ = task.await;
         }
+        self.shared.store.close().await;
     }
 
     /// Whether the database answered lately; watch it for health reports.

@@ -8,6 +8,7 @@ pub mod conformance;
 mod memory;
 mod migrations;
 mod postgres;
+mod writer_lock;
 
 use async_trait::async_trait;
 
@@ -24,6 +25,9 @@ pub enum StoreError {
     /// A write conflicted with data already stored (another writer?).
     #[error("conflicting write: {0}")]
     Conflict(String),
+    /// Another server is the writer for this database.
+    #[error("{0}")]
+    WriterLocked(String),
     /// Stored data this build cannot read.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
@@ -65,4 +69,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stops writing: after this, commits fail. Called once at shutdown, so
+    /// the next server need not wait for this one's connections to go.
+    async fn close(&self) {}
 }

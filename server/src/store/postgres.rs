@@ -14,6 +14,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::writer_lock::{self, WriterLock};
 use super::{Store, StoreError, migrations};
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
@@ -38,6 +39,7 @@ impl Default for PoolSettings {
 
 pub struct PostgresStore {
     pool: Pool,
+    pub(super) writer: WriterLock,
 }
 
 impl PostgresStore {
@@ -47,6 +49,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         config.connect_timeout(settings.timeout);
         config.application_name("mission-control");
+        let writer = WriterLock::acquire(&config).await?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -62,7 +65,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Other(e.to_string()))?;
-        let store = Self { pool };
+        let store = Self { pool, writer };
         let mut client = store.client().await?;
         let applied = migrations::run(&mut client).await.map_err(classify)?;
         tracing::info!(applied, "database schema is up to date");
@@ -411,7 +414,13 @@ impl Store for PostgresStore {
                                   $6::int4[], $7::text[], $8::timestamptz[], $9::jsonb[])"
         );
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
-        let mut statements: Vec<(&str, Params<'_>)> = Vec::new();
+        // First: this server must still be the writer.
+        let (lock_class, lock_object) = writer_lock::key_parts();
+        let writer_pid = self.writer.pid().await;
+        let mut statements: Vec<(&str, Params<'_>)> = vec![(
+            writer_lock::HELD_BY,
+            vec![&lock_class, &lock_object, &writer_pid],
+        )];
         if !upserts.id.is_empty() {
             statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
         }
@@ -461,13 +470,19 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         // Pipelined: sent together, answered in order, one transaction.
-        try_join_all(
+        let counts = try_join_all(
             statements
                 .iter()
                 .map(|(sql, params)| tx.execute(*sql, params)),
         )
         .await
         .map_err(classify)?;
+        if counts[0] != 1 {
+            // Dropping the transaction rolls it back.
+            return Err(StoreError::WriterLocked(
+                "this server no longer holds the writer lock".into(),
+            ));
+        }
         tx.commit().await.map_err(classify)
     }
 
@@ -561,7 +576,13 @@ impl Store for PostgresStore {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    async fn close(&self) {
+        self.writer.release().await;
+        self.pool.close();
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
+        self.writer.ensure().await?;
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(classify)?;
         Ok(())
