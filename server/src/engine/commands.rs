@@ -59,6 +59,9 @@ impl Engine {
         let existing = self.current(batch, &spec.agent_id);
         let (mut agent, change, token_minted) = match existing {
             None => {
+                // A re-created agent starts above any retire still in flight
+                // for its earlier self, so that retire cannot stop it.
+                let retired = self.retired_generation(batch, &spec.agent_id);
                 let agent = Agent {
                     id: spec.agent_id,
                     name: spec.name,
@@ -66,7 +69,7 @@ impl Engine {
                     board_id: spec.board_id,
                     role: spec.role,
                     status: Status::Provisioning,
-                    generation: 0,
+                    generation: retired,
                     wake_attempts: 0,
                     last_wake_sent_at: None,
                     checkin_deadline_at: None,
@@ -275,6 +278,17 @@ impl Engine {
             created,
             token_minted,
         }
+    }
+
+    /// The highest generation of this agent still waiting to be retired.
+    fn retired_generation(&self, batch: &Batch, agent: &AgentId) -> u64 {
+        self.pending_retires
+            .iter()
+            .chain(&batch.retires_added)
+            .filter(|retire| retire.agent_id == *agent)
+            .map(|retire| retire.generation)
+            .max()
+            .unwrap_or(0)
     }
 
     fn gateway_in(&self, batch: &Batch, id: &GatewayId) -> Option<Gateway> {

@@ -561,6 +561,18 @@ fn delete_revokes_the_token_retires_the_agent_and_leaves_timers_stale() {
 }
 
 #[test]
+fn an_agent_re_created_before_its_retire_is_acknowledged_outranks_the_retire() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.provision("a");
+    h.run(|e, b| e.delete(b, &id("a"))).0.unwrap();
+    let (again, committed) = h.provision("a");
+    assert!(again.created);
+    assert_eq!(again.agent.generation, 3, "above the retired generation 2");
+    assert_eq!(wakes(&committed), [("a".into(), 3, 1)]);
+}
+
+#[test]
 fn provision_checks_the_gateway() {
     let mut h = Harness::new();
     let mut spec = h.spec("a", false);

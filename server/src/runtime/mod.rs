@@ -201,9 +201,12 @@ impl GatewaySession {
                 None
             }
         };
-        if let Some(command) = followup {
-            // Best effort: a dropped acknowledgement is covered by the timers.
-            let _ = self.shared.commands.try_send(command);
+        if let Some(command) = followup
+            && self.shared.commands.try_send(command).is_err()
+        {
+            // The deadline timers still cover the wake; the retire is resent
+            // on the next connection.
+            tracing::warn!(gateway_id = %self.gateway_id, "writer queue full; acknowledgement dropped");
         }
         Ok(())
     }
