@@ -67,6 +67,12 @@ pub async fn serve(
 
 /// Keeps the health service in step with the database (and the drain).
 async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
+    use tonic::server::NamedService;
+    let services = [
+        "",
+        <AgentLifecycleServer<lifecycle::LifecycleService> as NamedService>::NAME,
+        <GatewaysServer<gateways::GatewayService> as NamedService>::NAME,
+    ];
     let mut reachable = lifecycle.database_reachable();
     let stopping = lifecycle.streams_stopped();
     loop {
@@ -76,19 +82,15 @@ async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
         } else {
             ServingStatus::NotServing
         };
-        for service in [
-            "",
-            "missioncontrol.lifecycle.v1.AgentLifecycle",
-            "missioncontrol.lifecycle.v1.Gateways",
-        ] {
+        for service in services {
             reporter.set_service_status(service, status).await;
+        }
+        if stopping.is_cancelled() {
+            return;
         }
         tokio::select! {
             changed = reachable.changed() => if changed.is_err() { return },
-            _ = stopping.cancelled(), if !stopping.is_cancelled() => {}
-        }
-        if stopping.is_cancelled() && !serving {
-            return;
+            _ = stopping.cancelled() => {}
         }
     }
 }
