@@ -5,10 +5,16 @@
 use tokio_postgres::Client;
 
 /// Every migration, in order. A test checks this list against the folder.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial_schema",
-    include_str!("../../../migrations/0001_initial_schema.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial_schema",
+        include_str!("../../../migrations/0001_initial_schema.sql"),
+    ),
+    (
+        "0002_fencing_tombstones_previous_board",
+        include_str!("../../../migrations/0002_fencing_tombstones_previous_board.sql"),
+    ),
+];
 
 /// An arbitrary constant naming this service's migration lock.
 const LOCK_KEY: i64 = 0x6d63_6d69_6772;

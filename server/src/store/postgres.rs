@@ -49,9 +49,8 @@ impl PostgresStore {
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         config.connect_timeout(settings.timeout);
         config.application_name("mission-control");
-        let writer = WriterLock::acquire(&config).await?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -65,18 +64,23 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Other(e.to_string()))?;
-        let store = Self { pool, writer };
-        let mut client = store.client().await?;
+        let mut client = pool.get().await.map_err(pool_error)?;
         let applied = migrations::run(&mut client).await.map_err(classify)?;
         tracing::info!(applied, "database schema is up to date");
-        Ok(store)
+        drop(client);
+        let writer = WriterLock::acquire(&config).await?;
+        Ok(Self { pool, writer })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => classify(e),
-            other => StoreError::Unavailable(other.to_string()),
-        })
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
@@ -415,12 +419,8 @@ impl Store for PostgresStore {
         );
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
         // First: this server must still be the writer.
-        let (lock_class, lock_object) = writer_lock::key_parts();
-        let writer_pid = self.writer.pid().await;
-        let mut statements: Vec<(&str, Params<'_>)> = vec![(
-            writer_lock::HELD_BY,
-            vec![&lock_class, &lock_object, &writer_pid],
-        )];
+        let epoch = self.writer.epoch().await?;
+        let mut statements: Vec<(&str, Params<'_>)> = vec![(writer_lock::FENCE, vec![&epoch])];
         if !upserts.id.is_empty() {
             statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
         }
@@ -494,8 +494,10 @@ impl Store for PostgresStore {
         let generations: Vec<i64> = leases.iter().map(|l| l.generation as i64).collect();
         let seen: Vec<SystemTime> = leases.iter().map(|l| time(l.last_seen_at)).collect();
         let expires: Vec<SystemTime> = leases.iter().map(|l| time(l.lease_expires_at)).collect();
-        let client = self.client().await?;
-        let statement = client
+        let epoch = self.writer.epoch().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let statement = tx
             .prepare_cached(
                 "UPDATE agents AS a SET
                      last_seen_at = GREATEST(a.last_seen_at, v.last_seen_at),
@@ -506,11 +508,19 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(classify)?;
-        client
-            .execute(&statement, &[&ids, &generations, &seen, &expires])
-            .await
-            .map_err(classify)?;
-        Ok(())
+        let fence_params: [&(dyn ToSql + Sync); 1] = [&epoch];
+        let lease_params: [&(dyn ToSql + Sync); 4] = [&ids, &generations, &seen, &expires];
+        let (fenced, _) = tokio::try_join!(
+            tx.execute(writer_lock::FENCE, &fence_params),
+            tx.execute(&statement, &lease_params),
+        )
+        .map_err(classify)?;
+        if fenced != 1 {
+            return Err(StoreError::WriterLocked(
+                "this server no longer holds the writer lock".into(),
+            ));
+        }
+        tx.commit().await.map_err(classify)
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {

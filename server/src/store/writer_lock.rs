@@ -1,51 +1,62 @@
 //! One writer per database. The server holds a session advisory lock on a
-//! dedicated connection for as long as it runs, and every commit checks, in
-//! its own transaction, that this server still holds it. A second server on
-//! the same database waits at start until the first is gone, and a server
-//! that lost its lock (its connection dropped and another took over) can no
-//! longer commit.
+//! dedicated connection for as long as it runs, so a second server on the
+//! same database waits at start until the first is gone.
+//!
+//! Holding the lock is not enough to be safe to write: the lock goes with its
+//! connection, and the holder may not notice at once. So each time a server
+//! takes the lock it bumps a fencing epoch, and every commit first updates
+//! the fence row where the epoch is still its own. That statement both checks
+//! and row-locks: a server that lost the lock commits nothing, and a new
+//! writer's bump waits for the old writer's last transaction to end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, Config, NoTls, types::Oid};
+use tokio_postgres::{Client, Config, NoTls};
 
 use super::StoreError;
 
 /// An arbitrary constant naming the writer lock ("mcwrite").
 const KEY: i64 = 0x006d_6377_7269_7465;
 
-/// Touches one row if the backend `$3` holds the lock, none otherwise: a
-/// commit runs it first and rolls back on zero.
-pub const HELD_BY: &str = "UPDATE event_history SET compacted_revision = compacted_revision
-    WHERE EXISTS (SELECT 1 FROM pg_locks
-                  WHERE locktype = 'advisory' AND classid = $1 AND objid = $2
-                    AND objsubid = 1 AND pid = $3 AND granted)";
-
-pub fn key_parts() -> (Oid, Oid) {
-    ((KEY >> 32) as Oid, KEY as u32 as Oid)
-}
+/// Touches the fence row if `$1` is still the current epoch, none otherwise:
+/// every writing transaction runs it first and rolls back on zero.
+pub const FENCE: &str = "UPDATE writer_fence SET epoch = epoch WHERE epoch = $1";
 
 struct Holder {
     client: Client,
-    pid: i32,
+    epoch: i64,
 }
 
 pub struct WriterLock {
     config: Config,
     holder: Mutex<Holder>,
+    /// Set when the lock was lost and taken again: another server may have
+    /// written meanwhile, so the caller must reload before writing.
+    retaken: AtomicBool,
 }
 
 impl WriterLock {
+    /// Takes the lock (or fails with `WriterLocked`) and a new epoch. The
+    /// schema must be migrated first.
     pub async fn acquire(config: &Config) -> Result<Self, StoreError> {
         let holder = take(config).await?;
         Ok(Self {
             config: config.clone(),
             holder: Mutex::new(holder),
+            retaken: AtomicBool::new(false),
         })
     }
 
-    /// The backend that holds the lock for this server.
-    pub async fn pid(&self) -> i32 {
-        self.holder.lock().await.pid
+    /// The epoch to fence a transaction with. Fails once after the lock was
+    /// taken again, so that the caller reloads its state first.
+    pub async fn epoch(&self) -> Result<i64, StoreError> {
+        if self.retaken.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::WriterLocked(
+                "the writer lock was lost and taken again; state must be reloaded".into(),
+            ));
+        }
+        Ok(self.holder.lock().await.epoch)
     }
 
     /// Gives the lock up: this server writes no more.
@@ -65,6 +76,7 @@ impl WriterLock {
         let mut holder = self.holder.lock().await;
         if holder.client.is_closed() {
             *holder = take(&self.config).await?;
+            self.retaken.store(true, Ordering::SeqCst);
             tracing::warn!("writer lock connection was lost; lock taken again");
         }
         Ok(())
@@ -72,31 +84,35 @@ impl WriterLock {
 }
 
 async fn take(config: &Config) -> Result<Holder, StoreError> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(e.to_string());
+    let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
     tokio::spawn(connection);
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1), pg_backend_pid()", &[&KEY])
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&KEY])
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    if !row.get::<_, bool>(0) {
+        .map_err(unavailable)?
+        .get(0);
+    if !locked {
         return Err(StoreError::WriterLocked(
             "another mission-control server is writing to this database".into(),
         ));
     }
-    Ok(Holder {
-        client,
-        pid: row.get(1),
-    })
+    let epoch: i64 = client
+        .query_one(
+            "UPDATE writer_fence SET epoch = epoch + 1 RETURNING epoch",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    Ok(Holder { client, epoch })
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use crate::engine::{Engine, GatewayId, GatewaySpec, Policy, Timestamp, TokenHash};
+    use crate::engine::{Batch, Engine, GatewayId, GatewaySpec, Policy, Timestamp, TokenHash};
     use crate::store::{PostgresStore, Store, StoreError};
     use crate::testing::TestDatabase;
 
@@ -104,74 +120,71 @@ mod tests {
         PostgresStore::connect(db.url(), &Default::default()).await
     }
 
-    /// A batch with one gateway, from an engine that knows nothing else.
-    fn batch(engine: &mut Engine) -> crate::engine::Batch {
-        let mut batch = engine.begin(Timestamp::from_micros(1));
-        let spec = GatewaySpec {
-            gateway_id: GatewayId::parse("gw").unwrap(),
-            name: "gw".into(),
-            rotate_token: false,
-        };
-        engine.register_gateway(&mut batch, spec, TokenHash([7; 32]));
-        batch
-    }
-
-    #[tokio::test]
-    async fn a_second_server_cannot_write_while_the_first_holds_the_lock() {
-        let db = TestDatabase::create().await;
-        let first = connect(&db).await.unwrap();
-        assert!(matches!(
-            connect(&db).await,
-            Err(StoreError::WriterLocked(_))
-        ));
-
-        drop(first);
-        let mut second = None;
-        for _ in 0..100 {
-            match connect(&db).await {
-                Ok(store) => {
-                    second = Some(store);
-                    break;
-                }
+    /// Connects once the lock is free (the old holder's session may take a
+    /// moment to end).
+    async fn connect_when_free(db: &TestDatabase) -> PostgresStore {
+        for _ in 0..250 {
+            match connect(db).await {
+                Ok(store) => return store,
                 Err(StoreError::WriterLocked(_)) => {
                     tokio::time::sleep(Duration::from_millis(20)).await
                 }
                 Err(other) => panic!("{other}"),
             }
         }
-        assert!(
-            second.is_some(),
-            "the lock is free once the first server is gone"
-        );
+        panic!("the writer lock was never freed");
     }
 
-    #[tokio::test]
-    async fn a_server_that_lost_its_lock_can_no_longer_commit() {
-        let db = TestDatabase::create().await;
-        let first = connect(&db).await.unwrap();
-        let pid = first.writer.pid().await;
+    /// Ends the session holding the writer lock, as a network fault would.
+    async fn kill_lock_holder(db: &TestDatabase) {
         let (admin, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
-        admin
-            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND objid = $1 AND granted",
+                &[&(super::KEY as u32)],
+            )
             .await
             .unwrap();
+        assert_eq!(killed, 1);
+    }
 
-        // Another server takes over the database.
-        let mut second = None;
-        for _ in 0..100 {
-            if let Ok(store) = connect(&db).await {
-                second = Some(store);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let second = second.expect("the lock was freed");
+    /// A batch registering one gateway with this token.
+    fn batch(engine: &mut Engine, token: u8) -> Batch {
+        let mut batch = engine.begin(Timestamp::from_micros(1));
+        let spec = GatewaySpec {
+            gateway_id: GatewayId::parse("gw").unwrap(),
+            name: "gw".into(),
+            rotate_token: true,
+        };
+        engine.register_gateway(&mut batch, spec, TokenHash([token; 32]));
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_second_server_waits_while_the_first_holds_the_lock() {
+        let db = TestDatabase::create().await;
+        let first = connect(&db).await.unwrap();
+        assert!(matches!(
+            connect(&db).await,
+            Err(StoreError::WriterLocked(_))
+        ));
+        first.close().await;
+        connect_when_free(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_server_that_lost_its_lock_to_another_commits_nothing() {
+        let db = TestDatabase::create().await;
+        let first = connect(&db).await.unwrap();
+        kill_lock_holder(&db).await;
+        let second = connect_when_free(&db).await;
 
         let mut engine = Engine::new(Policy::default());
-        let result = first.commit(&batch(&mut engine)).await;
+        let result = first.commit(&batch(&mut engine, 1)).await;
         assert!(
             matches!(result, Err(StoreError::WriterLocked(_))),
             "{result:?}"
@@ -180,10 +193,36 @@ mod tests {
             second.load().await.unwrap().gateways.is_empty(),
             "nothing written"
         );
+        let pinged = first.ping().await;
         assert!(
-            matches!(first.ping().await, Err(StoreError::WriterLocked(_))),
-            "health says so"
+            matches!(pinged, Err(StoreError::WriterLocked(_))),
+            "health says so: {pinged:?}"
         );
-        second.commit(&batch(&mut engine)).await.unwrap();
+        second.commit(&batch(&mut engine, 2)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_that_takes_its_lock_again_must_reload_before_writing() {
+        let db = TestDatabase::create().await;
+        let store = connect(&db).await.unwrap();
+        kill_lock_holder(&db).await;
+        let mut retaken = false;
+        for _ in 0..250 {
+            if store.ping().await.is_ok() {
+                retaken = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(retaken, "the health probe takes the lock again");
+
+        let mut engine = Engine::new(Policy::default());
+        let result = store.commit(&batch(&mut engine, 1)).await;
+        assert!(
+            matches!(result, Err(StoreError::WriterLocked(_))),
+            "once: {result:?}"
+        );
+        store.commit(&batch(&mut engine, 1)).await.unwrap();
+        assert_eq!(store.load().await.unwrap().gateways.len(), 1);
     }
 }
