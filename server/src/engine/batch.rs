@@ -108,6 +108,8 @@ pub struct Batch {
     pub(super) fired: Vec<Timer>,
     pub(super) retires_added: Vec<PendingRetire>,
     pub(super) retires_done: Vec<PendingRetire>,
+    /// Deleted agents and the generation they reached.
+    pub(super) tombstones: Vec<(AgentId, u64)>,
 }
 
 impl Batch {
@@ -124,6 +126,7 @@ impl Batch {
             fired: Vec::new(),
             retires_added: Vec::new(),
             retires_done: Vec::new(),
+            tombstones: Vec::new(),
         }
     }
 
@@ -137,7 +140,8 @@ impl Batch {
             && self.gateways.is_empty()
             && self.events.is_empty()
             && self.retires_added.is_empty()
-            && self.retires_done.is_empty())
+            && self.retires_done.is_empty()
+            && self.tombstones.is_empty())
     }
 
     pub fn agent_writes(&self) -> impl Iterator<Item = (&AgentId, Option<&Agent>)> {
@@ -158,6 +162,10 @@ impl Batch {
 
     pub fn retires_done(&self) -> &[PendingRetire] {
         &self.retires_done
+    }
+
+    pub fn tombstones(&self) -> &[(AgentId, u64)] {
+        &self.tombstones
     }
 
     pub(super) fn note(&mut self, kind: NoteKind, agent: &Agent, deadline: Option<Timestamp>) {
@@ -188,6 +196,7 @@ impl Batch {
             kind: change.kind,
             agent,
             previous_status: change.previous_status,
+            previous_board_id: change.previous_board_id,
             reason: change.reason,
             attempt: change.attempt,
             error: change.error,
@@ -204,6 +213,7 @@ impl Batch {
 pub(super) struct Change {
     pub kind: EventKind,
     pub previous_status: Option<Status>,
+    pub previous_board_id: Option<BoardId>,
     pub reason: Reason,
     pub attempt: u32,
     pub error: Option<String>,
@@ -214,6 +224,7 @@ impl Change {
         Self {
             kind: EventKind::Changed,
             previous_status: Some(previous.status),
+            previous_board_id: previous.board_id.clone(),
             reason,
             attempt,
             error: None,

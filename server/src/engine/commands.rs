@@ -59,8 +59,9 @@ impl Engine {
         let existing = self.current(batch, &spec.agent_id);
         let (mut agent, change, token_minted) = match existing {
             None => {
-                // A re-created agent starts above any retire still in flight
-                // for its earlier self, so that retire cannot stop it.
+                // A re-created agent starts above the generation its earlier
+                // self reached: no retire, wake or acknowledgement of that
+                // one can be mistaken for its own.
                 let retired = self.retired_generation(batch, &spec.agent_id);
                 let agent = Agent {
                     id: spec.agent_id,
@@ -87,6 +88,7 @@ impl Engine {
                 let change = Change {
                     kind: EventKind::Added,
                     previous_status: None,
+                    previous_board_id: None,
                     reason: Reason::Provisioned,
                     attempt: 1,
                     error: None,
@@ -200,10 +202,12 @@ impl Engine {
             generation: agent.generation,
         };
         batch.retires_added.push(retire.clone());
+        batch.tombstones.push((agent.id.clone(), agent.generation));
         batch.effects.push(Effect::Retire(retire));
         let change = Change {
             kind: EventKind::Deleted,
             previous_status: Some(agent.status),
+            previous_board_id: agent.board_id.clone(),
             reason: Reason::Deleted,
             attempt: 0,
             error: None,
@@ -280,13 +284,15 @@ impl Engine {
         }
     }
 
-    /// The highest generation of this agent still waiting to be retired.
+    /// The highest generation a deleted agent with this id reached.
     fn retired_generation(&self, batch: &Batch, agent: &AgentId) -> u64 {
-        self.pending_retires
+        let staged = batch
+            .tombstones
             .iter()
-            .chain(&batch.retires_added)
-            .filter(|retire| retire.agent_id == *agent)
-            .map(|retire| retire.generation)
+            .filter(|(id, _)| id == agent)
+            .map(|(_, generation)| *generation);
+        staged
+            .chain(self.tombstones.get(agent).copied())
             .max()
             .unwrap_or(0)
     }

@@ -52,32 +52,40 @@ pub struct AgentFilter {
 
 impl AgentFilter {
     pub fn matches(&self, agent: &Agent) -> bool {
-        self.agent_id.as_ref().is_none_or(|id| *id == agent.id)
-            && self
-                .gateway_id
-                .as_ref()
-                .is_none_or(|g| *g == agent.gateway_id)
-            && self
-                .board_id
-                .as_ref()
-                .is_none_or(|b| agent.board_id.as_ref() == Some(b))
-            && (self.statuses.is_empty() || self.statuses.contains(&agent.status))
+        self.matches_parts(
+            &agent.id,
+            &agent.gateway_id,
+            agent.board_id.as_ref(),
+            agent.status,
+        )
+    }
+
+    pub fn matches_parts(
+        &self,
+        agent_id: &AgentId,
+        gateway_id: &GatewayId,
+        board_id: Option<&BoardId>,
+        status: Status,
+    ) -> bool {
+        self.agent_id.as_ref().is_none_or(|id| id == agent_id)
+            && self.gateway_id.as_ref().is_none_or(|g| g == gateway_id)
+            && self.board_id.as_ref().is_none_or(|b| board_id == Some(b))
+            && (self.statuses.is_empty() || self.statuses.contains(&status))
     }
 
     /// An event matches when its agent matches before or after the change,
-    /// so a watcher filtering on a status also sees agents leave that status.
+    /// so a watcher on a status or a board also sees agents leave it.
     pub fn matches_event(&self, event: &Event) -> bool {
-        if self.matches(&event.agent) {
-            return true;
-        }
-        match event.previous_status {
-            Some(previous) if self.statuses.contains(&previous) => {
-                let mut without_status = self.clone();
-                without_status.statuses.clear();
-                without_status.matches(&event.agent)
-            }
-            _ => false,
-        }
+        let agent = &event.agent;
+        self.matches(agent)
+            || event.previous_status.is_some_and(|previous| {
+                self.matches_parts(
+                    &agent.id,
+                    &agent.gateway_id,
+                    event.previous_board_id.as_ref(),
+                    previous,
+                )
+            })
     }
 }
 
@@ -131,6 +139,8 @@ pub struct Engine {
     gateways: BTreeMap<GatewayId, Gateway>,
     gateway_tokens: HashMap<TokenHash, GatewayId>,
     pending_retires: BTreeSet<PendingRetire>,
+    /// Deleted agent ids and the generation each reached.
+    tombstones: HashMap<AgentId, u64>,
     timers: TimerWheel,
     /// Agents staged in a batch that is being committed.
     in_flight: HashSet<AgentId>,
@@ -149,6 +159,7 @@ impl Engine {
             gateways: BTreeMap::new(),
             gateway_tokens: HashMap::new(),
             pending_retires: BTreeSet::new(),
+            tombstones: HashMap::new(),
             timers: TimerWheel::default(),
             in_flight: HashSet::new(),
             dirty_leases: HashSet::new(),
@@ -219,6 +230,17 @@ impl Engine {
             .filter(|r| r.gateway_id == *gateway)
             .cloned()
             .collect()
+    }
+
+    /// Deleted agent ids and the generation each reached, in id order.
+    pub fn tombstones(&self) -> Vec<(AgentId, u64)> {
+        let mut tombstones: Vec<_> = self
+            .tombstones
+            .iter()
+            .map(|(id, g)| (id.clone(), *g))
+            .collect();
+        tombstones.sort();
+        tombstones
     }
 
     pub fn next_timer_at(&self) -> Option<Timestamp> {
@@ -317,6 +339,10 @@ impl Engine {
             self.pending_retires.remove(&retire);
         }
         self.pending_retires.extend(batch.retires_added);
+        for (id, generation) in batch.tombstones {
+            let reached = self.tombstones.entry(id).or_default();
+            *reached = (*reached).max(generation);
+        }
         for timer in batch.timers_to_arm {
             self.timers.arm(timer);
         }

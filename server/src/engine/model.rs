@@ -358,6 +358,8 @@ pub struct Event {
     /// The agent after the change (as it was, for a deletion).
     pub agent: Agent,
     pub previous_status: Option<Status>,
+    /// The board before the change (an update may move the agent).
+    pub previous_board_id: Option<BoardId>,
     pub reason: Reason,
     pub attempt: u32,
     pub error: Option<String>,

@@ -11,6 +11,8 @@ pub struct StoredState {
     pub agents: Vec<Agent>,
     pub gateways: Vec<Gateway>,
     pub pending_retires: Vec<PendingRetire>,
+    /// Deleted agent ids and the generation each reached.
+    pub tombstones: Vec<(AgentId, u64)>,
     /// The last committed revision.
     pub revision: u64,
 }
@@ -41,6 +43,7 @@ impl Engine {
             engine.gateways.insert(gateway.id.clone(), gateway);
         }
         engine.pending_retires.extend(state.pending_retires);
+        engine.tombstones.extend(state.tombstones);
         for agent in &state.agents {
             engine
                 .agent_tokens

@@ -561,7 +561,7 @@ fn delete_revokes_the_token_retires_the_agent_and_leaves_timers_stale() {
 }
 
 #[test]
-fn an_agent_re_created_before_its_retire_is_acknowledged_outranks_the_retire() {
+fn a_re_created_agent_starts_above_the_generation_its_earlier_self_reached() {
     let mut h = Harness::new();
     h.provision("a");
     h.provision("a");
@@ -570,6 +570,26 @@ fn an_agent_re_created_before_its_retire_is_acknowledged_outranks_the_retire() {
     assert!(again.created);
     assert_eq!(again.agent.generation, 3, "above the retired generation 2");
     assert_eq!(wakes(&committed), [("a".into(), 3, 1)]);
+
+    // Even once the retire is acknowledged, and across a restart.
+    let retire = h.engine.pending_retires(&gw()).remove(0);
+    h.run(|e, b| e.retire_delivered(b, retire));
+    h.run(|e, b| e.delete(b, &id("a"))).0.unwrap();
+    let state = StoredState {
+        agents: vec![],
+        gateways: h.engine.gateways().cloned().collect(),
+        pending_retires: vec![],
+        tombstones: h.engine.tombstones(),
+        revision: h.engine.revision(),
+    };
+    let (mut engine, batch) = Engine::restore(Policy::default(), state, t(5));
+    engine.commit(batch);
+    h.engine = engine;
+    let (third, _) = h.provision("a");
+    assert_eq!(third.agent.generation, 4);
+    // A late failure report for the first incarnation's wake changes nothing.
+    let (recorded, _) = h.run(|e, b| e.wake_failed(b, &id("a"), 1, 1, "late"));
+    assert!(!recorded);
 }
 
 #[test]
@@ -637,6 +657,7 @@ fn restart_extends_passed_deadlines_once_with_a_spread() {
         agents: h.engine.agents().cloned().collect(),
         gateways: h.engine.gateways().cloned().collect(),
         pending_retires: vec![],
+        tombstones: vec![],
         revision: h.engine.revision(),
     };
     let restart = t(120);
@@ -686,6 +707,7 @@ fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
         agents: h.engine.agents().cloned().collect(),
         gateways: vec![],
         pending_retires: vec![],
+        tombstones: vec![],
         revision: h.engine.revision(),
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
@@ -746,6 +768,34 @@ fn a_status_filter_sees_agents_leave_the_status() {
         ..AgentFilter::default()
     };
     assert!(!other_gateway.matches_event(&committed.events[0]));
+}
+
+#[test]
+fn a_board_filter_sees_agents_moved_off_the_board() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let mut spec = h.spec("a", false);
+    spec.board_id = Some(BoardId::parse("board-2").unwrap());
+    let minted = h.new_token();
+    let (_, committed) = h.run(|e, b| e.provision(b, spec, minted));
+    let old_board = AgentFilter {
+        board_id: Some(BoardId::parse("board-1").unwrap()),
+        ..AgentFilter::default()
+    };
+    let event = &committed.events[0];
+    assert_eq!(
+        event.agent.board_id,
+        Some(BoardId::parse("board-2").unwrap())
+    );
+    assert!(
+        old_board.matches_event(event),
+        "the watcher of board-1 learns it left"
+    );
+    let elsewhere = AgentFilter {
+        board_id: Some(BoardId::parse("board-3").unwrap()),
+        ..AgentFilter::default()
+    };
+    assert!(!elsewhere.matches_event(event));
 }
 
 #[test]

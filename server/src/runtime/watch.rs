@@ -54,19 +54,12 @@ pub struct HeartbeatSeen {
 
 impl HeartbeatSeen {
     fn matches(&self, filter: &AgentFilter) -> bool {
-        filter
-            .agent_id
-            .as_ref()
-            .is_none_or(|id| *id == self.agent_id)
-            && filter
-                .gateway_id
-                .as_ref()
-                .is_none_or(|g| *g == self.gateway_id)
-            && filter
-                .board_id
-                .as_ref()
-                .is_none_or(|b| self.board_id.as_ref() == Some(b))
-            && (filter.statuses.is_empty() || filter.statuses.contains(&self.status))
+        filter.matches_parts(
+            &self.agent_id,
+            &self.gateway_id,
+            self.board_id.as_ref(),
+            self.status,
+        )
     }
 }
 

@@ -136,6 +136,7 @@ impl<'a> Fixture<'a> {
             agents: self.engine.agents().cloned().collect(),
             gateways: self.engine.gateways().cloned().collect(),
             pending_retires: self.engine.pending_retires(&gateway()),
+            tombstones: self.engine.tombstones(),
             revision: self.engine.revision(),
         }
     }
@@ -226,6 +227,7 @@ pub async fn deletes_and_retires_round_trip(store: &dyn Store) {
     .unwrap();
     let stored = store.load().await.unwrap();
     assert_eq!(stored.agents.len(), 1);
+    assert_eq!(stored.tombstones, [(id("a"), 1)]);
     assert_eq!(stored.pending_retires.len(), 1);
     assert_eq!(stored.pending_retires[0].agent_id, id("a"));
 

@@ -22,6 +22,7 @@ struct State {
     agents: BTreeMap<AgentId, Agent>,
     gateways: BTreeMap<GatewayId, Gateway>,
     retires: BTreeSet<PendingRetire>,
+    tombstones: BTreeMap<AgentId, u64>,
     events: BTreeMap<u64, Event>,
     last_revision: u64,
     compacted_revision: u64,
@@ -76,6 +77,11 @@ impl Store for MemoryStore {
             agents: state.agents.values().cloned().collect(),
             gateways: state.gateways.values().cloned().collect(),
             pending_retires: state.retires.iter().cloned().collect(),
+            tombstones: state
+                .tombstones
+                .iter()
+                .map(|(id, g)| (id.clone(), *g))
+                .collect(),
             revision: state.last_revision,
         })
     }
@@ -95,7 +101,13 @@ impl Store for MemoryStore {
         }
         for (id, agent) in batch.agent_writes() {
             match agent {
-                Some(agent) => state.agents.insert(id.clone(), agent.clone()),
+                Some(agent) => {
+                    // As in Postgres: last_seen_at never moves backwards.
+                    let mut agent = agent.clone();
+                    let stored = state.agents.get(id).and_then(|a| a.last_seen_at);
+                    agent.last_seen_at = agent.last_seen_at.max(stored);
+                    state.agents.insert(id.clone(), agent)
+                }
                 None => state.agents.remove(id),
             };
         }
@@ -106,6 +118,10 @@ impl Store for MemoryStore {
             state.retires.remove(retire);
         }
         state.retires.extend(batch.retires_added().iter().cloned());
+        for (id, generation) in batch.tombstones() {
+            let reached = state.tombstones.entry(id.clone()).or_default();
+            *reached = (*reached).max(*generation);
+        }
         for event in batch.events() {
             state.last_revision = event.revision;
             state.events.insert(event.revision, event.clone());

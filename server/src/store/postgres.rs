@@ -174,6 +174,11 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
             .get::<_, Option<String>>("previous_status")
             .map(|s| Status::parse(&s).ok_or_else(|| corrupt("status", &s)))
             .transpose()?,
+        previous_board_id: row
+            .get::<_, Option<String>>("previous_board_id")
+            .map(BoardId::parse)
+            .transpose()
+            .map_err(|e| corrupt("board id", &e.to_string()))?,
         reason: Reason::parse(&text("reason")).ok_or_else(|| corrupt("reason", &text("reason")))?,
         attempt: row.get::<_, i32>("attempt") as u32,
         error: row.get("error"),
@@ -181,8 +186,7 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     })
 }
 
-const EVENT_COLUMNS: &str =
-    "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent";
+const EVENT_COLUMNS: &str = "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent, previous_board_id";
 
 const UPSERT_AGENTS: &str = "
 INSERT INTO agents (id, name, gateway_id, board_id, role, status, generation, wake_attempts,
@@ -316,6 +320,13 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(classify)?;
+        let tombstones = tx
+            .query(
+                "SELECT agent_id, generation FROM agent_tombstones ORDER BY agent_id",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
         let revision: i64 = tx
             .query_one(
                 "SELECT GREATEST((SELECT compacted_revision FROM event_history),
@@ -356,6 +367,14 @@ impl Store for PostgresStore {
                     })
                 })
                 .collect::<Result<_, StoreError>>()?,
+            tombstones: tombstones
+                .iter()
+                .map(|row| {
+                    let id = AgentId::parse(row.get::<_, String>(0))
+                        .map_err(|e| corrupt("agent id", &e.to_string()))?;
+                    Ok((id, row.get::<_, i64>(1) as u64))
+                })
+                .collect::<Result<_, StoreError>>()?,
             revision: revision as u64,
         })
     }
@@ -387,6 +406,10 @@ impl Store for PostgresStore {
         let ev_attempt: Vec<i32> = events.iter().map(|e| e.attempt as i32).collect();
         let ev_error: Vec<Option<&str>> = events.iter().map(|e| e.error.as_deref()).collect();
         let ev_at: Vec<SystemTime> = events.iter().map(|e| time(e.at)).collect();
+        let ev_previous_board: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.previous_board_id.as_ref().map(BoardId::as_str))
+            .collect();
         let ev_agent: Vec<serde_json::Value> = events
             .iter()
             .map(|e| serde_json::to_value(&e.agent))
@@ -415,7 +438,8 @@ impl Store for PostgresStore {
         let event_insert = format!(
             "INSERT INTO agent_events ({EVENT_COLUMNS})
              SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::int4[], $7::text[], $8::timestamptz[], $9::jsonb[])"
+                                  $6::int4[], $7::text[], $8::timestamptz[], $9::jsonb[],
+                                  $10::text[])"
         );
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
         // First: this server must still be the writer.
@@ -448,6 +472,7 @@ impl Store for PostgresStore {
                     &ev_error,
                     &ev_at,
                     &ev_agent,
+                    &ev_previous_board,
                 ],
             ));
         }
@@ -456,6 +481,23 @@ impl Store for PostgresStore {
                 "INSERT INTO pending_retires (gateway_id, agent_id, generation)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) ON CONFLICT DO NOTHING",
                 vec![&added.0, &added.1, &added.2],
+            ));
+        }
+        // One row per agent: the highest generation wins.
+        let mut reached = std::collections::BTreeMap::new();
+        for (id, generation) in batch.tombstones() {
+            let entry = reached.entry(id.as_str()).or_insert(0i64);
+            *entry = (*entry).max(*generation as i64);
+        }
+        let tomb_ids: Vec<&str> = reached.keys().copied().collect();
+        let tomb_generations: Vec<i64> = reached.values().copied().collect();
+        if !tomb_ids.is_empty() {
+            statements.push((
+                "INSERT INTO agent_tombstones (agent_id, generation)
+                 SELECT * FROM unnest($1::text[], $2::int8[])
+                 ON CONFLICT (agent_id) DO UPDATE
+                 SET generation = GREATEST(agent_tombstones.generation, EXCLUDED.generation)",
+                vec![&tomb_ids, &tomb_generations],
             ));
         }
         if !done.0.is_empty() {
