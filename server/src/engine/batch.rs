@@ -110,6 +110,8 @@ pub struct Batch {
     pub(super) retires_done: Vec<PendingRetire>,
     /// Deleted agents and the generation they reached.
     pub(super) tombstones: Vec<(AgentId, u64)>,
+    /// Recorded heartbeats this batch handled, put back if it is aborted.
+    pub(super) applied_checkins: Vec<(AgentId, super::PendingCheckIn)>,
 }
 
 impl Batch {
@@ -127,6 +129,7 @@ impl Batch {
             retires_added: Vec::new(),
             retires_done: Vec::new(),
             tombstones: Vec::new(),
+            applied_checkins: Vec::new(),
         }
     }
 

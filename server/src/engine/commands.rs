@@ -4,7 +4,7 @@
 use super::batch::{Change, Effect};
 use super::model::{
     Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, Status,
-    TokenHash,
+    Timestamp, TokenHash,
 };
 use super::{Batch, Engine, EngineError};
 
@@ -129,7 +129,7 @@ impl Engine {
     }
 
     /// A heartbeat that is a transition: from any status to online, or a new
-    /// reported template version. Judged at the batch's time.
+    /// reported template version, received at the batch's time.
     pub fn check_in(
         &mut self,
         batch: &mut Batch,
@@ -137,14 +137,67 @@ impl Engine {
         token: &TokenHash,
         reported_template: Option<String>,
     ) -> Result<Agent, EngineError> {
+        let now = batch.now;
+        self.check_in_received(batch, agent_id, token, reported_template, now)
+    }
+
+    /// The same, judged by when the heartbeat arrived: `received_at`, or
+    /// the earlier time [`Engine::renew_lease`] recorded for it.
+    pub fn check_in_received(
+        &mut self,
+        batch: &mut Batch,
+        agent_id: &AgentId,
+        token: &TokenHash,
+        reported_template: Option<String>,
+        received_at: Timestamp,
+    ) -> Result<Agent, EngineError> {
+        let arrived = match self.pending_checkins.remove(agent_id) {
+            Some(pending) => {
+                let at = pending.received_at.min(received_at);
+                batch.applied_checkins.push((agent_id.clone(), pending));
+                at
+            }
+            None => received_at,
+        };
+        self.check_in_at(batch, agent_id, token, reported_template, arrived)
+    }
+
+    /// Applies every heartbeat recorded but not yet handled: run before any
+    /// timer fires, so a heartbeat that arrived before a deadline wins it
+    /// even while its command still waits in the writer's queue.
+    pub(super) fn apply_pending_checkins(&mut self, batch: &mut Batch) {
+        for (agent_id, pending) in std::mem::take(&mut self.pending_checkins) {
+            let reported = pending.reported_template.clone();
+            // A token rotated or an agent deleted since: nothing to apply.
+            let _ = self.check_in_at(
+                batch,
+                &agent_id,
+                &pending.token,
+                reported,
+                pending.received_at,
+            );
+            batch.applied_checkins.push((agent_id, pending));
+        }
+    }
+
+    fn check_in_at(
+        &mut self,
+        batch: &mut Batch,
+        agent_id: &AgentId,
+        token: &TokenHash,
+        reported_template: Option<String>,
+        now: Timestamp,
+    ) -> Result<Agent, EngineError> {
         let previous = self
             .current(batch, agent_id)
             .filter(|agent| agent.token_hash == *token)
             .ok_or(EngineError::Unauthenticated)?;
-        let now = batch.now;
         let mut agent = previous.clone();
-        agent.last_seen_at = Some(now);
-        agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
+        // Never backwards: a later heartbeat may already have been counted.
+        let seen = previous.last_seen_at.map_or(now, |last| last.max(now));
+        agent.last_seen_at = Some(seen);
+        let lease = seen.plus(self.policy.lease_ttl);
+        agent.lease_expires_at = Some(previous.lease_expires_at.map_or(lease, |l| l.max(lease)));
         let new_template = reported_template.filter(|v| *v != agent.reported_template_version);
         let steady = previous.status == Status::Online && !previous.awaiting_checkin();
         if steady && new_template.is_none() {

@@ -122,6 +122,14 @@ impl LeaseState {
     }
 }
 
+/// A heartbeat waiting for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCheckIn {
+    pub received_at: Timestamp,
+    pub token: TokenHash,
+    pub reported_template: Option<String>,
+}
+
 /// A lease renewed in memory, to be written to the store in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseCheckpoint {
@@ -144,6 +152,8 @@ pub struct Engine {
     timers: TimerWheel,
     /// Agents staged in a batch that is being committed.
     in_flight: HashSet<AgentId>,
+    /// Heartbeats that need a commit, by the time they arrived.
+    pending_checkins: HashMap<AgentId, PendingCheckIn>,
     /// Online agents whose lease changed since the last checkpoint.
     dirty_leases: HashSet<AgentId>,
     /// The last committed revision.
@@ -162,6 +172,7 @@ impl Engine {
             tombstones: HashMap::new(),
             timers: TimerWheel::default(),
             in_flight: HashSet::new(),
+            pending_checkins: HashMap::new(),
             dirty_leases: HashSet::new(),
             revision: 0,
         }
@@ -279,6 +290,15 @@ impl Engine {
             && !self.in_flight.contains(id)
             && reported_template.is_none_or(|v| v == agent.reported_template_version);
         if !steady {
+            // Recorded now, under the lock the writer fires timers under: the
+            // heartbeat is judged by when it arrived, not when it is dequeued.
+            self.pending_checkins
+                .entry(id.clone())
+                .or_insert_with(|| PendingCheckIn {
+                    received_at: now,
+                    token: *token,
+                    reported_template: reported_template.map(str::to_owned),
+                });
             return Renewal::NeedsCommit(id.clone());
         }
         agent.last_seen_at = Some(now);
@@ -359,6 +379,9 @@ impl Engine {
     pub fn abort(&mut self, batch: Batch) {
         for id in batch.agents.keys() {
             self.in_flight.remove(id);
+        }
+        for (id, pending) in batch.applied_checkins {
+            self.pending_checkins.entry(id).or_insert(pending);
         }
         for timer in batch.fired {
             self.timers.arm(timer);

@@ -14,6 +14,7 @@ impl Engine {
     /// Processes up to `limit` due timers, earliest first; the rest stay due
     /// for the next batch, so a mass expiry cannot make one huge batch.
     pub fn fire_due_at_most(&mut self, batch: &mut Batch, limit: usize) {
+        self.apply_pending_checkins(batch);
         let due = self.timers.pop_due(batch.now, limit);
         for timer in &due {
             match timer.kind {

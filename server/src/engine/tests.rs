@@ -396,6 +396,45 @@ fn a_heartbeat_racing_the_deadline_never_causes_a_re_wake() {
 }
 
 #[test]
+fn a_heartbeat_that_arrived_before_the_deadline_wins_even_if_handled_after_it() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    // It arrives at 29 s; its command is still queued when the timer is due.
+    assert_eq!(
+        h.engine.renew_lease(&token, None, t(29)),
+        Renewal::NeedsCommit(id("a"))
+    );
+    let fired = h.advance_to(t(31));
+    assert!(wakes(&fired).is_empty(), "no re-wake");
+    assert_eq!(reasons(&fired), [Reason::CheckedIn]);
+    let agent = h.agent("a");
+    assert_eq!(agent.status, Status::Online);
+    assert_eq!(agent.last_seen_at, Some(t(29)), "judged by arrival");
+    assert_eq!(agent.lease_expires_at, Some(t(59)));
+
+    // The queued command, handled later, is a plain renewal.
+    h.now = t(32);
+    let (again, committed) = h.run(|e, b| e.check_in(b, &id("a"), &token, None));
+    assert_eq!(again.unwrap().status, Status::Online);
+    assert!(committed.events.is_empty());
+}
+
+#[test]
+fn a_recorded_heartbeat_survives_an_aborted_batch() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    h.engine.renew_lease(&token, None, t(29));
+    let mut batch = h.engine.begin(t(31));
+    h.engine.fire_due(&mut batch);
+    h.engine.abort(batch);
+    let fired = h.advance_to(t(31));
+    assert!(wakes(&fired).is_empty());
+    assert_eq!(h.agent("a").last_seen_at, Some(t(29)));
+}
+
+#[test]
 fn the_fast_path_renews_only_steady_online_agents() {
     let mut h = Harness::new();
     h.provision("a");

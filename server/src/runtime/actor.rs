@@ -30,6 +30,7 @@ pub(super) enum Command {
         agent_id: AgentId,
         token: TokenHash,
         reported_template: Option<String>,
+        received_at: Timestamp,
         reply: Reply<Agent>,
     },
     Wake {
@@ -292,10 +293,11 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             agent_id,
             token,
             reported_template,
+            received_at,
             reply,
         } => pending(
             reply,
-            engine.check_in(batch, &agent_id, &token, reported_template),
+            engine.check_in_received(batch, &agent_id, &token, reported_template, received_at),
         ),
         Command::Wake { agent_id, reply } => pending(reply, engine.wake(batch, &agent_id)),
         Command::Delete { agent_id, reply } => pending(reply, engine.delete(batch, &agent_id)),

@@ -373,6 +373,7 @@ impl Lifecycle {
                         agent_id,
                         token: hash,
                         reported_template,
+                        received_at: now,
                         reply,
                     })
                     .await?;

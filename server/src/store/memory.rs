@@ -31,6 +31,8 @@ struct State {
     /// While set, commits are written but reported as failed, like a
     /// connection lost before the answer to COMMIT arrived.
     lose_commit_answers: bool,
+    /// How long each commit takes, like a loaded database.
+    commit_delay: std::time::Duration,
     commits: u64,
     checkpoints: u64,
 }
@@ -43,6 +45,11 @@ impl MemoryStore {
     /// Makes every call fail (or succeed again), like a database outage.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.lock().unavailable = unavailable;
+    }
+
+    /// Makes every commit take this long (in tokio time).
+    pub fn set_commit_delay(&self, delay: std::time::Duration) {
+        self.lock().commit_delay = delay;
     }
 
     /// Makes commits succeed but report failure (or stop doing so).
@@ -87,6 +94,10 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let delay = self.lock().commit_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.available()?;
         // Check before writing anything: all or nothing.
         if let Some(event) = batch

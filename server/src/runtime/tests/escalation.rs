@@ -86,6 +86,55 @@ async fn a_heartbeat_just_before_the_deadline_wins_the_race() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_heartbeat_queued_behind_slow_commits_still_beats_its_deadline() {
+    let f = start(Settings {
+        max_batch: 4,
+        ..fast_settings()
+    })
+    .await;
+    let (_session, mut commands) = f.connect();
+    let token = f.provision("late").await.token.unwrap();
+    next_wake(&mut commands, LONG).await.unwrap();
+
+    // From 28 s the database is slow and a backlog builds up.
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    f.store.set_commit_delay(Duration::from_secs(2));
+    let backlog: Vec<_> = (0..10)
+        .map(|n| {
+            let lifecycle = f.lifecycle.clone();
+            tokio::spawn(async move { lifecycle.provision(spec(&format!("other-{n}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let heartbeat = {
+        let lifecycle = f.lifecycle.clone();
+        tokio::spawn(async move { lifecycle.heartbeat(&token, None).await })
+    };
+    assert_eq!(heartbeat.await.unwrap().unwrap().status, Status::Online);
+    for provision in backlog {
+        provision.await.unwrap().unwrap();
+    }
+
+    let history = f.lifecycle.history(&id("late"), None, 10).await.unwrap();
+    let reasons: Vec<_> = history.iter().map(|e| e.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            crate::engine::Reason::CheckedIn,
+            crate::engine::Reason::Provisioned
+        ]
+    );
+    let last_seen = f.agent("late").last_seen_at.unwrap();
+    assert_eq!(
+        last_seen.since(Timestamp::from_micros(EPOCH)),
+        Duration::from_millis(29_600)
+    );
+    while let Some((_, order)) = next_wake(&mut commands, Duration::from_millis(1)).await {
+        assert_ne!(order.agent_id, id("late"), "no re-wake: {order:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_wake_to_a_disconnected_gateway_counts_and_says_why() {
     let f = start(fast_settings()).await;
     f.provision("orphan").await;
