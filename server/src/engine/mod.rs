@@ -325,6 +325,38 @@ impl Engine {
             .collect()
     }
 
+    /// Every online agent's lease as memory knows it.
+    pub fn online_leases(&self) -> Vec<LeaseCheckpoint> {
+        self.agents
+            .values()
+            .filter(|agent| agent.status == Status::Online)
+            .filter_map(|agent| {
+                Some(LeaseCheckpoint {
+                    agent_id: agent.id.clone(),
+                    generation: agent.generation,
+                    last_seen_at: agent.last_seen_at?,
+                    lease_expires_at: agent.lease_expires_at?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes newer leases from another engine's memory (see
+    /// [`StoredState::merge_leases`]); they are written at the next checkpoint.
+    pub fn adopt_leases(&mut self, leases: Vec<LeaseCheckpoint>) {
+        for lease in leases {
+            let Some(agent) = self.agents.get_mut(&lease.agent_id) else {
+                continue;
+            };
+            if agent.status != Status::Online || agent.generation != lease.generation {
+                continue;
+            }
+            agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
+            agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
+            self.dirty_leases.insert(lease.agent_id);
+        }
+    }
+
     /// Puts back checkpoints that could not be written.
     pub fn return_dirty_leases(&mut self, leases: Vec<LeaseCheckpoint>) {
         self.dirty_leases

@@ -1,5 +1,8 @@
 //! Rebuilding the engine from the store at start, with restart grace.
 
+use std::collections::HashMap;
+
+use super::LeaseCheckpoint;
 use super::batch::Change;
 use super::model::{Agent, AgentId, Gateway, PendingRetire, Reason, Status, Timestamp};
 use super::timers::{Timer, TimerKind};
@@ -15,6 +18,27 @@ pub struct StoredState {
     pub tombstones: Vec<(AgentId, u64)>,
     /// The last committed revision.
     pub revision: u64,
+}
+
+impl StoredState {
+    /// Takes newer leases from memory: renewals the store has not seen yet
+    /// (checkpoints lag, or failed during an outage) must not be lost when
+    /// the engine is rebuilt from the store.
+    pub fn merge_leases(&mut self, leases: &[LeaseCheckpoint]) {
+        let fresher: HashMap<&AgentId, &LeaseCheckpoint> = leases
+            .iter()
+            .map(|lease| (&lease.agent_id, lease))
+            .collect();
+        for agent in &mut self.agents {
+            let Some(lease) = fresher.get(&agent.id) else {
+                continue;
+            };
+            if agent.status == Status::Online && agent.generation == lease.generation {
+                agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
+                agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
+            }
+        }
+    }
 }
 
 /// A stable number in `0.0..1.0` for an agent, to spread its grace period.

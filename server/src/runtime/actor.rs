@@ -256,7 +256,9 @@ impl Actor {
 
     async fn resync(&mut self) -> Result<(), StoreError> {
         let store = &self.shared.store;
-        let state = store.load().await?;
+        let mut state = store.load().await?;
+        // Heartbeats answered from memory meanwhile are not in the store.
+        state.merge_leases(&self.shared.engine().online_leases());
         // Events the store has that no watcher was told of: a commit whose
         // answer was lost may still have succeeded.
         let announced = self.shared.engine().revision();
@@ -273,8 +275,10 @@ impl Actor {
         store.commit(&grace).await?;
         self.followups.clear();
         let mut guard = self.shared.engine();
+        let renewed_meanwhile = guard.online_leases();
         *guard = engine;
         let committed = guard.commit(grace);
+        guard.adopt_leases(renewed_meanwhile);
         for event in missed.into_iter().chain(committed.events) {
             let _ = self.shared.events.send(Arc::new(event));
         }

@@ -168,6 +168,39 @@ async fn a_database_outage_refuses_transitions_then_recovers_without_loss() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
+    let f = start(fast_settings()).await;
+    let token = f.provision("live").await.token.unwrap();
+    f.lifecycle.heartbeat(&token, None).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    f.store.set_unavailable(true);
+    assert!(
+        f.lifecycle.provision(spec("refused")).await.is_err(),
+        "the writer notices"
+    );
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        f.lifecycle.heartbeat(&token, None).await.unwrap();
+    }
+    let renewed = f.agent("live").lease_expires_at.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.store.set_unavailable(false);
+
+    // Well past the lease the store knew of, but within the renewed one.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let agent = f.agent("live");
+    assert_eq!(agent.status, Status::Online, "not expired by the rebuild");
+    assert_eq!(agent.lease_expires_at, Some(renewed));
+    let history = f.lifecycle.history(&id("live"), None, 10).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|e| e.reason != Reason::LeaseExpired && e.reason != Reason::RestartGrace)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_commit_whose_answer_was_lost_is_recovered_and_announced_once() {
     let f = start(fast_settings()).await;
     let mut watch = Box::pin(f.lifecycle.watch(WatchRequest::default()).await.unwrap());
