@@ -53,9 +53,10 @@ pub fn spread_unit(id: &AgentId) -> f64 {
 impl Engine {
     /// Rebuilds the engine and its timers from stored state.
     ///
-    /// Deadlines and leases that passed while the service was down are
-    /// extended once, to `now + grace + spread`, instead of all firing at
-    /// start. The returned batch holds those extensions (with an event each)
+    /// Deadlines and leases that passed while the service was down, or fall
+    /// due within the grace period, are extended once, to
+    /// `now + grace + spread`, instead of all firing at start. Deadlines get
+    /// an event each; leases, soft state, are only marked for a checkpoint. The returned batch holds those extensions (with an event each)
     /// and must be committed like any other batch.
     pub fn restore(policy: Policy, state: StoredState, now: Timestamp) -> (Engine, Batch) {
         let mut engine = Engine::new(policy);
@@ -81,24 +82,32 @@ impl Engine {
 
         let mut batch = engine.begin(now);
         let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
+        // Due within the grace period: agents could not check in or
+        // heartbeat while the service was down, and may still be backing
+        // off from that.
+        let due_soon = now.plus(engine.policy.restart_grace);
         for id in ids {
-            let agent = engine.agents[&id].clone();
             let grace_until = now.plus(engine.policy.grace_offset(spread_unit(&id)));
-            let mut extended = agent.clone();
-            if extended.checkin_deadline_at.is_some_and(|d| d <= now) {
+            let agent = engine.agents.get_mut(&id).expect("listed above");
+            // A lease is soft state (renewals are not events): extended in
+            // place, written at the next checkpoint.
+            if agent.status == Status::Online
+                && agent.lease_expires_at.is_none_or(|l| l <= due_soon)
+            {
+                agent.lease_expires_at = Some(grace_until);
+                engine.dirty_leases.insert(id.clone());
+            }
+            let agent = agent.clone();
+            let timers = restored_timers(&agent);
+            if agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
+                // A deadline is committed state: extended with an event.
+                let mut extended = agent.clone();
                 extended.checkin_deadline_at = Some(grace_until);
-            }
-            let online = extended.status == Status::Online;
-            if online && extended.lease_expires_at.is_none_or(|l| l <= now) {
-                extended.lease_expires_at = Some(grace_until);
-            }
-            let timers = restored_timers(&extended);
-            if extended == agent {
-                timers.into_iter().for_each(|t| engine.timers.arm(t));
-            } else {
-                batch.timers_to_arm.extend(timers);
+                batch.timers_to_arm.extend(restored_timers(&extended));
                 let change = Change::changed(&agent, Reason::RestartGrace, agent.wake_attempts);
                 engine.stage(&mut batch, change, extended);
+            } else {
+                timers.into_iter().for_each(|t| engine.timers.arm(t));
             }
         }
         (engine, batch)

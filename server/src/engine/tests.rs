@@ -682,7 +682,7 @@ fn a_new_template_version_from_an_online_agent_is_an_event() {
 }
 
 #[test]
-fn restart_extends_passed_deadlines_once_with_a_spread() {
+fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
     let mut h = Harness::new();
     for n in 0..20 {
         h.provision(&format!("agent-{n}"));
@@ -690,7 +690,9 @@ fn restart_extends_passed_deadlines_once_with_a_spread() {
     h.provision("online");
     h.check_in("online");
     h.now = t(100);
-    h.provision("future");
+    h.provision("soon"); // deadline 130: due within the grace window
+    h.now = t(119);
+    h.provision("later"); // deadline 149: after it
 
     let state = StoredState {
         agents: h.engine.agents().cloned().collect(),
@@ -699,11 +701,20 @@ fn restart_extends_passed_deadlines_once_with_a_spread() {
         tombstones: vec![],
         revision: h.engine.revision(),
     };
+    let grace = Duration::from_secs(10);
+    let policy = Policy {
+        restart_grace: grace,
+        ..Policy::default()
+    };
     let restart = t(120);
-    let (mut engine, batch) = Engine::restore(Policy::default(), state, restart);
+    let (mut engine, batch) = Engine::restore(policy, state, restart);
     let committed = engine.commit(batch);
 
-    assert_eq!(committed.events.len(), 21, "20 deadlines and one lease");
+    assert_eq!(
+        committed.events.len(),
+        21,
+        "20 passed deadlines and one due soon"
+    );
     assert!(
         committed
             .events
@@ -711,7 +722,6 @@ fn restart_extends_passed_deadlines_once_with_a_spread() {
             .all(|e| e.reason == Reason::RestartGrace)
     );
     assert!(committed.effects.is_empty(), "no wake at start");
-    let grace = Duration::from_secs(30);
     let mut deadlines = std::collections::BTreeSet::new();
     for n in 0..20 {
         let agent = engine.agent(&id(&format!("agent-{n}"))).unwrap();
@@ -721,20 +731,37 @@ fn restart_extends_passed_deadlines_once_with_a_spread() {
         deadlines.insert(deadline);
     }
     assert!(deadlines.len() > 10, "spread out, not all at once");
-    let online = engine.agent(&id("online")).unwrap();
-    assert!(online.lease_expires_at.unwrap() >= restart.plus(grace));
-    assert_eq!(
-        engine.agent(&id("future")).unwrap().checkin_deadline_at,
-        Some(t(130)),
-        "a future deadline is kept"
+    let soon = engine
+        .agent(&id("soon"))
+        .unwrap()
+        .checkin_deadline_at
+        .unwrap();
+    assert!(
+        soon >= restart.plus(grace),
+        "never shortened, never due at once"
     );
-    assert_eq!(engine.timer_count(), 22);
+    let online = engine.agent(&id("online")).unwrap();
+    assert!(
+        online.lease_expires_at.unwrap() >= restart.plus(grace),
+        "the lease too"
+    );
+    assert_eq!(
+        engine.take_dirty_leases().len(),
+        1,
+        "and it is checkpointed"
+    );
+    assert_eq!(
+        engine.agent(&id("later")).unwrap().checkin_deadline_at,
+        Some(t(149)),
+        "a deadline beyond the grace window is kept"
+    );
+    assert_eq!(engine.timer_count(), 23);
 
     // Each extended deadline then runs the normal policy.
     let mut batch = engine.begin(restart.plus(grace * 2));
     engine.fire_due(&mut batch);
     let fired = engine.commit(batch);
-    assert_eq!(wakes(&fired).len(), 21, "the twenty and the future one");
+    assert_eq!(wakes(&fired).len(), 21, "the twenty and the soon one");
     assert!(wakes(&fired).iter().all(|(_, _, attempt)| *attempt == 2));
 }
 
@@ -751,7 +778,7 @@ fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
     engine.commit(batch);
-    let mut batch = engine.begin(t(30));
+    let mut batch = engine.begin(t(100));
     engine.fire_due(&mut batch);
     let fired = engine.commit(batch);
     assert_eq!(notes(&fired)[0], NoteKind::SkipMissingGateway);

@@ -169,9 +169,12 @@ async fn a_database_outage_refuses_transitions_then_recovers_without_loss() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
-    let f = start(fast_settings()).await;
+    let mut settings = fast_settings();
+    settings.policy.lease_ttl = Duration::from_secs(120);
+    settings.policy.restart_grace = Duration::from_secs(5);
+    let f = start(settings).await;
     let token = f.provision("live").await.token.unwrap();
-    f.lifecycle.heartbeat(&token, None).await.unwrap();
+    f.lifecycle.heartbeat(&token, None).await.unwrap(); // lease to 120 s, committed
 
     tokio::time::sleep(Duration::from_secs(21)).await;
     f.store.set_unavailable(true);
@@ -179,25 +182,21 @@ async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
         f.lifecycle.provision(spec("refused")).await.is_err(),
         "the writer notices"
     );
+    tokio::time::sleep(Duration::from_secs(80)).await;
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        f.lifecycle.heartbeat(&token, None).await.unwrap();
+        f.lifecycle.heartbeat(&token, None).await.unwrap(); // answered from memory
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let renewed = f.agent("live").lease_expires_at.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
     f.store.set_unavailable(false);
 
-    // Well past the lease the store knew of, but within the renewed one.
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Past the lease the store knew of (120 s), within the renewed one.
+    tokio::time::sleep(Duration::from_secs(40)).await;
     let agent = f.agent("live");
     assert_eq!(agent.status, Status::Online, "not expired by the rebuild");
-    assert_eq!(agent.lease_expires_at, Some(renewed));
+    assert!(agent.lease_expires_at.unwrap() >= renewed);
     let history = f.lifecycle.history(&id("live"), None, 10).await.unwrap();
-    assert!(
-        history
-            .iter()
-            .all(|e| e.reason != Reason::LeaseExpired && e.reason != Reason::RestartGrace)
-    );
+    assert!(history.iter().all(|e| e.reason != Reason::LeaseExpired));
 }
 
 #[tokio::test(start_paused = true)]
