@@ -14,6 +14,8 @@ use super::timers::Timer;
 pub enum Effect {
     Wake(WakeOrder),
     Retire(PendingRetire),
+    /// The gateway's token changed: end the session opened with the old one.
+    DisconnectGateway(GatewayId),
 }
 
 /// A wake for a gateway to deliver, fenced by generation and attempt.

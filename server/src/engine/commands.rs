@@ -316,6 +316,9 @@ impl Engine {
                 gateway.name = spec.name;
                 if spec.rotate_token {
                     gateway.token_hash = new_token;
+                    batch
+                        .effects
+                        .push(Effect::DisconnectGateway(gateway.id.clone()));
                 }
                 (gateway, false, spec.rotate_token)
             }

@@ -110,7 +110,7 @@ fn wakes(committed: &Committed) -> Vec<(String, u64, u32)> {
         .iter()
         .filter_map(|effect| match effect {
             Effect::Wake(w) => Some((w.agent_id.to_string(), w.generation, w.attempt)),
-            Effect::Retire(_) => None,
+            Effect::Retire(_) | Effect::DisconnectGateway(_) => None,
         })
         .collect()
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::lifecycle::token;
 use super::{convert, validate};
-use crate::runtime::{GatewaySession, Lifecycle, Outbound};
+use crate::runtime::{CloseReason, GatewaySession, Lifecycle, Outbound};
 
 /// The metadata key a gateway puts its token in.
 pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
@@ -49,11 +49,7 @@ async fn read_acks(
         };
         let outcome = match pb::AckOutcome::try_from(ack.outcome) {
             Ok(pb::AckOutcome::Delivered) => Ok(()),
-            Ok(pb::AckOutcome::Failed) => Err(if ack.error.is_empty() {
-                "no reason given".to_owned()
-            } else {
-                ack.error
-            }),
+            Ok(pb::AckOutcome::Failed) => Err(validate::ack_error(&ack.error)),
             _ => {
                 tracing::warn!(gateway_id = %session.gateway_id(), command_id = %ack.command_id, "acknowledgement without an outcome ignored");
                 continue;
@@ -97,9 +93,15 @@ fn command_stream(
                 let message = convert::gateway_command(command_id, &command);
                 Some((Ok(message), Some((session, commands, stop))))
             }
-            Outbound::Superseded => Some((
+            Outbound::Closed(CloseReason::Superseded) => Some((
                 Err(Status::aborted(
                     "a newer connection of this gateway replaced this one",
+                )),
+                None,
+            )),
+            Outbound::Closed(CloseReason::TokenRotated) => Some((
+                Err(Status::unauthenticated(
+                    "the gateway token was rotated; connect with the new token",
                 )),
                 None,
             )),

@@ -54,6 +54,25 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
     Ok(value.to_owned())
 }
 
+/// A gateway's failure text, kept short and printable: it ends up in
+/// `last_provision_error`, in events and in logs.
+pub fn ack_error(value: &str) -> String {
+    const MAX_ACK_ERROR: usize = 512;
+    let clean: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ACK_ERROR)
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        "no reason given".to_owned()
+    } else if value.chars().count() > MAX_ACK_ERROR {
+        format!("{clean}…")
+    } else {
+        clean.to_owned()
+    }
+}
+
 pub fn template_version(value: &str) -> Result<String> {
     text("template_version", value, MAX_TEMPLATE_VERSION)
 }
@@ -227,6 +246,15 @@ mod tests {
         let mut main = request();
         main.role = pb::AgentRole::GatewayMain.into();
         assert_eq!(field_of(provision(&main)), "board_id");
+    }
+
+    #[test]
+    fn gateway_failure_texts_are_bounded_and_printable() {
+        assert_eq!(ack_error(""), "no reason given");
+        assert_eq!(ack_error("image\nmissing\u{1b}[31m"), "image missing [31m");
+        let long = ack_error(&"x".repeat(100_000));
+        assert_eq!(long.chars().count(), 513);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

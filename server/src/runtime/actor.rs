@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::gateways::GatewayCommand;
+use super::gateways::{CloseReason, GatewayCommand};
 use super::{LifecycleError, Shared};
 use crate::engine::{
     Agent, AgentId, Batch, Effect, Engine, EngineError, GatewayRegistered, GatewaySpec, Note,
@@ -206,6 +206,10 @@ impl Actor {
                             });
                         }
                     }
+                }
+                Effect::DisconnectGateway(gateway) => {
+                    self.shared.hub.evict(&gateway, CloseReason::TokenRotated);
+                    tracing::info!(gateway_id = %gateway, "gateway token rotated; its session was ended");
                 }
                 Effect::Retire(retire) => {
                     let gateway = retire.gateway_id.clone();

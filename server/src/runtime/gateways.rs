@@ -26,8 +26,16 @@ pub enum Outbound {
         command_id: u64,
         command: GatewayCommand,
     },
+    /// The session is over; the stream ends with this reason.
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
     /// A newer connection of the same gateway took over.
     Superseded,
+    /// The gateway's token was rotated: whoever holds the old one is out.
+    TokenRotated,
 }
 
 /// What a sent command was, for matching its acknowledgement.
@@ -85,9 +93,17 @@ impl GatewayHub {
         };
         if let Some(old) = self.sessions().insert(gateway.clone(), session) {
             // Best effort: if its queue is full, dropping the sender ends it.
-            let _ = old.tx.try_send(Outbound::Superseded);
+            let _ = old.tx.try_send(Outbound::Closed(CloseReason::Superseded));
         }
         (id, rx)
+    }
+
+    /// Ends the gateway's session, whatever it is.
+    pub fn evict(&self, gateway: &GatewayId, reason: CloseReason) {
+        if let Some(old) = self.sessions().remove(gateway) {
+            // Best effort: if its queue is full, dropping the sender ends it.
+            let _ = old.tx.try_send(Outbound::Closed(reason));
+        }
     }
 
     /// Closes a session, unless a newer one has replaced it.
@@ -184,7 +200,10 @@ mod tests {
         let hub = GatewayHub::default();
         let (old, mut old_rx) = hub.connect(&gw(), Timestamp::from_micros(1));
         let (new, _new_rx) = hub.connect(&gw(), Timestamp::from_micros(2));
-        assert!(matches!(old_rx.try_recv(), Ok(Outbound::Superseded)));
+        assert!(matches!(
+            old_rx.try_recv(),
+            Ok(Outbound::Closed(CloseReason::Superseded))
+        ));
         hub.disconnect(&gw(), old);
         assert_eq!(hub.connected_since(&gw()), Some(Timestamp::from_micros(2)));
         hub.disconnect(&gw(), new);

@@ -30,7 +30,7 @@ use actor::{Actor, Command};
 
 pub use clock::Clock;
 pub use error::LifecycleError;
-pub use gateways::{GatewayCommand, Outbound};
+pub use gateways::{CloseReason, GatewayCommand, Outbound};
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
 
 /// Runtime settings beyond the policy. Defaults suit production.

@@ -283,13 +283,49 @@ async fn a_deleted_agent_is_retired_on_its_gateway_even_if_it_connects_later() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn rotating_a_gateway_token_ends_the_session_opened_with_the_old_one() {
+    let f = start(fast_settings()).await;
+    let (old_session, mut old_commands) = f.connect();
+    f.provision("a").await;
+    let (command_id, _) = next_wake(&mut old_commands, LONG).await.unwrap();
+
+    let rotated = f
+        .lifecycle
+        .register_gateway(GatewaySpec {
+            gateway_id: gateway(),
+            name: "Gateway one".into(),
+            rotate_token: true,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        old_commands.recv().await,
+        Some(Outbound::Closed(CloseReason::TokenRotated))
+    ));
+    assert!(
+        old_session
+            .acknowledge(command_id, Err("forged".into()))
+            .is_err(),
+        "its acks count no more"
+    );
+    assert!(
+        f.lifecycle.connect_gateway(&f.gateway_token).is_err(),
+        "the old token is refused"
+    );
+    let new_token = rotated.token.unwrap();
+    let (_session, mut commands) = f.lifecycle.connect_gateway(&new_token).unwrap();
+    f.lifecycle.wake(id("a")).await.unwrap();
+    assert!(next_wake(&mut commands, LONG).await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_newer_gateway_connection_supersedes_the_older() {
     let f = start(fast_settings()).await;
     let (_old, mut old_commands) = f.connect();
     let (_new, mut new_commands) = f.connect();
     assert!(matches!(
         old_commands.recv().await,
-        Some(Outbound::Superseded)
+        Some(Outbound::Closed(CloseReason::Superseded))
     ));
     f.provision("a").await;
     assert!(next_wake(&mut new_commands, LONG).await.is_some());
