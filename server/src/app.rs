@@ -50,9 +50,18 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let operators = crate::grpc::OperatorAuth::new(config.operator_token.as_deref());
+        if config.operator_token.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "operator calls are not authenticated: anyone who can reach this address can \
+                 provision, delete and rotate tokens; set --operator-token"
+            );
+        }
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(crate::grpc::serve(
             lifecycle.clone(),
+            operators,
             listener,
             shutdown.clone().cancelled_owned(),
         ));

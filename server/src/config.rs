@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "MC_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Require `authorization: Bearer <token>` on every operator call
+    /// (everything but agents' heartbeats and gateways' streams, which carry
+    /// their own tokens). Set it whenever the port is reachable by others.
+    #[arg(long, env = "MC_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+
     /// Log format. Filter with RUST_LOG (default: info).
     #[arg(long, env = "MC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

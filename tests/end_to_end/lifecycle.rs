@@ -244,3 +244,74 @@ async fn admin() -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+#[tokio::test]
+async fn with_an_operator_token_operator_calls_need_it_and_agents_do_not() {
+    use mission_control_client::GetAgentRequest;
+    use mission_control_client::agent_lifecycle_client::AgentLifecycleClient;
+
+    let db = database().await;
+    let mut flags = fast_flags(db.url());
+    flags.extend(["--operator-token", "op-s3cret"].map(String::from));
+    let app = spawn_app(flags).await;
+    let channel = mission_control_client::channel(&app.endpoint).unwrap();
+
+    let denied = app.operator.register_gateway("gw", "").await.unwrap_err();
+    assert!(
+        matches!(denied, mission_control_client::Error::Status(ref s) if s.code() == Code::Unauthenticated),
+        "{denied}"
+    );
+
+    let bearer = |value: &'static str| {
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+            Ok(request)
+        }
+    };
+    let mut wrong = AgentLifecycleClient::with_interceptor(channel.clone(), bearer("Bearer nope"));
+    let error = wrong
+        .get_agent(GetAgentRequest {
+            agent_id: "a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated);
+
+    let mut operator =
+        AgentLifecycleClient::with_interceptor(channel.clone(), bearer("Bearer op-s3cret"));
+    let mut gateways = mission_control_client::gateways_client::GatewaysClient::with_interceptor(
+        channel.clone(),
+        bearer("Bearer op-s3cret"),
+    );
+    gateways
+        .register_gateway(mission_control_client::RegisterGatewayRequest {
+            gateway_id: "gw".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let token = operator
+        .provision(ProvisionRequest::new("a", "gw", AgentRole::GatewayMain))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent_token;
+
+    // The agent needs only its own token.
+    let mut agent = AgentClient::connect(&app.endpoint, &token).unwrap();
+    assert_eq!(
+        agent.heartbeat().await.unwrap().status,
+        AgentStatus::Online as i32
+    );
+    let seen = operator
+        .get_agent(GetAgentRequest {
+            agent_id: "a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.status, AgentStatus::Online as i32);
+    app.app.shutdown().await;
+}

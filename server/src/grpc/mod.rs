@@ -1,6 +1,7 @@
 //! The transport adapter: gRPC services over the runtime, plus standard
 //! health (NOT_SERVING while the database is unreachable) and reflection.
 
+mod auth;
 mod convert;
 mod error;
 mod gateways;
@@ -19,6 +20,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::runtime::Lifecycle;
 
+pub use auth::OperatorAuth;
 pub use gateways::GATEWAY_TOKEN_HEADER;
 pub use lifecycle::AGENT_TOKEN_HEADER;
 
@@ -26,6 +28,7 @@ pub use lifecycle::AGENT_TOKEN_HEADER;
 /// stops accepting and waits for calls in flight.
 pub async fn serve(
     lifecycle: Lifecycle,
+    operators: OperatorAuth,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -57,9 +60,10 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(AgentLifecycleServer::new(lifecycle::LifecycleService::new(
             lifecycle.clone(),
+            operators.clone(),
         )))
         .add_service(GatewaysServer::new(gateways::GatewayService::new(
-            lifecycle,
+            lifecycle, operators,
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
