@@ -87,6 +87,10 @@ pub struct Config {
     #[arg(long, env = "MC_WATCH_BUFFER", default_value_t = 8192)]
     pub watch_buffer: usize,
 
+    /// Watch streams open at once, at most; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MC_MAX_WATCHES", default_value_t = 1024)]
+    pub max_watches: usize,
+
     /// How often an idle watch stream gets a bookmark.
     #[arg(long, env = "MC_WATCH_BOOKMARK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub watch_bookmark_interval: Duration,
@@ -152,6 +156,7 @@ impl Config {
             compaction_interval: self.compaction_interval,
             watch_buffer: self.watch_buffer.max(MIN_WATCH_BUFFER),
             bookmark_interval: self.watch_bookmark_interval,
+            max_watches: self.max_watches,
             ..Settings::default()
         })
     }

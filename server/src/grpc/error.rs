@@ -50,6 +50,11 @@ pub fn status(error: LifecycleError) -> Status {
                 HashMap::from([("resume_revision".to_owned(), resume_revision.to_string())]),
             ),
         ),
+        LifecycleError::TooManyStreams(message) => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(5))),
+        ),
         LifecycleError::Internal(message) => {
             tracing::error!(%message, "internal error");
             Status::internal("internal error")

@@ -32,6 +32,9 @@ pub enum LifecycleError {
         message: String,
         resume_revision: u64,
     },
+    /// A per-server limit on open streams was reached.
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

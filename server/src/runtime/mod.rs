@@ -51,6 +51,8 @@ pub struct Settings {
     pub health_check_interval: Duration,
     /// Commands (and, separately, due timers) per committed batch.
     pub max_batch: usize,
+    /// Watch streams open at once, at most.
+    pub max_watches: usize,
 }
 
 impl Default for Settings {
@@ -65,6 +67,7 @@ impl Default for Settings {
             heartbeat_event_interval: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(2),
             max_batch: 512,
+            max_watches: 1024,
         }
     }
 }
@@ -83,6 +86,7 @@ struct Shared {
     settings: Settings,
     /// Ends watch and gateway streams (the first step of a drain).
     streams_stop: CancellationToken,
+    open_watches: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -264,6 +268,7 @@ impl Lifecycle {
             commands: commands_tx,
             settings,
             streams_stop: CancellationToken::new(),
+            open_watches: Default::default(),
         });
         let tasks_stop = CancellationToken::new();
         let actor = Actor {

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -81,6 +82,33 @@ pub(super) struct Watcher {
     heartbeats: Option<Heartbeats>,
     bookmark: Interval,
     finished: bool,
+    _slot: WatchSlot,
+}
+
+/// One of the `max_watches` places; given back when the watch ends.
+struct WatchSlot(Arc<Shared>);
+
+impl WatchSlot {
+    fn take(shared: &Arc<Shared>) -> Result<Self, LifecycleError> {
+        let limit = shared.settings.max_watches;
+        let taken = shared
+            .open_watches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < limit).then_some(open + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Self(shared.clone())),
+            Err(_) => Err(LifecycleError::TooManyStreams(format!(
+                "{limit} watches are open, the most this server allows; retry later"
+            ))),
+        }
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Watcher {
@@ -88,6 +116,7 @@ impl Watcher {
         shared: Arc<Shared>,
         request: WatchRequest,
     ) -> Result<Self, LifecycleError> {
+        let slot = WatchSlot::take(&shared)?;
         let filter = request.filter;
         // Subscribing and reading the state under one lock: the writer
         // publishes under the same lock, so nothing falls in between.
@@ -150,6 +179,7 @@ impl Watcher {
             }),
             bookmark,
             finished: false,
+            _slot: slot,
         })
     }
 

@@ -363,6 +363,21 @@ async fn an_idle_watch_gets_bookmarks_and_a_shutdown_ends_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn watches_are_limited_and_a_closed_one_frees_its_place() {
+    let f = start(Settings {
+        max_watches: 2,
+        ..settings()
+    })
+    .await;
+    let first = watch(&f, WatchRequest::default()).await;
+    let _second = watch(&f, WatchRequest::default()).await;
+    let third = f.lifecycle.watch(WatchRequest::default()).await;
+    assert!(matches!(third, Err(LifecycleError::TooManyStreams(_))));
+    drop(first);
+    assert!(f.lifecycle.watch(WatchRequest::default()).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
 async fn heartbeats_can_be_included_at_a_limited_rate() {
     let f = start(Settings {
         heartbeat_event_interval: Duration::from_secs(5),
