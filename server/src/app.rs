@@ -28,6 +28,7 @@ pub enum StartError {
 
 pub struct App {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     lifecycle: Lifecycle,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -66,7 +67,28 @@ impl App {
             shutdown.clone().cancelled_owned(),
         ));
         tracing::info!(%addr, "listening");
+        let metrics_addr = match config.metrics_listen {
+            Some(metrics_addr) => {
+                let listener =
+                    TcpListener::bind(metrics_addr)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            addr: metrics_addr,
+                            source,
+                        })?;
+                let bound = listener.local_addr().ok();
+                tokio::spawn(crate::metrics_http::serve(
+                    listener,
+                    lifecycle.clone(),
+                    shutdown.clone(),
+                ));
+                tracing::info!(addr = ?bound, "serving metrics at /metrics");
+                bound
+            }
+            None => None,
+        };
         Ok(Self {
+            metrics_addr,
             addr,
             lifecycle,
             shutdown,
@@ -77,6 +99,11 @@ impl App {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn lifecycle(&self) -> &Lifecycle {

@@ -107,6 +107,10 @@ pub struct Config {
     #[arg(long, env = "MC_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
+    #[arg(long, env = "MC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Require `authorization: Bearer <token>` on every operator call
     /// (everything but agents' heartbeats and gateways' streams, which carry
     /// their own tokens). Set it whenever the port is reachable by others.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 pub mod logging;
+pub mod metrics_http;
 pub mod runtime;
 pub mod store;
 pub mod testing;

@@ -315,3 +315,45 @@ async fn with_an_operator_token_operator_calls_need_it_and_agents_do_not() {
     assert_eq!(seen.status, AgentStatus::Online as i32);
     app.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = database().await;
+    let mut flags = fast_flags(db.url());
+    flags.extend(["--metrics-listen", "127.0.0.1:0"].map(String::from));
+    let app = spawn_app(flags).await;
+    app.gateway("gw").await;
+    let token = app
+        .operator
+        .provision(ProvisionRequest::new("a", "gw", AgentRole::GatewayMain))
+        .await
+        .unwrap()
+        .agent_token;
+    let mut agent = AgentClient::connect(&app.endpoint, &token).unwrap();
+    agent.heartbeat().await.unwrap(); // a check-in
+    agent.heartbeat().await.unwrap(); // a renewal in memory
+
+    let addr = app.app.metrics_addr().expect("metrics are served");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    for line in [
+        "mission_control_agents{status=\"online\"} 1",
+        "mission_control_transitions_total{reason=\"provisioned\"} 1",
+        "mission_control_transitions_total{reason=\"checked_in\"} 1",
+        "mission_control_heartbeats_total{path=\"committed\"} 1",
+        "mission_control_heartbeats_total{path=\"memory\"} 1",
+        "mission_control_checkin_latency_seconds_count 1",
+        "mission_control_database_reachable 1",
+    ] {
+        assert!(response.contains(line), "no {line:?} in\n{response}");
+    }
+    app.app.shutdown().await;
+}

@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gateways::{CloseReason, GatewayCommand};
+use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
 use crate::engine::{
     Agent, AgentId, Batch, Effect, Engine, EngineError, GatewayRegistered, GatewaySpec, Note,
-    NoteKind, PendingRetire, ProvisionSpec, Provisioned, Timestamp, TokenHash,
+    NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, Timestamp, TokenHash,
 };
 use crate::store::StoreError;
 
@@ -151,6 +152,7 @@ impl Actor {
             && let Err(error) = self.shared.store.commit(&batch).await
         {
             self.shared.engine().abort(batch);
+            Metrics::add(&self.shared.metrics.commit_failures);
             replies.into_iter().for_each(|reply| reply(Some(&error)));
             return Err(error);
         }
@@ -167,7 +169,17 @@ impl Actor {
         };
         self.shared.set_database_reachable(true);
         replies.into_iter().for_each(|reply| reply(None));
+        Metrics::add(&self.shared.metrics.batches);
         for event in &committed.events {
+            self.shared.metrics.transition(event.reason);
+            if let (Reason::CheckedIn, Some(woken), Some(seen)) = (
+                event.reason,
+                event.agent.last_wake_sent_at,
+                event.agent.last_seen_at,
+            ) && event.attempt > 0
+            {
+                self.shared.metrics.checked_in_after(seen.since(woken));
+            }
             tracing::info!(
                 agent_id = %event.agent.id,
                 generation = event.agent.generation,
@@ -194,9 +206,11 @@ impl Actor {
                         (order.agent_id.clone(), order.generation, order.attempt);
                     match self.shared.hub.send(&gateway, GatewayCommand::Wake(order)) {
                         Ok(()) => {
+                            Metrics::add(&self.shared.metrics.wakes_sent);
                             tracing::debug!(%agent_id, generation, attempt, "lifecycle.wake.sent")
                         }
                         Err(error) => {
+                            Metrics::add(&self.shared.metrics.wakes_failed);
                             tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
                             self.followups.push(Command::WakeFailed {
                                 agent_id,

@@ -154,6 +154,10 @@ impl GatewayHub {
         current.unacked.remove(&command_id)
     }
 
+    pub fn connected_count(&self) -> usize {
+        self.sessions().len()
+    }
+
     pub fn connected_since(&self, gateway: &GatewayId) -> Option<Timestamp> {
         self.sessions().get(gateway).map(|s| s.connected_since)
     }

@@ -9,6 +9,7 @@ mod actor;
 mod clock;
 mod error;
 mod gateways;
+mod metrics;
 mod tasks;
 pub mod tokens;
 mod watch;
@@ -87,6 +88,7 @@ struct Shared {
     /// Ends watch and gateway streams (the first step of a drain).
     streams_stop: CancellationToken,
     open_watches: std::sync::atomic::AtomicUsize,
+    metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -180,6 +182,7 @@ impl GatewaySession {
                 },
                 Err(error),
             ) => {
+                metrics::Metrics::add(&self.shared.metrics.wakes_failed);
                 tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
                 Some(Command::WakeFailed {
                     agent_id,
@@ -269,6 +272,7 @@ impl Lifecycle {
             settings,
             streams_stop: CancellationToken::new(),
             open_watches: Default::default(),
+            metrics: Default::default(),
         });
         let tasks_stop = CancellationToken::new();
         let actor = Actor {
@@ -361,8 +365,10 @@ impl Lifecycle {
             .shared
             .engine()
             .renew_lease(&hash, reported_template.as_deref(), now);
+        let metrics = &self.shared.metrics;
         let (agent_id, status, generation, lease_expires_at) = match renewal {
             Renewal::Renewed(lease) => {
+                metrics::Metrics::add(&metrics.heartbeats_in_memory);
                 self.announce_heartbeat(&lease.agent_id);
                 (
                     lease.agent_id,
@@ -371,7 +377,10 @@ impl Lifecycle {
                     lease.lease_expires_at,
                 )
             }
-            Renewal::UnknownToken => return Err(invalid_agent_token()),
+            Renewal::UnknownToken => {
+                metrics::Metrics::add(&metrics.heartbeats_rejected);
+                return Err(invalid_agent_token());
+            }
             Renewal::NeedsCommit(agent_id) => {
                 let agent = self
                     .call(|reply| Command::CheckIn {
@@ -381,7 +390,13 @@ impl Lifecycle {
                         received_at: now,
                         reply,
                     })
-                    .await?;
+                    .await
+                    .inspect_err(|error| {
+                        if matches!(error, LifecycleError::Unauthenticated(_)) {
+                            metrics::Metrics::add(&metrics.heartbeats_rejected);
+                        }
+                    })?;
+                metrics::Metrics::add(&metrics.heartbeats_committed);
                 (
                     agent.id,
                     agent.status,
@@ -559,6 +574,30 @@ impl Lifecycle {
     /// A signal that fires when streams should end.
     pub fn streams_stopped(&self) -> CancellationToken {
         self.shared.streams_stop.clone()
+    }
+
+    /// The service's metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let (agents, timers) = {
+            let engine = self.shared.engine();
+            let mut agents = Status::ALL.map(|status| (status, 0usize));
+            for agent in engine.agents() {
+                if let Some(slot) = agents.iter_mut().find(|(s, _)| *s == agent.status) {
+                    slot.1 += 1;
+                }
+            }
+            (agents, engine.timer_count())
+        };
+        self.shared.metrics.render(&metrics::Gauges {
+            agents,
+            gateways_connected: self.shared.hub.connected_count(),
+            watches_open: self
+                .shared
+                .open_watches
+                .load(std::sync::atomic::Ordering::Relaxed),
+            database_reachable: *self.shared.database_reachable.borrow(),
+            timers,
+        })
     }
 
     /// Writes leases renewed in memory now, instead of at the next interval.

@@ -1,0 +1,223 @@
+//! Counters and a histogram in the Prometheus text format. Counting is an
+//! atomic add on the hot paths; gauges are read from the engine at scrape.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::engine::{Reason, Status};
+
+/// Upper bounds (seconds) of the check-in latency buckets.
+const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            let count = bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Metrics {
+    transitions: [AtomicU64; Reason::ALL.len()],
+    pub wakes_sent: AtomicU64,
+    pub wakes_failed: AtomicU64,
+    pub heartbeats_in_memory: AtomicU64,
+    pub heartbeats_committed: AtomicU64,
+    pub heartbeats_rejected: AtomicU64,
+    pub batches: AtomicU64,
+    pub commit_failures: AtomicU64,
+    checkin_latency: Histogram,
+}
+
+/// What the engine and hub know at scrape time.
+pub(super) struct Gauges {
+    pub agents: [(Status, usize); 4],
+    pub gateways_connected: usize,
+    pub watches_open: usize,
+    pub database_reachable: bool,
+    pub timers: usize,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let value = value.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+impl Metrics {
+    pub fn transition(&self, reason: Reason) {
+        let index = Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.transitions[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long after its last wake an agent checked in.
+    pub fn checked_in_after(&self, latency: Duration) {
+        self.checkin_latency.observe(latency);
+    }
+
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let name = "mission_control_agents";
+        let _ = writeln!(out, "# HELP {name} Agents by status.\n# TYPE {name} gauge");
+        for (status, count) in gauges.agents {
+            let _ = writeln!(out, "{name}{{status=\"{}\"}} {count}", status.as_str());
+        }
+        let name = "mission_control_transitions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Committed transitions by reason.\n# TYPE {name} counter"
+        );
+        for (reason, count) in Reason::ALL.iter().zip(&self.transitions) {
+            let count = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {count}", reason.as_str());
+        }
+        counter(
+            &mut out,
+            "mission_control_wakes_sent_total",
+            "Wakes handed to a gateway stream.",
+            &self.wakes_sent,
+        );
+        counter(
+            &mut out,
+            "mission_control_wakes_failed_total",
+            "Wakes not delivered (gateway away, backlogged, or reported failure).",
+            &self.wakes_failed,
+        );
+        let name = "mission_control_heartbeats_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Heartbeats by how they were handled.\n# TYPE {name} counter"
+        );
+        for (path, value) in [
+            ("memory", &self.heartbeats_in_memory),
+            ("committed", &self.heartbeats_committed),
+            ("rejected", &self.heartbeats_rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{path=\"{path}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "mission_control_commit_batches_total",
+            "Batches committed to the store.",
+            &self.batches,
+        );
+        counter(
+            &mut out,
+            "mission_control_commit_failures_total",
+            "Batches the store did not commit.",
+            &self.commit_failures,
+        );
+        self.checkin_latency.render(
+            &mut out,
+            "mission_control_checkin_latency_seconds",
+            "Time from an agent's last wake to its check-in.",
+        );
+        gauge(
+            &mut out,
+            "mission_control_gateways_connected",
+            "Gateways with an open stream.",
+            gauges.gateways_connected,
+        );
+        gauge(
+            &mut out,
+            "mission_control_watch_streams",
+            "Open watch streams.",
+            gauges.watches_open,
+        );
+        gauge(
+            &mut out,
+            "mission_control_timers",
+            "Entries in the timer wheel.",
+            gauges.timers,
+        );
+        gauge(
+            &mut out,
+            "mission_control_database_reachable",
+            "1 while the database answers.",
+            usize::from(gauges.database_reachable),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_a_cumulative_histogram() {
+        let metrics = Metrics::default();
+        metrics.transition(Reason::CheckedIn);
+        metrics.transition(Reason::CheckedIn);
+        Metrics::add(&metrics.heartbeats_in_memory);
+        metrics.checked_in_after(Duration::from_millis(700));
+        metrics.checked_in_after(Duration::from_secs(45));
+        let text = metrics.render(&Gauges {
+            agents: [
+                (Status::Provisioning, 1),
+                (Status::Updating, 0),
+                (Status::Online, 2),
+                (Status::Offline, 0),
+            ],
+            gateways_connected: 1,
+            watches_open: 0,
+            database_reachable: true,
+            timers: 3,
+        });
+        assert!(text.contains("mission_control_transitions_total{reason=\"checked_in\"} 2"));
+        assert!(text.contains("mission_control_agents{status=\"online\"} 2"));
+        assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));
+        assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"0.5\"} 0"));
+        assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));
+        assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"60\"} 2"));
+        assert!(text.contains("mission_control_checkin_latency_seconds_count 2"));
+        assert!(text.contains("mission_control_database_reachable 1"));
+    }
+}
