@@ -196,7 +196,7 @@ fn engine_bytes_per_agent() -> f64 {
         &mut batch,
         GatewaySpec {
             gateway_id: gateway.clone(),
-            name: "gw".into(),
+            name: Some("gw".into()),
             rotate_token: false,
         },
         TokenHash([0; 32]),

@@ -31,7 +31,8 @@ pub struct Provisioned {
 #[derive(Debug, Clone)]
 pub struct GatewaySpec {
     pub gateway_id: GatewayId,
-    pub name: String,
+    /// `None`: the id for a new gateway; an existing one keeps its name.
+    pub name: Option<String>,
     pub rotate_token: bool,
 }
 
@@ -313,7 +314,9 @@ impl Engine {
         let (gateway, created, token_minted) = match self.gateway_in(batch, &spec.gateway_id) {
             Some(existing) => {
                 let mut gateway = existing;
-                gateway.name = spec.name;
+                if let Some(name) = spec.name {
+                    gateway.name = name;
+                }
                 if spec.rotate_token {
                     gateway.token_hash = new_token;
                     batch
@@ -324,8 +327,8 @@ impl Engine {
             }
             None => {
                 let gateway = Gateway {
+                    name: spec.name.unwrap_or_else(|| spec.gateway_id.to_string()),
                     id: spec.gateway_id,
-                    name: spec.name,
                     token_hash: new_token,
                     created_at: batch.now,
                 };

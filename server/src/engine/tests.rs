@@ -45,7 +45,7 @@ impl Harness {
                 batch,
                 GatewaySpec {
                     gateway_id: gw(),
-                    name: "gateway one".into(),
+                    name: Some("gateway one".into()),
                     rotate_token: false,
                 },
                 token(1),
@@ -645,7 +645,7 @@ fn provision_checks_the_gateway() {
             b,
             GatewaySpec {
                 gateway_id: spec.gateway_id.clone(),
-                name: String::new(),
+                name: None,
                 rotate_token: false,
             },
             token(2),
@@ -879,4 +879,29 @@ fn checkpoints_carry_only_renewed_online_leases() {
     assert!(h.engine.take_dirty_leases().is_empty());
     h.engine.return_dirty_leases(leases);
     assert_eq!(h.engine.take_dirty_leases().len(), 1);
+}
+
+#[test]
+fn re_registering_a_gateway_without_a_name_keeps_its_name() {
+    let mut h = Harness::new();
+    let register = |name: Option<&str>| GatewaySpec {
+        gateway_id: gw(),
+        name: name.map(str::to_owned),
+        rotate_token: false,
+    };
+    let (kept, _) = h.run(|e, b| e.register_gateway(b, register(None), token(2)));
+    assert!(!kept.created && !kept.token_minted);
+    assert_eq!(h.engine.gateway(&gw()).unwrap().name, "gateway one");
+
+    h.run(|e, b| e.register_gateway(b, register(Some("renamed")), token(3)));
+    assert_eq!(h.engine.gateway(&gw()).unwrap().name, "renamed");
+
+    let other = GatewayId::parse("gw-2").unwrap();
+    let spec = GatewaySpec {
+        gateway_id: other.clone(),
+        name: None,
+        rotate_token: false,
+    };
+    h.run(|e, b| e.register_gateway(b, spec, token(4)));
+    assert_eq!(h.engine.gateway(&other).unwrap().name, "gw-2");
 }

@@ -138,10 +138,7 @@ pub fn provision(request: &pb::ProvisionRequest) -> Result<ProvisionSpec> {
 
 pub fn register_gateway(request: &pb::RegisterGatewayRequest) -> Result<GatewaySpec> {
     let gateway_id = gateway_id("gateway_id", &request.gateway_id)?;
-    let name = match text("name", request.name.trim(), MAX_NAME)? {
-        name if name.is_empty() => gateway_id.to_string(),
-        name => name,
-    };
+    let name = Some(text("name", request.name.trim(), MAX_NAME)?).filter(|n| !n.is_empty());
     Ok(GatewaySpec {
         gateway_id,
         name,

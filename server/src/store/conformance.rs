@@ -71,7 +71,7 @@ impl<'a> Fixture<'a> {
                     batch,
                     GatewaySpec {
                         gateway_id: gateway(),
-                        name: "gateway one".into(),
+                        name: Some("gateway one".into()),
                         rotate_token: false,
                     },
                     TokenHash([1; 32]),
@@ -191,7 +191,7 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
         &mut batch,
         GatewaySpec {
             gateway_id: GatewayId::parse("gw-2").unwrap(),
-            name: "second".into(),
+            name: Some("second".into()),
             rotate_token: false,
         },
         TokenHash([200; 32]),

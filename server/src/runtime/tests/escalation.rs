@@ -293,7 +293,7 @@ async fn rotating_a_gateway_token_ends_the_session_opened_with_the_old_one() {
         .lifecycle
         .register_gateway(GatewaySpec {
             gateway_id: gateway(),
-            name: "Gateway one".into(),
+            name: Some("Gateway one".into()),
             rotate_token: true,
         })
         .await

@@ -41,7 +41,7 @@ async fn start_at(store: Arc<MemoryStore>, settings: Settings, now: Timestamp) -
     let registered = lifecycle
         .register_gateway(GatewaySpec {
             gateway_id: gateway(),
-            name: "Gateway one".into(),
+            name: Some("Gateway one".into()),
             // A fresh token even when restarting on a store that has it.
             rotate_token: true,
         })
