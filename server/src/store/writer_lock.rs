@@ -143,8 +143,11 @@ mod tests {
         tokio::spawn(connection);
         let killed = admin
             .execute(
+                // Advisory locks are per database: only this test's one.
                 "SELECT pg_terminate_backend(pid) FROM pg_locks
-                 WHERE locktype = 'advisory' AND objid = $1 AND granted",
+                 WHERE locktype = 'advisory' AND objid = $1 AND granted
+                   AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database())",
                 &[&(super::KEY as u32)],
             )
             .await
@@ -157,7 +160,7 @@ mod tests {
         let mut batch = engine.begin(Timestamp::from_micros(1));
         let spec = GatewaySpec {
             gateway_id: GatewayId::parse("gw").unwrap(),
-            name: "gw".into(),
+            name: Some("gw".into()),
             rotate_token: true,
         };
         engine.register_gateway(&mut batch, spec, TokenHash([token; 32]));
