@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use mission_control_client::agent::AgentClient;
+use mission_control_client::operator::OperatorClient;
 use mission_control_client::{
-    AgentEvent, AgentRole, AgentStatus, ProvisionRequest, WatchAgentRequest, WatchAgentResponse,
-    watch_agent_response::Kind,
+    AgentEvent, AgentRole, AgentStatus, ListAgentsRequest, ProvisionRequest, WatchAgentRequest,
+    WatchAgentResponse, watch_agent_response::Kind,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
@@ -303,33 +304,52 @@ async fn a_slow_watcher_is_ended_with_a_resume_point_while_a_fast_one_gets_every
     app.gateway("gw-a").await;
     app.gateway("gw-b").await;
 
-    let mut slow = app.watch(WatchAgentRequest::default()).await;
+    // The slow watcher has its own connection with small HTTP/2 windows, so
+    // the transport cannot absorb the whole backlog on its behalf.
+    let slow_channel = tonic::transport::Endpoint::from_shared(app.endpoint.clone())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = OperatorClient::new(slow_channel)
+        .watch(WatchAgentRequest::default())
+        .await
+        .unwrap();
     let mut fast = app.watch(WatchAgentRequest::default()).await;
+    let (settle, settled_at) = tokio::sync::watch::channel(u64::MAX);
     let reader = tokio::spawn(async move {
-        let mut revisions = BTreeMap::new();
-        while let Some(Ok(item)) = fast.next().await {
-            if let Some(Kind::Event(AgentEvent { revision, .. })) = item.kind {
-                assert!(
-                    revisions.insert(revision, ()).is_none(),
-                    "duplicate {revision}"
-                );
-                if revisions.len() >= 4000 {
-                    break;
-                }
+        let mut revisions = Vec::new();
+        loop {
+            let item = tokio::time::timeout(PATIENCE, fast.next())
+                .await
+                .expect("the fast watch keeps talking")
+                .expect("the fast watch goes on")
+                .expect("the fast watcher is never ended");
+            match item.kind {
+                Some(Kind::Event(AgentEvent { revision, .. })) => revisions.push(revision),
+                Some(Kind::Bookmark(b)) if b.revision >= *settled_at.borrow() => return revisions,
+                _ => {}
             }
         }
-        revisions.into_keys().collect::<Vec<u64>>()
     });
 
-    // The slow watcher reads nothing while 2000 agents are provisioned.
+    // The slow watcher reads nothing while 2000 agents are provisioned and,
+    // their gateways being away, escalate to OFFLINE.
     for round in 0..40 {
         burst(&app, &format!("r{round:02}"), 50).await;
     }
+    let now = settle_offline(&app, db.url(), 2000).await;
+    assert!(
+        now > 8000,
+        "enough events ({now}) to overflow every buffer on the slow watcher's path"
+    );
+    settle.send(now).unwrap();
     let fast_revisions = reader.await.unwrap();
-    let last = *fast_revisions.last().unwrap();
     assert_eq!(
         fast_revisions,
-        (1..=last).collect::<Vec<_>>(),
+        (1..=now).collect::<Vec<_>>(),
         "the fast watcher: no gap, no duplicate"
     );
 
@@ -338,7 +358,10 @@ async fn a_slow_watcher_is_ended_with_a_resume_point_while_a_fast_one_gets_every
         match tokio::time::timeout(PATIENCE, slow.next()).await.unwrap() {
             Some(Ok(WatchAgentResponse {
                 kind: Some(Kind::Event(e)),
-            })) => slow_revisions.push(e.revision),
+            })) => {
+                assert!(e.revision < now, "the slow watcher was never ended");
+                slow_revisions.push(e.revision);
+            }
             Some(Ok(_)) => {}
             Some(Err(status)) => break status,
             None => panic!("the slow watch ended without saying why"),
@@ -350,11 +373,6 @@ async fn a_slow_watcher_is_ended_with_a_resume_point_while_a_fast_one_gets_every
         .unwrap();
     assert_eq!(resume, slow_revisions.last().copied().unwrap_or(0));
 
-    let now = committed_events(db.url(), u64::MAX)
-        .await
-        .last()
-        .unwrap()
-        .revision;
     let mut resumed = app
         .watch(WatchAgentRequest {
             start_revision: resume,
@@ -368,4 +386,24 @@ async fn a_slow_watcher_is_ended_with_a_resume_point_while_a_fast_one_gets_every
         "resuming fills the gap exactly"
     );
     app.app.shutdown().await;
+}
+
+/// Waits until `count` agents are OFFLINE; the last committed revision then.
+async fn settle_offline(app: &TestApp, database_url: &str, count: usize) -> u64 {
+    let offline = ListAgentsRequest {
+        statuses: vec![AgentStatus::Offline.into()],
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.operator.list(offline.clone()).await.unwrap().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} agents offline in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    committed_events(database_url, u64::MAX)
+        .await
+        .last()
+        .map_or(0, |event| event.revision)
 }
