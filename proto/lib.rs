@@ -43,4 +43,10 @@ impl v1::ProvisionRequest {
         self.template_version = version.into();
         self
     }
+
+    /// Mint a new token even if the agent exists (the old one stops working).
+    pub fn rotating_token(mut self) -> Self {
+        self.rotate_token = true;
+        self
+    }
 }

@@ -9,7 +9,8 @@ pub enum Error {
     InvalidToken,
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),
-    #[error("{}: {}", .0.code(), .0.message())]
+    /// Any other refusal; shown as e.g. `NotFound: agent "a-1" not found`.
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
 }
 

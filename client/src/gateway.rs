@@ -16,7 +16,7 @@
 //!             println!("stopping agent {}", command.agent_id);
 //!             ack.delivered().await;
 //!         }
-//!         GatewayEvent::Connected | GatewayEvent::Disconnected { .. } => {}
+//!         GatewayEvent::Connected { .. } | GatewayEvent::Disconnected { .. } => {}
 //!         GatewayEvent::Rejected(error) => return Err(error),
 //!     }
 //! }
@@ -42,8 +42,8 @@ use crate::{
 /// What the command stream yields.
 #[derive(Debug)]
 pub enum GatewayEvent {
-    /// The stream is (re)established.
-    Connected,
+    /// The stream is (re)established, as the gateway the token belongs to.
+    Connected { gateway_id: String },
     /// Start the agent; then acknowledge.
     Wake { command: WakeCommand, ack: Ack },
     /// Stop and forget the agent; then acknowledge.
@@ -183,9 +183,11 @@ impl GatewayClient {
                 replies: replies.clone(),
             };
             let event = match message.command {
-                Some(Command::Connected(_)) => {
+                Some(Command::Connected(hello)) => {
                     connected = true;
-                    GatewayEvent::Connected
+                    GatewayEvent::Connected {
+                        gateway_id: hello.gateway_id,
+                    }
                 }
                 Some(Command::Wake(command)) => GatewayEvent::Wake { command, ack },
                 Some(Command::Retire(command)) => GatewayEvent::Retire { command, ack },

@@ -24,6 +24,8 @@ pub use mission_control_proto::v1::*;
 pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
 /// The metadata key a gateway sends its token in.
 pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
+/// The metadata key operator calls carry `Bearer <operator token>` in.
+pub const OPERATOR_TOKEN_HEADER: &str = "authorization";
 
 /// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
 /// first use and reconnects by itself.

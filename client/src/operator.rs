@@ -1,7 +1,8 @@
 //! The operator side: provision, wake, delete, list, history and watch.
 
-use tonic::Streaming;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
+use tonic::{Request, Streaming};
 
 use crate::agent_lifecycle_client::AgentLifecycleClient;
 use crate::gateways_client::GatewaysClient;
@@ -12,10 +13,15 @@ use crate::{
     WatchAgentResponse,
 };
 
+/// Operator calls. When the service runs with `--operator-token`, attach it
+/// with [`OperatorClient::with_operator_token`]; a refused token surfaces as
+/// [`Error::TokenRejected`].
 #[derive(Clone)]
 pub struct OperatorClient {
     lifecycle: AgentLifecycleClient<Channel>,
     gateways: GatewaysClient<Channel>,
+    /// `Bearer <token>`, sent as `authorization` on every call.
+    authorization: Option<AsciiMetadataValue>,
 }
 
 impl OperatorClient {
@@ -23,33 +29,62 @@ impl OperatorClient {
         Self {
             lifecycle: AgentLifecycleClient::new(channel.clone()),
             gateways: GatewaysClient::new(channel),
+            authorization: None,
         }
+    }
+
+    /// Sends `authorization: Bearer <token>` on every call.
+    pub fn with_operator_token(mut self, token: &str) -> Result<Self, Error> {
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Error::InvalidToken)?;
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    /// A request carrying the operator token, if one is set.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert(crate::OPERATOR_TOKEN_HEADER, value.clone());
+        }
+        request
     }
 
     pub fn connect(endpoint: &str) -> Result<Self, Error> {
         Ok(Self::new(crate::channel(endpoint)?))
     }
 
-    /// The generated client, for calls the helpers do not cover.
+    /// The generated lifecycle client, for calls the helpers do not cover
+    /// (it does not add the operator token by itself).
     pub fn lifecycle(&self) -> AgentLifecycleClient<Channel> {
         self.lifecycle.clone()
+    }
+
+    /// The generated gateways client (it does not add the operator token).
+    pub fn gateways(&self) -> GatewaysClient<Channel> {
+        self.gateways.clone()
     }
 
     pub async fn register_gateway(
         &self,
         gateway_id: &str,
         name: &str,
+        rotate_token: bool,
     ) -> Result<RegisterGatewayResponse, Error> {
-        let request = RegisterGatewayRequest {
+        let request = self.request(RegisterGatewayRequest {
             gateway_id: gateway_id.into(),
             name: name.into(),
-            rotate_token: false,
-        };
+            rotate_token,
+        });
         Ok(self
             .gateways
             .clone()
             .register_gateway(request)
-            .await?
+            .await
+            .map_err(Error::from_status)?
             .into_inner())
     }
 
@@ -57,8 +92,9 @@ impl OperatorClient {
         let reply = self
             .gateways
             .clone()
-            .list_gateways(ListGatewaysRequest {})
-            .await?;
+            .list_gateways(self.request(ListGatewaysRequest {}))
+            .await
+            .map_err(Error::from_status)?;
         Ok(reply.into_inner().gateways)
     }
 
@@ -66,46 +102,50 @@ impl OperatorClient {
         Ok(self
             .lifecycle
             .clone()
-            .provision(request)
-            .await?
+            .provision(self.request(request))
+            .await
+            .map_err(Error::from_status)?
             .into_inner())
     }
 
     pub async fn wake(&self, agent_id: &str) -> Result<Agent, Error> {
-        let request = WakeAgentRequest {
+        let request = self.request(WakeAgentRequest {
             agent_id: agent_id.into(),
-        };
+        });
         let reply = self
             .lifecycle
             .clone()
             .wake_agent(request)
-            .await?
+            .await
+            .map_err(Error::from_status)?
             .into_inner();
         Ok(reply.agent.unwrap_or_default())
     }
 
     pub async fn delete(&self, agent_id: &str) -> Result<Agent, Error> {
-        let request = DeleteAgentRequest {
+        let request = self.request(DeleteAgentRequest {
             agent_id: agent_id.into(),
-        };
+        });
         let reply = self
             .lifecycle
             .clone()
             .delete_agent(request)
-            .await?
+            .await
+            .map_err(Error::from_status)?
             .into_inner();
         Ok(reply.agent.unwrap_or_default())
     }
 
     pub async fn get(&self, agent_id: &str) -> Result<Agent, Error> {
-        let request = GetAgentRequest {
+        let request = self.request(GetAgentRequest {
             agent_id: agent_id.into(),
-        };
+        });
         Ok(self
             .lifecycle
             .clone()
             .get_agent(request)
-            .await?
+            .await
+            .map_err(Error::from_status)?
             .into_inner())
     }
 
@@ -114,16 +154,17 @@ impl OperatorClient {
         let mut agents = Vec::new();
         let mut page_token = String::new();
         loop {
-            let request = ListAgentsRequest {
+            let request = self.request(ListAgentsRequest {
                 page_size: 1000,
                 page_token,
                 ..filter.clone()
-            };
+            });
             let page = self
                 .lifecycle
                 .clone()
                 .list_agents(request)
-                .await?
+                .await
+                .map_err(Error::from_status)?
                 .into_inner();
             agents.extend(page.agents);
             if page.next_page_token.is_empty() {
@@ -138,16 +179,17 @@ impl OperatorClient {
         let mut events = Vec::new();
         let mut page_token = String::new();
         while events.len() < limit {
-            let request = GetAgentHistoryRequest {
+            let request = self.request(GetAgentHistoryRequest {
                 agent_id: agent_id.into(),
                 page_size: (limit - events.len()).min(1000) as u32,
                 page_token,
-            };
+            });
             let page = self
                 .lifecycle
                 .clone()
                 .get_agent_history(request)
-                .await?
+                .await
+                .map_err(Error::from_status)?
                 .into_inner();
             events.extend(page.events);
             if page.next_page_token.is_empty() {
@@ -166,8 +208,9 @@ impl OperatorClient {
         Ok(self
             .lifecycle
             .clone()
-            .watch_agent(request)
-            .await?
+            .watch_agent(self.request(request))
+            .await
+            .map_err(Error::from_status)?
             .into_inner())
     }
 }

@@ -256,11 +256,26 @@ async fn with_an_operator_token_operator_calls_need_it_and_agents_do_not() {
     let app = spawn_app(flags).await;
     let channel = mission_control_client::channel(&app.endpoint).unwrap();
 
-    let denied = app.operator.register_gateway("gw", "").await.unwrap_err();
+    let denied = app
+        .operator
+        .register_gateway("gw", "", false)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(denied, mission_control_client::Error::Status(ref s) if s.code() == Code::Unauthenticated),
+        matches!(denied, mission_control_client::Error::TokenRejected(_)),
         "{denied}"
     );
+    let wrong_helper = app.operator.clone().with_operator_token("nope").unwrap();
+    assert!(matches!(
+        wrong_helper.list_gateways().await,
+        Err(mission_control_client::Error::TokenRejected(_))
+    ));
+    let helper = app
+        .operator
+        .clone()
+        .with_operator_token("op-s3cret")
+        .unwrap();
+    assert!(helper.list_gateways().await.unwrap().is_empty());
 
     let bearer = |value: &'static str| {
         move |mut request: tonic::Request<()>| {

@@ -80,7 +80,7 @@ async fn a_restart_mid_cycle_loses_nothing() {
                     ack.delivered().await;
                     woken.notify_one();
                 }
-                GatewayEvent::Connected => {
+                GatewayEvent::Connected { .. } => {
                     connections += 1;
                     if connections == 1 {
                         back.notify_one();

@@ -68,7 +68,7 @@ pub async fn database() -> TestDatabase {
 impl TestApp {
     /// Registers a gateway and returns its token.
     pub async fn gateway(&self, id: &str) -> String {
-        let registered = self.operator.register_gateway(id, "").await.unwrap();
+        let registered = self.operator.register_gateway(id, "", false).await.unwrap();
         registered.gateway_token
     }
 
@@ -105,7 +105,7 @@ pub async fn connected(events: &mut mpsc::UnboundedReceiver<GatewayEvent>) {
             .await
             .expect("connected in time")
         {
-            Some(GatewayEvent::Connected) => return,
+            Some(GatewayEvent::Connected { .. }) => return,
             Some(GatewayEvent::Rejected(e)) => panic!("gateway rejected: {e}"),
             Some(_) => continue,
             None => panic!("gateway stream ended"),
