@@ -1,0 +1,185 @@
+//! The simulation's event loop: gateway commands, provision replies, watch
+//! events and agent reports, one at a time, until the fleet settles.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mission_control_client::gateway::{GatewayClient, GatewayEvent};
+use mission_control_client::operator::OperatorClient;
+use mission_control_client::{
+    AgentRole, Backoff, Error, ProvisionRequest, ProvisionResponse, WatchAgentRequest,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::SimulateArgs;
+use super::agent::AgentReport;
+use super::fleet::Fleet;
+use crate::commands::Context;
+use crate::failure::Failure;
+use crate::time::short;
+
+/// How long the gateway stream may take to open before the run gives up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// Provision calls in flight at once.
+const PROVISION_CONCURRENCY: usize = 8;
+
+pub struct Ending {
+    pub elapsed: Duration,
+    pub settled: bool,
+}
+
+pub async fn drive(
+    ctx: &Context,
+    args: &SimulateArgs,
+    token: &str,
+    fleet: &mut Fleet,
+    mut reports: mpsc::UnboundedReceiver<AgentReport>,
+) -> Result<Ending, Failure> {
+    let mut commands = GatewayClient::new(ctx.channel.clone(), token)?
+        .with_backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .with_reconnect_spread(Duration::from_millis(200))
+        .events();
+    // Connected first, so the first wakes are delivered, not failed.
+    await_connected(&mut commands).await?;
+    // Watching before provisioning, so no change goes unseen.
+    let request = WatchAgentRequest {
+        gateway_id: args.gateway.clone(),
+        ..WatchAgentRequest::default()
+    };
+    let mut watch = ctx.operator.watch(request).await?;
+    let ids: Vec<String> = (0..args.agents)
+        .map(|i| super::plan::agent_id(&args.prefix, i))
+        .collect();
+    let mut provisions = provision_all(ctx.operator.clone(), ids, args);
+
+    let started = Instant::now();
+    let stop_at = args.duration.map(|d| started + d);
+    let live = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep_until(stop_at.unwrap_or(started)), if stop_at.is_some() => break,
+            _ = tick.tick() => print_progress(fleet, args.agents, started.elapsed(), live),
+            event = commands.next() => match event {
+                Some(GatewayEvent::Wake { command, ack }) => {
+                    ack.delivered().await;
+                    fleet.on_wake(&command);
+                }
+                Some(GatewayEvent::Retire { ack, .. }) => ack.delivered().await,
+                Some(GatewayEvent::Connected { .. }) => {}
+                Some(GatewayEvent::Disconnected { error, retry_in }) => {
+                    eprintln!("gateway stream lost ({error}); reconnecting in {retry_in:?}");
+                }
+                Some(GatewayEvent::Rejected(error)) => return Err(error.into()),
+                None => return Err(tonic::Status::unavailable("the gateway stream ended").into()),
+            },
+            Some((id, reply)) = provisions.recv() => fleet.on_provisioned(&id, reply?),
+            message = watch.next() => match message {
+                Some(Ok(message)) => fleet.on_watch(&message),
+                Some(Err(status)) => {
+                    let hint = "the simulator's own watch ended; run it again".to_owned();
+                    return Err(Failure::Stream { status, hint });
+                }
+                None => return Err(tonic::Status::unavailable("the watch ended").into()),
+            },
+            Some(report) = reports.recv() => fleet.on_report(report),
+        }
+        if stop_at.is_none() && fleet.settled() {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    print_progress(fleet, args.agents, elapsed, live);
+    if live {
+        eprintln!();
+    }
+    Ok(Ending {
+        elapsed,
+        settled: fleet.settled(),
+    })
+}
+
+async fn await_connected(
+    commands: &mut (impl futures_util::Stream<Item = GatewayEvent> + Unpin),
+) -> Result<(), Failure> {
+    let mut last_error = None;
+    let connected = tokio::time::timeout(CONNECT_PATIENCE, async {
+        while let Some(event) = commands.next().await {
+            match event {
+                GatewayEvent::Connected { .. } => return Ok(()),
+                GatewayEvent::Rejected(error) => return Err(error),
+                GatewayEvent::Disconnected { error, .. } => last_error = Some(error),
+                // Nothing is sent before Connected; acknowledge defensively.
+                GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. } => {
+                    ack.delivered().await
+                }
+            }
+        }
+        Err(Error::Status(tonic::Status::unavailable(
+            "the gateway stream ended",
+        )))
+    })
+    .await;
+    match connected {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(last_error
+            .unwrap_or_else(|| Error::Status(tonic::Status::deadline_exceeded("no Connected")))
+            .into()),
+    }
+}
+
+/// Provisions every agent (rotating tokens, so a rerun gets fresh ones) and
+/// hands each reply to the loop as it comes.
+fn provision_all(
+    operator: OperatorClient,
+    ids: Vec<String>,
+    args: &SimulateArgs,
+) -> mpsc::UnboundedReceiver<(String, Result<ProvisionResponse, Error>)> {
+    let (replies, receiver) = mpsc::unbounded_channel();
+    let (gateway, board) = (args.gateway.clone(), args.prefix.clone());
+    tokio::spawn(async move {
+        let calls = futures_util::stream::iter(ids).map(|id| {
+            let request =
+                ProvisionRequest::new(id.clone(), gateway.clone(), AgentRole::BoardWorker)
+                    .on_board(board.clone())
+                    .rotating_token();
+            let operator = operator.clone();
+            async move { (id, operator.provision(request).await) }
+        });
+        let mut calls = calls.buffer_unordered(PROVISION_CONCURRENCY);
+        while let Some(reply) = calls.next().await {
+            if replies.send(reply).is_err() {
+                return; // the run has ended
+            }
+        }
+    });
+    receiver
+}
+
+/// The live one-line summary on stderr: rewritten in place on a terminal,
+/// one line per second otherwise.
+fn print_progress(fleet: &Fleet, total: usize, elapsed: Duration, live: bool) {
+    let p = fleet.progress();
+    let line = format!(
+        "[{}] wakes {} | online {} | offline {} | awaiting {} | provisioned {}/{total}",
+        short(elapsed),
+        fleet.tally.wakes(),
+        p.online,
+        p.offline,
+        p.awaiting,
+        p.provisioned,
+    );
+    if live {
+        eprint!("\r{line}\x1b[K");
+    } else {
+        eprintln!("{line}");
+    }
+}

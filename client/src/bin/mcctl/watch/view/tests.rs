@@ -1,0 +1,159 @@
+use std::time::{Duration, SystemTime};
+
+use mission_control_client::{Bookmark, HeartbeatSeen, SnapshotComplete};
+use prost_types::Timestamp;
+
+use super::*;
+
+fn message(kind: Kind) -> WatchAgentResponse {
+    WatchAgentResponse { kind: Some(kind) }
+}
+
+fn event(
+    revision: u64,
+    kind: EventType,
+    reason: TransitionReason,
+    agent: Agent,
+) -> WatchAgentResponse {
+    message(Kind::Event(AgentEvent {
+        revision,
+        r#type: kind as i32,
+        reason: reason as i32,
+        agent: Some(agent),
+        ..AgentEvent::default()
+    }))
+}
+
+fn agent(id: &str, status: AgentStatus) -> Agent {
+    Agent {
+        id: id.into(),
+        gateway_id: "gw".into(),
+        status: status as i32,
+        ..Agent::default()
+    }
+}
+
+fn ids(fleet: &Fleet) -> Vec<&str> {
+    fleet.agents.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn the_table_waits_for_the_snapshot_then_follows_changes() {
+    let mut fleet = Fleet::new(Vec::new(), 0);
+    let snapshot = event(
+        3,
+        EventType::Added,
+        TransitionReason::Snapshot,
+        agent("a", AgentStatus::Online),
+    );
+    assert!(!fleet.apply(&snapshot), "no redraw mid-snapshot");
+    assert!(!fleet.snapshot_complete());
+    assert!(
+        fleet.apply(&message(Kind::SnapshotComplete(SnapshotComplete {
+            revision: 5
+        })))
+    );
+    assert_eq!(fleet.resume_revision(), 5);
+
+    let added = event(
+        6,
+        EventType::Added,
+        TransitionReason::Provisioned,
+        agent("b", AgentStatus::Provisioning),
+    );
+    assert!(fleet.apply(&added));
+    assert_eq!(ids(&fleet), ["a", "b"]);
+    let deleted = event(
+        7,
+        EventType::Deleted,
+        TransitionReason::Deleted,
+        agent("a", AgentStatus::Online),
+    );
+    assert!(fleet.apply(&deleted));
+    assert_eq!(ids(&fleet), ["b"], "deleted agents disappear");
+    assert_eq!(fleet.resume_revision(), 7);
+
+    assert!(!fleet.apply(&message(Kind::Bookmark(Bookmark { revision: 9 }))));
+    assert_eq!(fleet.resume_revision(), 9);
+}
+
+#[test]
+fn agents_leaving_the_status_filter_leave_the_table() {
+    let offline = AgentStatus::Offline as i32;
+    let mut fleet = Fleet::new(vec![offline], 4);
+    assert!(fleet.snapshot_complete(), "a resumed watch has no snapshot");
+    fleet.apply(&event(
+        5,
+        EventType::Changed,
+        TransitionReason::MaxAttemptsReached,
+        agent("a", AgentStatus::Offline),
+    ));
+    assert_eq!(ids(&fleet), ["a"]);
+    fleet.apply(&event(
+        6,
+        EventType::Changed,
+        TransitionReason::Woken,
+        agent("a", AgentStatus::Updating),
+    ));
+    assert!(ids(&fleet).is_empty());
+}
+
+#[test]
+fn heartbeats_refresh_last_seen() {
+    let mut fleet = Fleet::new(Vec::new(), 1);
+    fleet.apply(&event(
+        2,
+        EventType::Changed,
+        TransitionReason::CheckedIn,
+        agent("a", AgentStatus::Online),
+    ));
+    let seen = Timestamp {
+        seconds: 1000,
+        nanos: 0,
+    };
+    fleet.apply(&message(Kind::Heartbeat(HeartbeatSeen {
+        agent_id: "a".into(),
+        last_seen_at: Some(seen),
+        lease_expires_at: None,
+    })));
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1004);
+    let screen = fleet.render(now);
+    assert!(
+        screen.starts_with("1 agents: 1 online, 0 offline, 0 awaiting check-in"),
+        "{screen}"
+    );
+    assert!(screen.contains("last: rev 2 a: checked_in"), "{screen}");
+    assert!(
+        screen.lines().last().unwrap().contains("4s ago"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn lines_show_transitions_attempts_and_errors() {
+    let mut missed = AgentEvent {
+        revision: 12,
+        r#type: EventType::Changed as i32,
+        reason: TransitionReason::MaxAttemptsReached as i32,
+        previous_status: AgentStatus::Provisioning as i32,
+        description: "offline: max wake attempts reached".into(),
+        attempt: 3,
+        error: "no check-in after 3 wake attempts".into(),
+        at: Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        agent: Some(agent("sim-0001", AgentStatus::Offline)),
+    };
+    assert_eq!(
+        line(&message(Kind::Event(missed.clone()))).unwrap(),
+        "2023-11-14T22:13:20.000Z  rev 12  changed  sim-0001  PROVISIONING->OFFLINE  \
+         offline: max wake attempts reached (attempt 3): no check-in after 3 wake attempts"
+    );
+    missed.reason = TransitionReason::Snapshot as i32;
+    assert_eq!(
+        line(&message(Kind::Event(missed))).unwrap(),
+        "snapshot  sim-0001  OFFLINE  attempts 0  (rev 12)"
+    );
+    assert!(line(&message(Kind::Bookmark(Bookmark { revision: 1 }))).is_none());
+}

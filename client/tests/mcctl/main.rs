@@ -1,0 +1,7 @@
+//! End to end: the built `mcctl` binary against a real server started
+//! in-process on an in-memory store.
+
+mod operator;
+mod simulate;
+mod support;
+mod watch;

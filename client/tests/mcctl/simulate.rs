@@ -1,0 +1,139 @@
+//! `mcctl simulate`: a whole fleet through the policy, on short deadlines.
+
+use serde_json::Value;
+
+use crate::support::{json, ok, server};
+
+fn outcomes<'a>(report: &'a Value, behaviour: &str) -> Vec<&'a Value> {
+    report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["behaviour"] == behaviour)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_settles_and_the_report_shows_the_policy() {
+    // 1 s to check in: tight enough to finish in seconds, loose enough
+    // for a busy machine. The lease lapses 1 s after a flaky agent stops.
+    let server = server("1s", "1s", "200ms").await;
+    let args = [
+        "simulate",
+        "--agents",
+        "10",
+        "--seed",
+        "42",
+        "--startup-delay",
+        "100ms",
+    ];
+    let report = json(&server.endpoint, &args).await;
+
+    assert_eq!(report["settled"], true, "{report:#}");
+    assert_eq!(report["agents"], 10);
+    for (behaviour, count) in [
+        ("first-wake", 5),
+        ("later-wake", 2),
+        ("never", 2),
+        ("flaky", 1),
+    ] {
+        assert_eq!(
+            report["by_behaviour"][behaviour]["agents"], count,
+            "{behaviour}"
+        );
+    }
+    for agent in outcomes(&report, "first-wake") {
+        assert_eq!(agent["status"], "online", "{agent}");
+        assert!(agent["checkin_latency_ms"].as_u64().is_some(), "{agent}");
+    }
+    for agent in outcomes(&report, "later-wake") {
+        assert_eq!(agent["status"], "online", "{agent}");
+        assert!(
+            matches!(agent["checkin_attempt"].as_u64(), Some(2 | 3)),
+            "{agent}"
+        );
+    }
+    for agent in outcomes(&report, "never") {
+        assert_eq!(agent["status"], "offline", "{agent}");
+        assert_eq!(agent["wake_attempts"], 3, "{agent}");
+        assert_eq!(agent["offline_reason"], "no check-in after 3 wake attempts");
+        assert_eq!(agent["checkin_latency_ms"], Value::Null);
+    }
+    for agent in outcomes(&report, "flaky") {
+        assert_eq!(agent["status"], "offline", "{agent}");
+        assert_eq!(agent["offline_reason"], "lease expired", "{agent}");
+    }
+    assert_eq!(report["online"], 7);
+    assert_eq!(report["offline"], 3);
+    assert_eq!(
+        report["offline_reasons"]["no check-in after 3 wake attempts"],
+        2
+    );
+    assert_eq!(report["offline_reasons"]["lease expired"], 1);
+    // Every agent is woken once; only those not yet checked in again.
+    assert_eq!(report["wakes_by_attempt"]["1"], 10);
+    let third = report["wakes_by_attempt"]["3"].as_u64().unwrap_or(0);
+    assert!(third >= 2, "the never agents get a third wake: {report:#}");
+    assert_eq!(report["checkin_latency_ms"]["count"], 8);
+    let latency = &report["checkin_latency_ms"];
+    assert!(latency["min"].as_u64() <= latency["median"].as_u64());
+    assert!(latency["median"].as_u64() <= latency["max"].as_u64());
+
+    // The service agrees: the never agents' history ends with max attempts.
+    let never = outcomes(&report, "never")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let history = json(&server.endpoint, &["history", &never, "--limit", "1"]).await;
+    assert_eq!(history[0]["reason"], "max_attempts_reached");
+
+    server.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_reuses_the_gateway_and_duration_cuts_it_short() {
+    // 30 s deadlines: with --duration, nothing settles; the run still ends.
+    let server = server("30s", "30s", "10s").await;
+    let args = [
+        "simulate",
+        "--agents",
+        "4",
+        "--never",
+        "1",
+        "--first-wake",
+        "0",
+        "--later-wake",
+        "0",
+        "--flaky",
+        "0",
+        "--duration",
+        "300ms",
+    ];
+    for _ in 0..2 {
+        let text = ok(&server.endpoint, &args).await;
+        assert!(
+            text.contains("simulated 4 agents on gateway sim-gw"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stopped before every agent settled"),
+            "{text}"
+        );
+        assert!(
+            text.contains("never       4       0       0        4"),
+            "{text}"
+        );
+    }
+    let agents = json(&server.endpoint, &["list", "--gateway", "sim-gw"]).await;
+    assert_eq!(
+        agents.as_array().unwrap().len(),
+        4,
+        "re-provisioned, not duplicated"
+    );
+    assert_eq!(
+        agents[0]["status"], "updating",
+        "the second run re-provisioned them"
+    );
+
+    server.app.shutdown().await;
+}
