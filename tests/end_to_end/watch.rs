@@ -3,7 +3,6 @@
 //! slow watcher beside a fast one. The truth they are held to is the
 //! `agent_events` table itself.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
