@@ -21,9 +21,11 @@ const LOCK_KEY: i64 = 0x6d63_6d69_6772;
 
 /// Applies the migrations this database has not seen; returns how many.
 pub async fn run(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    // Quiet the "already exists, skipping" notice on every start.
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SET client_min_messages TO warning;
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    text PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now()
              )",

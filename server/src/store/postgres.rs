@@ -66,7 +66,11 @@ impl PostgresStore {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         let applied = migrations::run(&mut client).await.map_err(classify)?;
-        tracing::info!(applied, "database schema is up to date");
+        if applied > 0 {
+            tracing::info!(applied, "database schema migrated");
+        } else {
+            tracing::info!("database schema is up to date");
+        }
         drop(client);
         let writer = WriterLock::acquire(&config).await?;
         Ok(Self { pool, writer })
@@ -96,15 +100,25 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
         .map_or_else(|| e.to_string(), |db| db.message().to_owned());
     match code {
         c if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(message),
-        c if c.code().starts_with("08") // connection exception
-            || c.code().starts_with("53") // insufficient resources
-            || c.code().starts_with("57") // operator intervention: shutdown
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
-        {
-            StoreError::Unavailable(message)
-        }
+        c if is_transient(c) => StoreError::Unavailable(message),
         _ => StoreError::Other(format!("{message} (SQLSTATE {})", code.code())),
     }
+}
+
+/// Conditions of the database, not of the request: retrying later may
+/// succeed, so callers get UNAVAILABLE rather than INTERNAL.
+fn is_transient(code: &SqlState) -> bool {
+    const CLASSES: [&str; 7] = [
+        "08", // connection exception
+        "53", // insufficient resources
+        "57", // operator intervention: shutdown
+        "55", // e.g. the database does not accept connections
+        "3D", // the database is gone
+        "28", // credentials refused
+        "40", // serialization failure, deadlock
+    ];
+    CLASSES.iter().any(|class| code.code().starts_with(class))
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION // a standby after failover
 }
 
 fn time(t: Timestamp) -> SystemTime {
@@ -653,4 +667,29 @@ mod tests {
             .expect("connect to the test database");
         (store, db)
     });
+
+    #[test]
+    fn outages_are_transient_and_bad_statements_are_not() {
+        use tokio_postgres::error::SqlState;
+        for transient in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INVALID_PASSWORD,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ] {
+            assert!(super::is_transient(&transient), "{transient:?}");
+        }
+        for permanent in [
+            SqlState::SYNTAX_ERROR,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::NOT_NULL_VIOLATION,
+        ] {
+            assert!(!super::is_transient(&permanent), "{permanent:?}");
+        }
+    }
 }
