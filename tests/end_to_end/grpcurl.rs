@@ -134,5 +134,20 @@ async fn grpcurl_lists_describes_provisions_checks_in_and_watches() {
     )
     .await;
     assert_eq!(agent["status"], "AGENT_STATUS_ONLINE");
+
+    // Error details resolve through reflection too: grpcurl shows the field.
+    let refused = grpcurl()
+        .args(["-plaintext", "-d", r#"{"agent_id":"a b"}"#, &addr])
+        .arg(format!("{lc}/GetAgent"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains(r#""fieldViolations":[{"field":"agent_id""#),
+        "{stderr}"
+    );
     app.app.shutdown().await;
 }

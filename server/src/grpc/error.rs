@@ -38,6 +38,18 @@ pub fn status(error: LifecycleError) -> Status {
                 HashMap::from([("oldest_revision".to_owned(), oldest_revision.to_string())]),
             ),
         ),
+        LifecycleError::RevisionAhead {
+            message,
+            current_revision,
+        } => Status::with_error_details(
+            Code::OutOfRange,
+            message,
+            ErrorDetails::with_error_info(
+                "REVISION_AHEAD",
+                DOMAIN,
+                HashMap::from([("current_revision".to_owned(), current_revision.to_string())]),
+            ),
+        ),
         LifecycleError::ResourceExhausted {
             message,
             resume_revision,
@@ -56,7 +68,7 @@ pub fn status(error: LifecycleError) -> Status {
             ErrorDetails::with_retry_info(Some(Duration::from_secs(5))),
         ),
         LifecycleError::Internal(message) => {
-            tracing::error!(%message, "internal error");
+            tracing::error!(error = %message, "internal error");
             Status::internal("internal error")
         }
     }

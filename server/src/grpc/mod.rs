@@ -35,9 +35,12 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(reporter, lifecycle.clone()));
 
+    // google.rpc error details too, so grpcurl can show BadRequest,
+    // ErrorInfo and RetryInfo instead of raw bytes.
     let descriptors = [
         mission_control_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
     ];
     let mut v1 = tonic_reflection::server::Builder::configure();
     let mut v1alpha = tonic_reflection::server::Builder::configure();

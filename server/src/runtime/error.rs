@@ -20,11 +20,18 @@ pub enum LifecycleError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
-    /// A watch asked for history that is gone (or not yet written).
+    /// A watch asked for history that is gone.
     #[error("{message}")]
     OutOfRange {
         message: String,
         oldest_revision: u64,
+    },
+    /// A watch asked to start after a revision not yet written (a revision
+    /// from another service's history, say).
+    #[error("{message}")]
+    RevisionAhead {
+        message: String,
+        current_revision: u64,
     },
     /// A watcher fell too far behind; it may resume from `resume_revision`.
     #[error("{message}")]

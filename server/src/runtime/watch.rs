@@ -153,11 +153,13 @@ impl Watcher {
                     return Err(too_old(start, compacted));
                 }
                 if start > current {
-                    return Err(LifecycleError::OutOfRange {
+                    return Err(LifecycleError::RevisionAhead {
                         message: format!(
-                            "start_revision {start} is ahead of the current revision {current}"
+                            "start_revision {start} is ahead of the current revision {current}: \
+                             it is from another history; list the agents again and watch \
+                             from the revision of the list"
                         ),
-                        oldest_revision: compacted + 1,
+                        current_revision: current,
                     });
                 }
                 (start, (start < current).then_some(current))

@@ -240,15 +240,20 @@ async fn resuming_from_compacted_history_says_to_list_again() {
             .await
             .is_ok()
     );
+    let ahead = f
+        .lifecycle
+        .watch(WatchRequest {
+            start_revision: 10_000,
+            ..Default::default()
+        })
+        .await;
     assert!(
-        f.lifecycle
-            .watch(WatchRequest {
-                start_revision: 10_000,
-                ..Default::default()
-            })
-            .await
-            .is_err(),
-        "from the future"
+        matches!(
+            ahead,
+            Err(LifecycleError::RevisionAhead { current_revision, .. }) if current_revision < 10_000
+        ),
+        "from the future: {:?}",
+        ahead.err()
     );
 }
 
