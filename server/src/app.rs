@@ -76,14 +76,14 @@ impl App {
                             addr: metrics_addr,
                             source,
                         })?;
-                let bound = listener.local_addr().ok();
+                let bound = listener.local_addr().unwrap_or(metrics_addr);
                 tokio::spawn(crate::metrics_http::serve(
                     listener,
                     lifecycle.clone(),
                     shutdown.clone(),
                 ));
-                tracing::info!(addr = ?bound, "serving metrics at /metrics");
-                bound
+                tracing::info!(addr = %bound, "serving metrics at /metrics");
+                Some(bound)
             }
             None => None,
         };

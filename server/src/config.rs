@@ -153,12 +153,17 @@ impl Config {
                 return Err(format!("{flag} must be greater than zero"));
             }
         }
+        if self.watch_buffer < MIN_WATCH_BUFFER {
+            return Err(format!(
+                "--watch-buffer must be at least {MIN_WATCH_BUFFER} (one committed batch must fit)"
+            ));
+        }
         Ok(Settings {
             policy: self.policy().map_err(|e| e.to_string())?,
             checkpoint_interval: self.checkpoint_interval,
             event_retention: self.event_retention,
             compaction_interval: self.compaction_interval,
-            watch_buffer: self.watch_buffer.max(MIN_WATCH_BUFFER),
+            watch_buffer: self.watch_buffer,
             bookmark_interval: self.watch_bookmark_interval,
             max_watches: self.max_watches,
             ..Settings::default()
@@ -192,6 +197,9 @@ mod tests {
         let zero = Config::try_parse_from(["mission-control", "--dev", "--max-wake-attempts", "0"])
             .unwrap();
         assert!(zero.policy().is_err());
+        let tiny =
+            Config::try_parse_from(["mission-control", "--dev", "--watch-buffer", "100"]).unwrap();
+        assert!(tiny.settings().unwrap_err().contains("--watch-buffer"));
         let short =
             Config::try_parse_from(["mission-control", "--dev", "--lease-ttl", "5s"]).unwrap();
         assert!(short.policy().is_err());

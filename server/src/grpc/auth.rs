@@ -30,7 +30,7 @@ impl OperatorAuth {
             .metadata()
             .get(AUTHORIZATION_HEADER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .ok_or_else(|| {
                 Status::unauthenticated("this call needs `authorization: Bearer <operator token>`")
             })?;
@@ -39,6 +39,15 @@ impl OperatorAuth {
         }
         Ok(())
     }
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credentials.trim())
 }
 
 #[cfg(test)]
@@ -64,6 +73,7 @@ mod tests {
     fn with_a_token_only_the_right_bearer_passes() {
         let auth = OperatorAuth::new(Some("s3cret"));
         assert!(auth.check(&request(Some("Bearer s3cret"))).is_ok());
+        assert!(auth.check(&request(Some("bearer s3cret"))).is_ok());
         for bad in [
             None,
             Some("Bearer nope"),

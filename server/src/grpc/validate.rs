@@ -82,10 +82,13 @@ fn role(value: i32) -> Result<Role> {
         .ok()
         .and_then(convert::role_from)
         .ok_or_else(|| {
-            LifecycleError::invalid(
-                "role",
-                "is required: AGENT_ROLE_GATEWAY_MAIN, AGENT_ROLE_BOARD_LEAD or AGENT_ROLE_BOARD_WORKER",
-            )
+            const ROLES: &str =
+                "AGENT_ROLE_GATEWAY_MAIN, AGENT_ROLE_BOARD_LEAD or AGENT_ROLE_BOARD_WORKER";
+            let problem = match value {
+                0 => format!("is required: {ROLES}"),
+                other => format!("{other} is not a known role: {ROLES}"),
+            };
+            LifecycleError::invalid("role", problem)
         })
 }
 
