@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(endpoint: &str, gateway_id: &str, agent_id: &str) -> Result<(), Error> {
-    let operator = OperatorClient::connect(endpoint)?;
+    let mut operator = OperatorClient::connect(endpoint)?;
+    if let Ok(token) = std::env::var("MC_OPERATOR_TOKEN") {
+        operator = operator.with_operator_token(&token)?;
+    }
 
     let gateway = operator.register_gateway(gateway_id, "", false).await?;
     match gateway.gateway_token.as_str() {
@@ -41,6 +44,19 @@ async fn run(endpoint: &str, gateway_id: &str, agent_id: &str) -> Result<(), Err
         "" => println!("agent {agent_id} updated and woken (token unchanged)"),
         token => println!("agent {agent_id} provisioned and woken; token: {token}"),
     }
+    // A wake to a gateway that is not connected still counts as an attempt;
+    // the next one follows when the check-in deadline passes.
+    let connected = operator
+        .list_gateways()
+        .await?
+        .iter()
+        .any(|gateway| gateway.id == gateway_id && gateway.connected);
+    if !connected {
+        println!(
+            "  gateway {gateway_id} is not connected, so this wake fails; start the \
+             gateway example and it receives the next one"
+        );
+    }
 
     let filter = ListAgentsRequest {
         gateway_id: gateway_id.to_owned(),
@@ -49,10 +65,11 @@ async fn run(endpoint: &str, gateway_id: &str, agent_id: &str) -> Result<(), Err
     println!("agents on {gateway_id}:");
     for agent in operator.list(filter).await? {
         println!(
-            "  {}  {:?}  wake attempts {}",
+            "  {}  {:?}  wake attempts {}  {}",
             agent.id,
             agent.status(),
-            agent.wake_attempts
+            agent.wake_attempts,
+            agent.last_provision_error
         );
     }
     Ok(())

@@ -45,7 +45,13 @@ pub async fn drive(
         .with_reconnect_spread(Duration::from_millis(200))
         .events();
     // Connected first, so the first wakes are delivered, not failed.
-    await_connected(&mut commands).await?;
+    let connected_as = await_connected(&mut commands).await?;
+    if connected_as != args.gateway {
+        return Err(Failure::Usage(format!(
+            "the gateway token belongs to gateway {connected_as}, not --gateway {}",
+            args.gateway
+        )));
+    }
     // Watching before provisioning, so no change goes unseen.
     let request = WatchAgentRequest {
         gateway_id: args.gateway.clone(),
@@ -107,14 +113,15 @@ pub async fn drive(
     })
 }
 
+/// Waits for the stream to be established; the gateway it belongs to.
 async fn await_connected(
     commands: &mut (impl futures_util::Stream<Item = GatewayEvent> + Unpin),
-) -> Result<(), Failure> {
+) -> Result<String, Failure> {
     let mut last_error = None;
     let connected = tokio::time::timeout(CONNECT_PATIENCE, async {
         while let Some(event) = commands.next().await {
             match event {
-                GatewayEvent::Connected { .. } => return Ok(()),
+                GatewayEvent::Connected { gateway_id } => return Ok(gateway_id),
                 GatewayEvent::Rejected(error) => return Err(error),
                 GatewayEvent::Disconnected { error, .. } => last_error = Some(error),
                 // Nothing is sent before Connected; acknowledge defensively.

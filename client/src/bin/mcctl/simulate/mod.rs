@@ -48,7 +48,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "sim-gw")]
     pub gateway: String,
     /// Use this gateway token instead of registering the gateway (it must
-    /// be --gateway's token: the stream does not say whose it is).
+    /// be --gateway's token; the run stops if it is another gateway's).
     #[arg(long, env = "MC_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
     /// Share of agents that check in on the first wake.

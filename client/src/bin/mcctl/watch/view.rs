@@ -167,7 +167,10 @@ fn describe(event: &AgentEvent) -> String {
     if event.attempt > 0 && !mentions_attempt {
         text.push_str(&format!(" (attempt {})", event.attempt));
     }
-    if !event.error.is_empty() && !text.contains(&event.error) {
+    if event.error.starts_with(&text) {
+        // The error already says it, and more ("wake attempt 3 failed: ...").
+        text = event.error.clone();
+    } else if !event.error.is_empty() && !text.contains(&event.error) {
         text.push_str(&format!(": {}", event.error));
     }
     text

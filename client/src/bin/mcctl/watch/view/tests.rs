@@ -150,6 +150,15 @@ fn lines_show_transitions_attempts_and_errors() {
         "2023-11-14T22:13:20.000Z  rev 12  changed  sim-0001  PROVISIONING->OFFLINE  \
          offline: max wake attempts reached (attempt 3): no check-in after 3 wake attempts"
     );
+    let mut failed = missed.clone();
+    failed.reason = TransitionReason::WakeFailed as i32;
+    failed.description = "wake attempt 3 failed".into();
+    failed.error = "wake attempt 3 failed: gateway g7 is not connected".into();
+    let failed = line(&message(Kind::Event(failed))).unwrap();
+    assert!(
+        failed.ends_with("OFFLINE  wake attempt 3 failed: gateway g7 is not connected"),
+        "said once: {failed}"
+    );
     missed.reason = TransitionReason::Snapshot as i32;
     assert_eq!(
         line(&message(Kind::Event(missed))).unwrap(),
