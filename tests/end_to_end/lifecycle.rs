@@ -366,6 +366,7 @@ async fn metrics_count_what_happened() {
         "mission_control_heartbeats_total{path=\"committed\"} 1",
         "mission_control_heartbeats_total{path=\"memory\"} 1",
         "mission_control_checkin_latency_seconds_count 1",
+        "mission_control_heartbeat_lease_left_seconds_count 1",
         "mission_control_database_reachable 1",
     ] {
         assert!(response.contains(line), "no {line:?} in\n{response}");

@@ -16,6 +16,7 @@ mod restore;
 pub mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
@@ -108,16 +109,20 @@ pub struct LeaseState {
     pub generation: u64,
     pub last_seen_at: Timestamp,
     pub lease_expires_at: Option<Timestamp>,
+    /// What was left of the previous lease when the heartbeat arrived: how
+    /// early agents beat (zero: at or after the expiry).
+    pub time_left: Duration,
 }
 
 impl LeaseState {
-    fn of(agent: &Agent) -> Self {
+    fn of(agent: &Agent, time_left: Duration) -> Self {
         Self {
             agent_id: agent.id.clone(),
             status: agent.status,
             generation: agent.generation,
             last_seen_at: agent.last_seen_at.unwrap_or(agent.updated_at),
             lease_expires_at: agent.lease_expires_at,
+            time_left,
         }
     }
 }
@@ -301,10 +306,13 @@ impl Engine {
                 });
             return Renewal::NeedsCommit(id.clone());
         }
+        let time_left = agent
+            .lease_expires_at
+            .map_or(Duration::ZERO, |expiry| expiry.since(now));
         agent.last_seen_at = Some(now);
         agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
         self.dirty_leases.insert(id.clone());
-        Renewal::Renewed(LeaseState::of(agent))
+        Renewal::Renewed(LeaseState::of(agent, time_left))
     }
 
     /// Leases renewed since the last call, for a batched store checkpoint.

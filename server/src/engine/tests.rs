@@ -451,6 +451,11 @@ fn the_fast_path_renews_only_steady_online_agents() {
         Renewal::Renewed(lease) => {
             assert_eq!(lease.status, Status::Online);
             assert_eq!(lease.lease_expires_at, Some(t(35)));
+            assert_eq!(
+                lease.time_left,
+                Duration::from_secs(25),
+                "30 s lease from t0"
+            );
         }
         other => panic!("expected a renewal, got {other:?}"),
     }

@@ -54,6 +54,7 @@ pub(super) struct Metrics {
     pub batches: AtomicU64,
     pub commit_failures: AtomicU64,
     checkin_latency: Histogram,
+    heartbeat_time_left: Histogram,
 }
 
 /// What the engine and hub know at scrape time.
@@ -92,6 +93,11 @@ impl Metrics {
     /// How long after its last wake an agent checked in.
     pub fn checked_in_after(&self, latency: Duration) {
         self.checkin_latency.observe(latency);
+    }
+
+    /// What was left of an online agent's lease when it heartbeat.
+    pub fn heartbeat_time_left(&self, time_left: Duration) {
+        self.heartbeat_time_left.observe(time_left);
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -159,6 +165,11 @@ impl Metrics {
             "mission_control_checkin_latency_seconds",
             "Time from an agent's last wake to its check-in.",
         );
+        self.heartbeat_time_left.render(
+            &mut out,
+            "mission_control_heartbeat_lease_left_seconds",
+            "Time left on an online agent's lease when its heartbeat arrived.",
+        );
         gauge(
             &mut out,
             "mission_control_gateways_connected",
@@ -199,6 +210,7 @@ mod tests {
         Metrics::add(&metrics.heartbeats_in_memory);
         metrics.checked_in_after(Duration::from_millis(700));
         metrics.checked_in_after(Duration::from_secs(45));
+        metrics.heartbeat_time_left(Duration::from_secs(3));
         let text = metrics.render(&Gauges {
             agents: [
                 (Status::Provisioning, 1),
@@ -218,6 +230,8 @@ mod tests {
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"60\"} 2"));
         assert!(text.contains("mission_control_checkin_latency_seconds_count 2"));
+        assert!(text.contains("mission_control_heartbeat_lease_left_seconds_bucket{le=\"2\"} 0"));
+        assert!(text.contains("mission_control_heartbeat_lease_left_seconds_bucket{le=\"5\"} 1"));
         assert!(text.contains("mission_control_database_reachable 1"));
     }
 }

@@ -369,6 +369,7 @@ impl Lifecycle {
         let (agent_id, status, generation, lease_expires_at) = match renewal {
             Renewal::Renewed(lease) => {
                 metrics::Metrics::add(&metrics.heartbeats_in_memory);
+                metrics.heartbeat_time_left(lease.time_left);
                 self.announce_heartbeat(&lease.agent_id);
                 (
                     lease.agent_id,
