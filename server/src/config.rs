@@ -9,8 +9,9 @@ use crate::engine::{Policy, policy::PolicyError};
 use crate::runtime::Settings;
 use crate::store::PoolSettings;
 
-/// A batch holds at most `max_batch` commands and as many timers, one event
-/// each: a watcher's buffer must hold a whole batch.
+/// A batch holds at most `max_batch` commands and as many timers and
+/// recorded heartbeats together, one event each (wake failures are commands
+/// too): a watcher's buffer must hold a whole batch.
 const MIN_WATCH_BUFFER: usize = 2 * 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -163,11 +163,26 @@ impl Engine {
         self.check_in_at(batch, agent_id, token, reported_template, arrived)
     }
 
-    /// Applies every heartbeat recorded but not yet handled: run before any
-    /// timer fires, so a heartbeat that arrived before a deadline wins it
-    /// even while its command still waits in the writer's queue.
-    pub(super) fn apply_pending_checkins(&mut self, batch: &mut Batch) {
-        for (agent_id, pending) in std::mem::take(&mut self.pending_checkins) {
+    /// Applies up to `limit` heartbeats recorded but not yet handled, the
+    /// earliest first; returns how many. Run before any timer fires, so a
+    /// heartbeat that arrived before a deadline wins it even while its
+    /// command still waits in the writer's queue.
+    pub(super) fn apply_pending_checkins(&mut self, batch: &mut Batch, limit: usize) -> usize {
+        let mut order: Vec<(Timestamp, AgentId)> = self
+            .pending_checkins
+            .iter()
+            .map(|(id, pending)| (pending.received_at, id.clone()))
+            .collect();
+        if order.len() > limit {
+            order.select_nth_unstable(limit);
+            order.truncate(limit);
+        }
+        let applied = order.len();
+        for (_, agent_id) in order {
+            let pending = self
+                .pending_checkins
+                .remove(&agent_id)
+                .expect("listed just now");
             let reported = pending.reported_template.clone();
             // A token rotated or an agent deleted since: nothing to apply.
             let _ = self.check_in_at(
@@ -179,6 +194,7 @@ impl Engine {
             );
             batch.applied_checkins.push((agent_id, pending));
         }
+        applied
     }
 
     fn check_in_at(

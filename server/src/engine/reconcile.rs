@@ -11,11 +11,14 @@ impl Engine {
         self.fire_due_at_most(batch, usize::MAX);
     }
 
-    /// Processes up to `limit` due timers, earliest first; the rest stay due
-    /// for the next batch, so a mass expiry cannot make one huge batch.
+    /// Applies recorded heartbeats, then processes due timers, earliest
+    /// first, `limit` of the two at most; the rest wait for the next batch,
+    /// so neither a mass expiry nor a check-in storm makes one huge batch.
     pub fn fire_due_at_most(&mut self, batch: &mut Batch, limit: usize) {
-        self.apply_pending_checkins(batch);
-        let due = self.timers.pop_due(batch.now, limit);
+        let applied = self.apply_pending_checkins(batch, limit);
+        // Timers get what is left, so none fires while a recorded heartbeat
+        // still waits: it may be the one that wins the deadline.
+        let due = self.timers.pop_due(batch.now, limit - applied);
         for timer in &due {
             match timer.kind {
                 TimerKind::Checkin {

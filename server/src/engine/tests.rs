@@ -910,3 +910,37 @@ fn re_registering_a_gateway_without_a_name_keeps_its_name() {
     h.run(|e, b| e.register_gateway(b, spec, token(4)));
     assert_eq!(h.engine.gateway(&other).unwrap().name, "gw-2");
 }
+
+#[test]
+fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
+    let mut h = Harness::new();
+    let names: Vec<String> = (0..10).map(|n| format!("a{n}")).collect();
+    for name in &names {
+        h.provision(name);
+    }
+    // Every agent's heartbeat arrives just before its deadline; none of
+    // their commands has reached the writer yet.
+    for name in &names {
+        let token = h.agent(name).token_hash;
+        let renewal = h.engine.renew_lease(&token, None, t(29));
+        assert_eq!(renewal, Renewal::NeedsCommit(id(name)));
+    }
+
+    h.now = t(30);
+    let mut batches = 0;
+    while h.engine.next_timer_at().is_some_and(|at| at <= h.now) {
+        let (_, committed) = h.run(|e, b| e.fire_due_at_most(b, 4));
+        assert!(
+            committed.events.len() <= 4,
+            "a batch stays within its limit"
+        );
+        assert!(wakes(&committed).is_empty(), "no re-wake: {committed:?}");
+        batches += 1;
+        assert!(batches < 10, "progress every batch");
+    }
+    for name in &names {
+        let agent = h.agent(name);
+        assert_eq!(agent.status, Status::Online, "{name}");
+        assert_eq!(agent.last_seen_at, Some(t(29)), "{name}: judged by arrival");
+    }
+}

@@ -95,7 +95,9 @@ pub(super) struct Actor {
 impl Actor {
     pub async fn run(mut self) {
         loop {
-            let mut commands = std::mem::take(&mut self.followups);
+            // Follow-ups count toward the batch's command budget too.
+            let carried = self.followups.len().min(self.shared.settings.max_batch);
+            let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
             if commands.is_empty() {
                 let next_timer = self.shared.engine().next_timer_at();
                 let wake_at = next_timer.map(|at| self.shared.clock.instant_at(at));
