@@ -41,7 +41,9 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
-        let token = MetadataValue::try_from(token).map_err(|_| Error::InvalidToken)?;
+        let mut token: AsciiMetadataValue =
+            MetadataValue::try_from(token).map_err(|_| Error::InvalidToken)?;
+        token.set_sensitive(true); // out of debug output and header tables
         Ok(Self {
             client: AgentLifecycleClient::new(channel),
             token,

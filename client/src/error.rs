@@ -5,7 +5,7 @@ pub enum Error {
     /// The service refused the token: retrying will not help.
     #[error("token rejected: {0}")]
     TokenRejected(String),
-    #[error("invalid token: it must be printable ASCII")]
+    #[error("invalid token: it must be non-empty printable ASCII")]
     InvalidToken,
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),

@@ -154,6 +154,13 @@ impl Config {
                 return Err(format!("{flag} must be greater than zero"));
             }
         }
+        if self
+            .operator_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err("--operator-token must not be empty".into());
+        }
         if self.watch_buffer < MIN_WATCH_BUFFER {
             return Err(format!(
                 "--watch-buffer must be at least {MIN_WATCH_BUFFER} (one committed batch must fit)"
@@ -201,6 +208,9 @@ mod tests {
         let tiny =
             Config::try_parse_from(["mission-control", "--dev", "--watch-buffer", "100"]).unwrap();
         assert!(tiny.settings().unwrap_err().contains("--watch-buffer"));
+        let blank =
+            Config::try_parse_from(["mission-control", "--dev", "--operator-token", " "]).unwrap();
+        assert!(blank.settings().unwrap_err().contains("--operator-token"));
         let short =
             Config::try_parse_from(["mission-control", "--dev", "--lease-ttl", "5s"]).unwrap();
         assert!(short.policy().is_err());

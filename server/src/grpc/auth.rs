@@ -16,9 +16,11 @@ pub struct OperatorAuth {
 }
 
 impl OperatorAuth {
+    /// `token` is trimmed, as presented tokens are: one read from a file
+    /// or an environment variable often ends with a newline.
     pub fn new(token: Option<&str>) -> Self {
         Self {
-            expected: token.map(tokens::hash),
+            expected: token.map(|t| tokens::hash(t.trim())),
         }
     }
 
@@ -74,11 +76,18 @@ mod tests {
         let auth = OperatorAuth::new(Some("s3cret"));
         assert!(auth.check(&request(Some("Bearer s3cret"))).is_ok());
         assert!(auth.check(&request(Some("bearer s3cret"))).is_ok());
+        assert!(auth.check(&request(Some("  Bearer   s3cret "))).is_ok());
+        let from_a_file = OperatorAuth::new(Some("s3cret\n"));
+        assert!(from_a_file.check(&request(Some("Bearer s3cret"))).is_ok());
         for bad in [
             None,
             Some("Bearer nope"),
             Some("s3cret"),
             Some("Basic s3cret"),
+            Some("Bearer"),
+            Some("Bearer "),
+            Some("Bearer\ts3cret"),
+            Some("Bearers3cret"),
         ] {
             let status = auth.check(&request(bad)).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
