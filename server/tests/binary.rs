@@ -332,3 +332,22 @@ async fn sigterm_ends_watches_and_exits_cleanly() {
     assert!(status.success(), "{status}");
     server.wait_for_log("stopped").await;
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_stops_the_start_at_once_with_the_reason() {
+    let db = TestDatabase::create().await;
+    let missing = format!("{}_missing", db.url());
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_mission-control"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &missing])
+        // A wrong database name is not an outage: no waiting it out.
+        .args(["--database-startup-timeout", "10m"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the binary gives up instead of waiting for the database")
+        .unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("does not exist"), "{logs}");
+}

@@ -74,9 +74,10 @@ impl From<EngineError> for LifecycleError {
 impl From<StoreError> for LifecycleError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Conflict(_) | StoreError::WriterLocked(_) => {
-                Self::Unavailable(e.to_string())
-            }
+            StoreError::Unavailable(_)
+            | StoreError::Refused(_)
+            | StoreError::Conflict(_)
+            | StoreError::WriterLocked(_) => Self::Unavailable(e.to_string()),
             StoreError::Corrupt(_) | StoreError::Other(_) => Self::Internal(e.to_string()),
         }
     }

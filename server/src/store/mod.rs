@@ -25,6 +25,11 @@ pub enum StoreError {
     /// A write conflicted with data already stored (another writer?).
     #[error("conflicting write: {0}")]
     Conflict(String),
+    /// The database refused this server's settings (no such database, bad
+    /// credentials): only someone fixing them helps, so a starting server
+    /// gives up at once, and a running one reports itself unavailable.
+    #[error("database refused the connection: {0}")]
+    Refused(String),
     /// Another server is the writer for this database.
     #[error("{0}")]
     WriterLocked(String),

@@ -101,6 +101,7 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
     match code {
         c if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(message),
         c if is_transient(c) => StoreError::Unavailable(message),
+        c if is_refusal(c) => StoreError::Refused(message),
         _ => StoreError::Other(format!("{message} (SQLSTATE {})", code.code())),
     }
 }
@@ -108,17 +109,25 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
 /// Conditions of the database, not of the request: retrying later may
 /// succeed, so callers get UNAVAILABLE rather than INTERNAL.
 fn is_transient(code: &SqlState) -> bool {
-    const CLASSES: [&str; 7] = [
+    const CLASSES: [&str; 3] = [
         "08", // connection exception
         "53", // insufficient resources
-        "57", // operator intervention: shutdown
-        "55", // e.g. the database does not accept connections
-        "3D", // the database is gone
-        "28", // credentials refused
-        "40", // serialization failure, deadlock
+        "57", // operator intervention: shutdown, crash recovery
     ];
-    CLASSES.iter().any(|class| code.code().starts_with(class))
-        || *code == SqlState::READ_ONLY_SQL_TRANSACTION // a standby after failover
+    const CODES: [SqlState; 6] = [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, // e.g. not accepting connections
+        SqlState::OBJECT_IN_USE,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::READ_ONLY_SQL_TRANSACTION, // a standby after failover
+    ];
+    CLASSES.iter().any(|class| code.code().starts_with(class)) || CODES.contains(code)
+}
+
+/// The database refuses these settings: no such database, bad credentials.
+fn is_refusal(code: &SqlState) -> bool {
+    code.code().starts_with("28") || *code == SqlState::INVALID_CATALOG_NAME
 }
 
 fn time(t: Timestamp) -> SystemTime {
@@ -676,20 +685,25 @@ mod tests {
             SqlState::ADMIN_SHUTDOWN,
             SqlState::TOO_MANY_CONNECTIONS,
             SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            SqlState::INVALID_CATALOG_NAME,
-            SqlState::INVALID_PASSWORD,
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
             SqlState::READ_ONLY_SQL_TRANSACTION,
         ] {
             assert!(super::is_transient(&transient), "{transient:?}");
         }
+        for refusal in [SqlState::INVALID_CATALOG_NAME, SqlState::INVALID_PASSWORD] {
+            assert!(super::is_refusal(&refusal), "{refusal:?}");
+            assert!(!super::is_transient(&refusal), "{refusal:?}");
+        }
         for permanent in [
             SqlState::SYNTAX_ERROR,
             SqlState::UNDEFINED_TABLE,
             SqlState::NOT_NULL_VIOLATION,
+            SqlState::T_R_INTEGRITY_CONSTRAINT_VIOLATION,
+            SqlState::CANT_CHANGE_RUNTIME_PARAM,
         ] {
             assert!(!super::is_transient(&permanent), "{permanent:?}");
+            assert!(!super::is_refusal(&permanent), "{permanent:?}");
         }
     }
 }
