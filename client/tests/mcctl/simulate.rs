@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{json, ok, server};
+use crate::support::{fails, json, ok, server};
 
 fn outcomes<'a>(report: &'a Value, behaviour: &str) -> Vec<&'a Value> {
     report["outcomes"]
@@ -135,5 +135,41 @@ async fn a_rerun_reuses_the_gateway_and_duration_cuts_it_short() {
         "the second run re-provisioned them"
     );
 
+    server.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_gateway_is_not_taken_over_unless_asked() {
+    use futures_util::StreamExt;
+    use mission_control_client::gateway::{GatewayClient, GatewayEvent};
+
+    let server = server("30s", "30s", "10s").await;
+    let token = server
+        .operator
+        .register_gateway("gw-real", "", false)
+        .await
+        .unwrap()
+        .gateway_token;
+    let mut real = GatewayClient::connect(&server.endpoint, &token)
+        .unwrap()
+        .events();
+    let first = tokio::time::timeout(crate::support::PATIENCE, real.next()).await;
+    assert!(matches!(first, Ok(Some(GatewayEvent::Connected { .. }))));
+
+    let args = ["simulate", "--gateway", "gw-real", "--agents", "1"];
+    let (code, stderr) = fails(&server.endpoint, &args).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is connected right now"), "{stderr}");
+    let gateways = json(&server.endpoint, &["gateway", "list"]).await;
+    assert_eq!(gateways[0]["connected"], true, "the real session goes on");
+    assert!(
+        server
+            .operator
+            .list(Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing provisioned"
+    );
     server.app.shutdown().await;
 }

@@ -26,6 +26,11 @@ struct SimAgent {
     behaviour: Behaviour,
     /// Set once this run has provisioned the agent.
     token: Option<String>,
+    /// The generation this run's provision gave it: older wakes (an earlier
+    /// run's) are not this run's.
+    generation: Option<u64>,
+    /// Wakes that overtook the provision reply, judged once it arrives.
+    early_wakes: Vec<WakeCommand>,
     /// The wake it answers, if it arrived (possibly before the token did).
     answering: Option<(Instant, Option<SystemTime>)>,
     started: bool,
@@ -70,6 +75,8 @@ impl Fleet {
                 let agent = SimAgent {
                     behaviour,
                     token: None,
+                    generation: None,
+                    early_wakes: Vec::new(),
                     answering: None,
                     started: false,
                     server: None,
@@ -91,16 +98,22 @@ impl Fleet {
         (fleet, receiver)
     }
 
-    /// A wake reached the gateway (and was acknowledged as delivered).
+    /// A wake reached the gateway (and was acknowledged as delivered). Only
+    /// this run's agents, at this run's generation or later, count.
     pub fn on_wake(&mut self, command: &WakeCommand) {
+        let Some(agent) = self.agents.get_mut(&command.agent_id) else {
+            return;
+        };
+        match agent.generation {
+            None => return agent.early_wakes.push(command.clone()),
+            Some(generation) if command.generation < generation => return,
+            Some(_) => {}
+        }
         *self
             .tally
             .wakes_by_attempt
             .entry(command.attempt)
             .or_default() += 1;
-        let Some(agent) = self.agents.get_mut(&command.agent_id) else {
-            return;
-        };
         if agent.started || agent.behaviour.checkin_attempt() != Some(command.attempt) {
             return;
         }
@@ -114,11 +127,14 @@ impl Fleet {
             return;
         };
         agent.token = Some(reply.agent_token);
+        agent.generation = Some(reply.agent.as_ref().map_or(0, |a| a.generation));
         if let Some(state) = reply.agent {
             update(agent, state);
         }
-        // The wake may have overtaken the provision reply.
-        self.launch(id);
+        // Wakes may have overtaken the provision reply.
+        for wake in std::mem::take(&mut agent.early_wakes) {
+            self.on_wake(&wake);
+        }
     }
 
     pub fn on_watch(&mut self, message: &WatchAgentResponse) {
@@ -240,6 +256,8 @@ impl Fleet {
             .map(|(id, agent)| {
                 let state = finals.get(id).or(agent.server.as_ref());
                 let status = match state {
+                    // Whatever is there is an earlier run's agent.
+                    _ if agent.token.is_none() => "not-provisioned".to_owned(),
                     Some(_) if agent.deleted => "deleted".to_owned(),
                     Some(state) => crate::names::status(state.status),
                     None => "missing".to_owned(),

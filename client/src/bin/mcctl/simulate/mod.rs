@@ -51,6 +51,10 @@ pub struct SimulateArgs {
     /// be --gateway's token; the run stops if it is another gateway's).
     #[arg(long, env = "MC_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
+    /// Rotate the token of a gateway that is connected right now, ending
+    /// its session (without this the run refuses: it may be a real one).
+    #[arg(long)]
+    pub take_over: bool,
     /// Share of agents that check in on the first wake.
     #[arg(long, default_value_t = 0.5)]
     pub first_wake: f64,
@@ -93,6 +97,9 @@ impl SimulateArgs {
     }
 }
 
+/// How long the final listing may take before the report goes without it.
+const FINAL_LIST_PATIENCE: Duration = Duration::from_secs(10);
+
 pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
     args.shares().validate().map_err(Failure::Usage)?;
     if args.agents == 0 {
@@ -108,7 +115,7 @@ pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
         .collect();
     let token = match &args.gateway_token {
         Some(token) => token.clone(),
-        None => gateway_token(ctx, &args.gateway).await?,
+        None => gateway_token(ctx, &args.gateway, args.take_over).await?,
     };
     let settings = Settings {
         channel: ctx.channel.clone(),
@@ -118,19 +125,24 @@ pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
     };
     let (mut fleet, reports) = Fleet::new(plan, settings);
     let outcome = drive::drive(ctx, &args, &token, &mut fleet, reports).await?;
-    fleet.stop().await;
-
+    // The final view is taken while the agents still heartbeat: once they
+    // stop, their leases lapse and every one of them ends offline.
     let listing = ListAgentsRequest {
         gateway_id: args.gateway.clone(),
         ..ListAgentsRequest::default()
     };
-    let finals: BTreeMap<_, _> = ctx
-        .operator
-        .list(listing)
-        .await?
-        .into_iter()
-        .map(|agent| (agent.id.clone(), agent))
-        .collect();
+    let finals: BTreeMap<_, _> =
+        match tokio::time::timeout(FINAL_LIST_PATIENCE, ctx.operator.list(listing)).await {
+            Ok(listed) => listed?
+                .into_iter()
+                .map(|agent| (agent.id.clone(), agent))
+                .collect(),
+            Err(_) => {
+                eprintln!("warning: the final listing timed out; reporting what the watch showed");
+                BTreeMap::new()
+            }
+        };
+    fleet.stop().await;
     let report = Report {
         gateway_id: args.gateway,
         seed,
@@ -147,15 +159,26 @@ pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
 }
 
 /// A token for the simulated gateway: registers it, or, if it already
-/// exists (an earlier run), mints a new token and keeps its name.
-async fn gateway_token(ctx: &Context, gateway_id: &str) -> Result<String, Failure> {
+/// exists (an earlier run), mints a new token and keeps its name. A gateway
+/// connected right now is only taken over when asked to.
+async fn gateway_token(
+    ctx: &Context,
+    gateway_id: &str,
+    take_over: bool,
+) -> Result<String, Failure> {
     let existing = ctx
         .operator
         .list_gateways()
         .await?
         .into_iter()
         .find(|gateway| gateway.id == gateway_id);
-    if existing.is_some() {
+    if let Some(gateway) = &existing {
+        if gateway.connected && !take_over {
+            return Err(Failure::Usage(format!(
+                "gateway {gateway_id} is connected right now: simulating it would rotate its \
+                 token and end that session. Use another --gateway, or --take-over"
+            )));
+        }
         eprintln!("gateway {gateway_id} already exists: minting a new token for this run");
     }
     // No name: an existing gateway keeps its own.
@@ -163,5 +186,10 @@ async fn gateway_token(ctx: &Context, gateway_id: &str) -> Result<String, Failur
         .operator
         .register_gateway(gateway_id, "", existing.is_some())
         .await?;
+    if reply.gateway_token.is_empty() {
+        return Err(Failure::Usage(format!(
+            "gateway {gateway_id} was registered by someone else meanwhile; run again"
+        )));
+    }
     Ok(reply.gateway_token)
 }

@@ -6,18 +6,47 @@ use std::time::SystemTime;
 
 use mission_control_client::watch_agent_response::Kind;
 use mission_control_client::{
-    Agent, AgentEvent, AgentStatus, EventType, TransitionReason, WatchAgentResponse,
+    Agent, AgentEvent, AgentStatus, EventType, TransitionReason, WatchAgentRequest,
+    WatchAgentResponse,
 };
 
 use crate::time::{instant, rfc3339};
 use crate::{names, table};
 
+/// What the watch asked for. The service also sends the change that takes
+/// an agent out of it (another board, another status): it leaves the table.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    agent_id: String,
+    gateway_id: String,
+    board_id: String,
+    statuses: Vec<i32>,
+}
+
+impl Filter {
+    pub fn of(request: &WatchAgentRequest) -> Self {
+        Self {
+            agent_id: request.agent_id.clone(),
+            gateway_id: request.gateway_id.clone(),
+            board_id: request.board_id.clone(),
+            statuses: request.statuses.clone(),
+        }
+    }
+
+    fn matches(&self, agent: &Agent) -> bool {
+        let field = |wanted: &str, value: &str| wanted.is_empty() || wanted == value;
+        field(&self.agent_id, &agent.id)
+            && field(&self.gateway_id, &agent.gateway_id)
+            && field(&self.board_id, &agent.board_id)
+            && (self.statuses.is_empty() || self.statuses.contains(&agent.status))
+    }
+}
+
 /// The agents currently matching the watch, kept up to date by its messages.
 #[derive(Debug, Default)]
 pub struct Fleet {
     agents: BTreeMap<String, Agent>,
-    /// The watch's status filter: an agent that leaves it leaves the table.
-    statuses: Vec<i32>,
+    filter: Filter,
     /// Where a resumed watch would continue without a gap; 0 until known.
     resume_revision: u64,
     snapshot_complete: bool,
@@ -25,9 +54,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(statuses: Vec<i32>, start_revision: u64) -> Self {
+    pub fn new(filter: Filter, start_revision: u64) -> Self {
         Self {
-            statuses,
+            filter,
             resume_revision: start_revision,
             // Resuming from a revision: no snapshot comes, changes do.
             snapshot_complete: start_revision > 0,
@@ -68,8 +97,7 @@ impl Fleet {
             self.resume_revision = event.revision;
             self.last_change = format!("rev {} {}: {}", event.revision, agent.id, describe(event));
         }
-        let gone = event.r#type == EventType::Deleted as i32
-            || (!self.statuses.is_empty() && !self.statuses.contains(&agent.status));
+        let gone = event.r#type == EventType::Deleted as i32 || !self.filter.matches(agent);
         if gone {
             self.agents.remove(&agent.id);
         } else {
@@ -86,8 +114,9 @@ impl Fleet {
         self.snapshot_complete
     }
 
-    /// A summary line, the last change, then the table.
-    pub fn render(&self, now: SystemTime) -> String {
+    /// A summary line, the last change, then the table; within `rows`
+    /// lines if given, saying how many agents did not fit.
+    pub fn render(&self, now: SystemTime, rows: Option<usize>) -> String {
         let count = |status: AgentStatus| {
             let status = status as i32;
             self.agents.values().filter(|a| a.status == status).count()
@@ -95,8 +124,12 @@ impl Fleet {
         let online = count(AgentStatus::Online);
         let offline = count(AgentStatus::Offline);
         let waiting = self.agents.len() - online - offline;
-        let agents: Vec<&Agent> = self.agents.values().collect();
-        format!(
+        let mut agents: Vec<&Agent> = self.agents.values().collect();
+        // Three header lines, the table's own header, and one for the rest.
+        let room = rows.map_or(usize::MAX, |rows| rows.saturating_sub(5).max(1));
+        let hidden = agents.len().saturating_sub(room);
+        agents.truncate(room);
+        let mut screen = format!(
             "{} agents: {online} online, {offline} offline, {waiting} awaiting check-in   \
              (revision {}, {}; Ctrl-C to quit)\nlast: {}\n\n{}",
             self.agents.len(),
@@ -108,7 +141,14 @@ impl Fleet {
                 &self.last_change
             },
             table::agents(&agents, now),
-        )
+        );
+        if hidden > 0 {
+            screen.truncate(screen.trim_end().len());
+            screen.push_str(&format!(
+                "\n... and {hidden} more (widen the window or filter)"
+            ));
+        }
+        screen
     }
 }
 

@@ -39,7 +39,7 @@ fn ids(fleet: &Fleet) -> Vec<&str> {
 
 #[test]
 fn the_table_waits_for_the_snapshot_then_follows_changes() {
-    let mut fleet = Fleet::new(Vec::new(), 0);
+    let mut fleet = Fleet::new(Filter::default(), 0);
     let snapshot = event(
         3,
         EventType::Added,
@@ -79,8 +79,11 @@ fn the_table_waits_for_the_snapshot_then_follows_changes() {
 
 #[test]
 fn agents_leaving_the_status_filter_leave_the_table() {
-    let offline = AgentStatus::Offline as i32;
-    let mut fleet = Fleet::new(vec![offline], 4);
+    let filter = Filter::of(&WatchAgentRequest {
+        statuses: vec![AgentStatus::Offline as i32],
+        ..Default::default()
+    });
+    let mut fleet = Fleet::new(filter, 4);
     assert!(fleet.snapshot_complete(), "a resumed watch has no snapshot");
     fleet.apply(&event(
         5,
@@ -100,7 +103,7 @@ fn agents_leaving_the_status_filter_leave_the_table() {
 
 #[test]
 fn heartbeats_refresh_last_seen() {
-    let mut fleet = Fleet::new(Vec::new(), 1);
+    let mut fleet = Fleet::new(Filter::default(), 1);
     fleet.apply(&event(
         2,
         EventType::Changed,
@@ -117,7 +120,7 @@ fn heartbeats_refresh_last_seen() {
         lease_expires_at: None,
     })));
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1004);
-    let screen = fleet.render(now);
+    let screen = fleet.render(now, None);
     assert!(
         screen.starts_with("1 agents: 1 online, 0 offline, 0 awaiting check-in"),
         "{screen}"
@@ -165,4 +168,52 @@ fn lines_show_transitions_attempts_and_errors() {
         "snapshot  sim-0001  OFFLINE  attempts 0  (rev 12)"
     );
     assert!(line(&message(Kind::Bookmark(Bookmark { revision: 1 }))).is_none());
+}
+
+#[test]
+fn agents_moving_off_the_watched_board_leave_the_table() {
+    let filter = Filter::of(&WatchAgentRequest {
+        board_id: "b1".into(),
+        ..Default::default()
+    });
+    let mut fleet = Fleet::new(filter, 1);
+    let mut on_board = agent("a", AgentStatus::Online);
+    on_board.board_id = "b1".into();
+    fleet.apply(&event(
+        2,
+        EventType::Changed,
+        TransitionReason::CheckedIn,
+        on_board.clone(),
+    ));
+    assert_eq!(ids(&fleet), ["a"]);
+    let mut moved = on_board;
+    moved.board_id = "b2".into();
+    fleet.apply(&event(
+        3,
+        EventType::Changed,
+        TransitionReason::Updated,
+        moved,
+    ));
+    assert!(ids(&fleet).is_empty());
+}
+
+#[test]
+fn a_small_window_shows_what_fits_and_counts_the_rest() {
+    let mut fleet = Fleet::new(Filter::default(), 1);
+    for (revision, id) in (2..).zip(["a", "b", "c", "d", "e", "f"]) {
+        fleet.apply(&event(
+            revision,
+            EventType::Added,
+            TransitionReason::Provisioned,
+            agent(id, AgentStatus::Provisioning),
+        ));
+    }
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+    let screen = fleet.render(now, Some(8));
+    assert_eq!(screen.lines().count(), 8, "{screen}");
+    assert!(
+        screen.ends_with("... and 3 more (widen the window or filter)"),
+        "{screen}"
+    );
+    assert_eq!(fleet.render(now, None).lines().count(), 10, "all of it");
 }
