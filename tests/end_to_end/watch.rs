@@ -291,6 +291,23 @@ async fn a_watch_resumes_mid_burst_and_a_compacted_revision_says_list_again() {
         "{}",
         status.message()
     );
+    assert_eq!(info.reason, "REVISION_COMPACTED");
+
+    // A revision from another history (ahead of this one) says so too.
+    let ahead = app
+        .operator
+        .lifecycle()
+        .watch_agent(WatchAgentRequest {
+            start_revision: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
+    let info = ahead.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "REVISION_AHEAD");
+    let current: u64 = info.metadata["current_revision"].parse().unwrap();
+    assert!(current >= oldest);
     app.app.shutdown().await;
 }
 
