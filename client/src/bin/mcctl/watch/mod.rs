@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use mission_control_client::{Error, WatchAgentRequest};
+use mission_control_client::{Error, WatchAgentRequest, WatchAgentResponse};
 use tonic::Code;
 
 use crate::cli::{Output, WatchArgs};
@@ -70,7 +70,7 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> Result<(), Failure> {
     ended
 }
 
-type Stream = tonic::Streaming<mission_control_client::WatchAgentResponse>;
+type Stream = tonic::Streaming<WatchAgentResponse>;
 
 /// The live table: redrawn after changes (at most once a frame) and every
 /// second, until Ctrl-C, the end of the stream, or the terminal goes.
@@ -128,9 +128,9 @@ async fn follow(ctx: &Context, stream: &mut Stream, fleet: &mut Fleet) -> Result
 
 /// The stream's next message, or why it ended and how to resume.
 fn next(
-    message: Option<Result<mission_control_client::WatchAgentResponse, tonic::Status>>,
+    message: Option<Result<WatchAgentResponse, tonic::Status>>,
     fleet: &Fleet,
-) -> Result<mission_control_client::WatchAgentResponse, Failure> {
+) -> Result<WatchAgentResponse, Failure> {
     let status = match message {
         Some(Ok(message)) => return Ok(message),
         Some(Err(status)) => status,
