@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use crate::agent_lifecycle_client::AgentLifecycleClient;
@@ -41,9 +41,7 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
-        let mut token: AsciiMetadataValue =
-            MetadataValue::try_from(token).map_err(|_| Error::InvalidToken)?;
-        token.set_sensitive(true); // out of debug output and header tables
+        let token = crate::token_metadata("", token)?;
         Ok(Self {
             client: AgentLifecycleClient::new(channel),
             token,

@@ -29,7 +29,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use crate::gateway_command::Command;
@@ -94,9 +94,7 @@ pub struct GatewayClient {
 
 impl GatewayClient {
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
-        let mut token: AsciiMetadataValue =
-            MetadataValue::try_from(token).map_err(|_| Error::InvalidToken)?;
-        token.set_sensitive(true); // out of debug output and header tables
+        let token = crate::token_metadata("", token)?;
         Ok(Self {
             client: GatewaysClient::new(channel),
             token,

@@ -27,6 +27,23 @@ pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
 /// The metadata key operator calls carry `Bearer <operator token>` in.
 pub const OPERATOR_TOKEN_HEADER: &str = "authorization";
 
+/// `scheme` then `token` as a metadata value: the token non-empty printable
+/// ASCII, the value marked sensitive so it stays out of debug output and
+/// HTTP/2 header compression tables.
+pub(crate) fn token_metadata(
+    scheme: &str,
+    token: &str,
+) -> Result<tonic::metadata::AsciiMetadataValue, Error> {
+    if token.is_empty() {
+        return Err(Error::InvalidToken);
+    }
+    let mut value: tonic::metadata::AsciiMetadataValue = format!("{scheme}{token}")
+        .parse()
+        .map_err(|_| Error::InvalidToken)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
 /// first use and reconnects by itself.
 pub fn channel(endpoint: &str) -> Result<tonic::transport::Channel, Error> {
@@ -58,5 +75,26 @@ pub fn to_system_time(t: &prost_types::Timestamp) -> std::time::SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds as u64) + nanos
     } else {
         std::time::UNIX_EPOCH - std::time::Duration::from_secs(t.seconds.unsigned_abs()) + nanos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_metadata_is_sensitive_and_refuses_empty_or_non_ascii_tokens() {
+        let value = token_metadata("Bearer ", "s3cret").unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer s3cret");
+        assert!(value.is_sensitive());
+        assert!(matches!(token_metadata("", ""), Err(Error::InvalidToken)));
+        assert!(matches!(
+            token_metadata("Bearer ", ""),
+            Err(Error::InvalidToken)
+        ));
+        assert!(matches!(
+            token_metadata("", "tök\n"),
+            Err(Error::InvalidToken)
+        ));
     }
 }

@@ -35,16 +35,7 @@ impl OperatorClient {
 
     /// Sends `authorization: Bearer <token>` on every call.
     pub fn with_operator_token(mut self, token: &str) -> Result<Self, Error> {
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(Error::InvalidToken);
-        }
-        let mut value: AsciiMetadataValue = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::InvalidToken)?;
-        // Kept out of debug output and HTTP/2 header compression tables.
-        value.set_sensitive(true);
-        self.authorization = Some(value);
+        self.authorization = Some(crate::token_metadata("Bearer ", token.trim())?);
         Ok(self)
     }
 

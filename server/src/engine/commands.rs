@@ -6,7 +6,7 @@ use super::model::{
     Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, Status,
     Timestamp, TokenHash,
 };
-use super::{Batch, Engine, EngineError};
+use super::{Batch, Engine, EngineError, PendingCheckIn};
 
 /// A validated provision request.
 #[derive(Debug, Clone)]
@@ -168,21 +168,13 @@ impl Engine {
     /// heartbeat that arrived before a deadline wins it even while its
     /// command still waits in the writer's queue.
     pub(super) fn apply_pending_checkins(&mut self, batch: &mut Batch, limit: usize) -> usize {
-        let mut order: Vec<(Timestamp, AgentId)> = self
-            .pending_checkins
-            .iter()
-            .map(|(id, pending)| (pending.received_at, id.clone()))
-            .collect();
-        if order.len() > limit {
-            order.select_nth_unstable(limit);
-            order.truncate(limit);
+        let mut pending: Vec<(AgentId, PendingCheckIn)> = self.pending_checkins.drain().collect();
+        if pending.len() > limit {
+            pending.select_nth_unstable_by_key(limit, |(_, p)| p.received_at);
+            self.pending_checkins.extend(pending.split_off(limit));
         }
-        let applied = order.len();
-        for (_, agent_id) in order {
-            let pending = self
-                .pending_checkins
-                .remove(&agent_id)
-                .expect("listed just now");
+        let applied = pending.len();
+        for (agent_id, pending) in pending {
             let reported = pending.reported_template.clone();
             // A token rotated or an agent deleted since: nothing to apply.
             let _ = self.check_in_at(

@@ -29,38 +29,29 @@ pub fn status(error: LifecycleError) -> Status {
         LifecycleError::OutOfRange {
             message,
             oldest_revision,
-        } => Status::with_error_details(
+        } => with_revision(
             Code::OutOfRange,
             message,
-            ErrorDetails::with_error_info(
-                "REVISION_COMPACTED",
-                DOMAIN,
-                HashMap::from([("oldest_revision".to_owned(), oldest_revision.to_string())]),
-            ),
+            "REVISION_COMPACTED",
+            ("oldest_revision", oldest_revision),
         ),
         LifecycleError::RevisionAhead {
             message,
             current_revision,
-        } => Status::with_error_details(
+        } => with_revision(
             Code::OutOfRange,
             message,
-            ErrorDetails::with_error_info(
-                "REVISION_AHEAD",
-                DOMAIN,
-                HashMap::from([("current_revision".to_owned(), current_revision.to_string())]),
-            ),
+            "REVISION_AHEAD",
+            ("current_revision", current_revision),
         ),
         LifecycleError::ResourceExhausted {
             message,
             resume_revision,
-        } => Status::with_error_details(
+        } => with_revision(
             Code::ResourceExhausted,
             message,
-            ErrorDetails::with_error_info(
-                "WATCH_TOO_SLOW",
-                DOMAIN,
-                HashMap::from([("resume_revision".to_owned(), resume_revision.to_string())]),
-            ),
+            "WATCH_TOO_SLOW",
+            ("resume_revision", resume_revision),
         ),
         LifecycleError::TooManyStreams(message) => Status::with_error_details(
             Code::ResourceExhausted,
@@ -72,6 +63,21 @@ pub fn status(error: LifecycleError) -> Status {
             Status::internal("internal error")
         }
     }
+}
+
+/// A status whose ErrorInfo names the revision a watch client acts on.
+fn with_revision(
+    code: Code,
+    message: String,
+    reason: &str,
+    (key, revision): (&str, u64),
+) -> Status {
+    let metadata = HashMap::from([(key.to_owned(), revision.to_string())]);
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
 }
 
 impl From<LifecycleError> for Status {

@@ -10,6 +10,8 @@ use crate::engine::{Reason, Status};
 /// Upper bounds (seconds) of the check-in latency buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
 
+/// Each observation lands in one bucket (three atomic adds, as it runs on
+/// the heartbeat path); Prometheus' cumulative counts are summed at scrape.
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -20,10 +22,8 @@ struct Histogram {
 impl Histogram {
     fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
@@ -32,9 +32,10 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
         for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            let count = bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;

@@ -153,14 +153,7 @@ impl Watcher {
                     return Err(too_old(start, compacted));
                 }
                 if start > current {
-                    return Err(LifecycleError::RevisionAhead {
-                        message: format!(
-                            "start_revision {start} is ahead of the current revision {current}: \
-                             it is from another history; list the agents again and watch \
-                             from the revision of the list"
-                        ),
-                        current_revision: current,
-                    });
+                    return Err(too_new(start, current));
                 }
                 (start, (start < current).then_some(current))
             }
@@ -310,13 +303,26 @@ async fn next_heartbeat(heartbeats: &mut Option<Heartbeats>) -> Option<Heartbeat
     }
 }
 
+/// What a client whose revision is unusable does instead.
+const LIST_AGAIN: &str = "list the agents again and watch from the revision of the list";
+
 fn too_old(revision: u64, compacted: u64) -> LifecycleError {
+    let oldest = compacted + 1;
     LifecycleError::OutOfRange {
         message: format!(
-            "revision {revision} is older than the retained history (oldest available: {}); \
-             list the agents again and watch from the revision of the list",
-            compacted + 1
+            "revision {revision} is older than the retained history \
+             (oldest available: {oldest}); {LIST_AGAIN}"
         ),
-        oldest_revision: compacted + 1,
+        oldest_revision: oldest,
+    }
+}
+
+fn too_new(revision: u64, current: u64) -> LifecycleError {
+    LifecycleError::RevisionAhead {
+        message: format!(
+            "start_revision {revision} is ahead of the current revision {current}: it is \
+             from another history; {LIST_AGAIN}"
+        ),
+        current_revision: current,
     }
 }
