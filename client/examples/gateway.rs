@@ -48,11 +48,15 @@ async fn main() -> ExitCode {
                 );
                 // A real gateway starts the agent process here, handing it
                 // its token; `ack.failed(reason)` if it cannot.
-                ack.delivered().await;
+                if let Err(error) = ack.delivered().await {
+                    eprintln!("{error}");
+                }
             }
             Some(GatewayEvent::Retire { command, ack }) => {
                 println!("retire {}: stop it and forget it", command.agent_id);
-                ack.delivered().await;
+                if let Err(error) = ack.delivered().await {
+                    eprintln!("{error}");
+                }
             }
             Some(GatewayEvent::Disconnected { error, retry_in }) => {
                 eprintln!("disconnected ({error}); reconnecting in {retry_in:?}")

@@ -28,9 +28,19 @@ pub enum LoopEvent<'a> {
     /// A heartbeat was accepted.
     Beat(&'a HeartbeatResponse),
     /// The service could not be reached; trying again after the delay.
-    Retrying { error: &'a Error, delay: Duration },
+    Retrying {
+        /// Why the heartbeat failed (a retryable error).
+        error: &'a Error,
+        /// How long the loop waits before the next try.
+        delay: Duration,
+    },
 }
 
+/// An agent's connection to the service, authenticated by the agent's token
+/// (minted by `Provision`). Cheap to clone: clones share the channel.
+///
+/// Retries start with [`Backoff::default`] (500 ms, doubling up to 30 s,
+/// full jitter); change them with [`AgentClient::with_backoff`].
 #[derive(Clone)]
 pub struct AgentClient {
     client: AgentLifecycleClient<Channel>,
@@ -40,6 +50,11 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// A client on an existing channel, sending `token` with every call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
         let token = crate::token_metadata("", token)?;
         Ok(Self {
@@ -50,7 +65,13 @@ impl AgentClient {
         })
     }
 
-    /// A client for the service at `endpoint`; connects on first use.
+    /// A client for the service at `endpoint`; connects on first use (see
+    /// [`crate::channel`]), so this does not fail when the service is down.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI,
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn connect(endpoint: &str, token: &str) -> Result<Self, Error> {
         Self::new(crate::channel(endpoint)?, token)
     }
@@ -68,6 +89,13 @@ impl AgentClient {
     }
 
     /// One heartbeat: a check-in if the agent was waiting to be seen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the service does not know the token (a
+    /// deleted agent, or a rotated token); [`Error::Status`] for any other
+    /// failure, e.g. `UNAVAILABLE` when the service cannot be reached
+    /// ([`Error::is_retryable`] tells which are worth retrying).
     pub async fn heartbeat(&mut self) -> Result<HeartbeatResponse, Error> {
         let mut request = tonic::Request::new(HeartbeatRequest {
             template_version: self.template_version.clone(),
@@ -82,14 +110,27 @@ impl AgentClient {
     }
 
     /// Heartbeats until `stop` completes. See [`AgentClient::run_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentClient::run_with`].
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         self.run_with(stop, |_| {}).await
     }
 
     /// Heartbeats until `stop` completes, at the pace each reply asks for.
     /// While the service is unavailable it retries with capped exponential
-    /// backoff and jitter. A rejected token ends the loop with
-    /// [`Error::TokenRejected`]: retrying cannot fix it.
+    /// backoff and jitter. `observe` sees every beat and every retry.
+    ///
+    /// Needs a Tokio runtime with the time driver (it sleeps between beats).
+    ///
+    /// # Errors
+    ///
+    /// The loop ends at the first error that is not retryable (see
+    /// [`Error::is_retryable`]), not only a rejected token: for example
+    /// [`Error::TokenRejected`] when the agent was deleted or its token
+    /// rotated, or [`Error::Status`] with `INVALID_ARGUMENT` or
+    /// `PERMISSION_DENIED`. Retrying those cannot help.
     pub async fn run_with(
         mut self,
         stop: impl Future<Output = ()>,

@@ -10,11 +10,13 @@
 //!     match event {
 //!         GatewayEvent::Wake { command, ack } => {
 //!             println!("starting agent {} (attempt {})", command.agent_id, command.attempt);
-//!             ack.delivered().await;
+//!             // An error means the stream ended: the next connection
+//!             // gets the command again if it is still due.
+//!             ack.delivered().await.ok();
 //!         }
 //!         GatewayEvent::Retire { command, ack } => {
 //!             println!("stopping agent {}", command.agent_id);
-//!             ack.delivered().await;
+//!             ack.delivered().await.ok();
 //!         }
 //!         GatewayEvent::Connected { .. } | GatewayEvent::Disconnected { .. } => {}
 //!         GatewayEvent::Rejected(error) => return Err(error),
@@ -43,14 +45,32 @@ use crate::{
 #[derive(Debug)]
 pub enum GatewayEvent {
     /// The stream is (re)established, as the gateway the token belongs to.
-    Connected { gateway_id: String },
+    Connected {
+        /// The id of the gateway the token belongs to.
+        gateway_id: String,
+    },
     /// Start the agent; then acknowledge.
-    Wake { command: WakeCommand, ack: Ack },
+    Wake {
+        /// Which agent to start, with its attempt number and deadline.
+        command: WakeCommand,
+        /// Send the outcome back with this.
+        ack: Ack,
+    },
     /// Stop and forget the agent; then acknowledge.
-    Retire { command: RetireCommand, ack: Ack },
+    Retire {
+        /// Which agent to stop.
+        command: RetireCommand,
+        /// Send the outcome back with this.
+        ack: Ack,
+    },
     /// The stream broke; it reconnects by itself after `retry_in`.
-    Disconnected { error: Error, retry_in: Duration },
-    /// The token was refused; the stream ends.
+    Disconnected {
+        /// Why the stream ended or could not be opened.
+        error: Error,
+        /// How long until the next connection attempt.
+        retry_in: Duration,
+    },
+    /// The token was refused ([`Error::TokenRejected`]); the stream ends.
     Rejected(Error),
 }
 
@@ -62,15 +82,30 @@ pub struct Ack {
 }
 
 impl Ack {
-    pub async fn delivered(self) {
-        self.send(AckOutcome::Delivered, String::new()).await;
+    /// The command was carried out: the agent was started (a wake), or
+    /// stopped and forgotten (a retire).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AckNotSent`] if the connection the command came on has
+    /// ended. Nothing is lost: the service's deadlines cover the command.
+    pub async fn delivered(self) -> Result<(), Error> {
+        self.send(AckOutcome::Delivered, String::new()).await
     }
 
-    pub async fn failed(self, error: impl Into<String>) {
-        self.send(AckOutcome::Failed, error.into()).await;
+    /// The command could not be carried out, for `error` (shown to
+    /// operators as the agent's last error). A failed wake counts as an
+    /// attempt; the next one follows the service's policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AckNotSent`] if the connection the command came on has
+    /// ended.
+    pub async fn failed(self, error: impl Into<String>) -> Result<(), Error> {
+        self.send(AckOutcome::Failed, error.into()).await
     }
 
-    async fn send(self, outcome: AckOutcome, error: String) {
+    async fn send(self, outcome: AckOutcome, error: String) -> Result<(), Error> {
         let message = GatewayMessage {
             message: Some(gateway_message::Message::Ack(CommandAck {
                 command_id: self.command_id,
@@ -79,11 +114,20 @@ impl Ack {
             })),
         };
         // If the connection is gone, so is the command: the service's
-        // deadlines cover it.
-        let _ = self.replies.send(message).await;
+        // deadlines cover it, but the caller may want to know.
+        self.replies
+            .send(message)
+            .await
+            .map_err(|_| Error::AckNotSent)
     }
 }
 
+/// A gateway's connection to the service, authenticated by the gateway's
+/// token (minted by `RegisterGateway`). Cheap to clone.
+///
+/// Defaults: retries after failed connection attempts wait per
+/// `Backoff::new(1 s, 30 s)` (full jitter, doubling); after losing an
+/// established stream, the first reconnect waits a random time up to 5 s.
 #[derive(Clone)]
 pub struct GatewayClient {
     client: GatewaysClient<Channel>,
@@ -93,6 +137,11 @@ pub struct GatewayClient {
 }
 
 impl GatewayClient {
+    /// A client on an existing channel, sending `token` on the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
         let token = crate::token_metadata("", token)?;
         Ok(Self {
@@ -103,11 +152,19 @@ impl GatewayClient {
         })
     }
 
+    /// A client for the service at `endpoint`; connects when the stream is
+    /// first polled (see [`crate::channel`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI,
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn connect(endpoint: &str, token: &str) -> Result<Self, Error> {
         Self::new(crate::channel(endpoint)?, token)
     }
 
-    /// Retry waits after repeated failures.
+    /// Retry waits after failed connection attempts (default: 1 s first
+    /// window, doubling up to 30 s, full jitter).
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -115,7 +172,7 @@ impl GatewayClient {
 
     /// After losing an established stream, the first reconnect waits a
     /// random time up to this, so a fleet of gateways does not reconnect
-    /// in the same second when the service restarts.
+    /// in the same second when the service restarts. Default 5 s.
     pub fn with_reconnect_spread(mut self, spread: Duration) -> Self {
         self.reconnect_spread = spread;
         self
@@ -123,6 +180,17 @@ impl GatewayClient {
 
     /// The command stream. It runs until dropped, reconnecting as needed,
     /// or until the token is rejected.
+    ///
+    /// Every failure other than a rejected token, retryable or not (e.g.
+    /// `PERMISSION_DENIED`), is reported as [`GatewayEvent::Disconnected`]
+    /// and followed by a reconnect, with the backoff and spread described
+    /// on [`GatewayClient`]; a rejected token yields
+    /// [`GatewayEvent::Rejected`] and ends the stream.
+    ///
+    /// # Panics
+    ///
+    /// Must be called from within a Tokio runtime (with the time driver):
+    /// the connection runs on a task spawned with `tokio::spawn`.
     pub fn events(self) -> impl Stream<Item = GatewayEvent> + Send + Unpin + 'static {
         let (events, receiver) = mpsc::channel(64);
         tokio::spawn(self.run(events));

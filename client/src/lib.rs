@@ -9,6 +9,8 @@
 //! [`proto`] (and at the crate root), for anything the helpers do not cover.
 //! Nothing here depends on Postgres.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 mod backoff;
 mod error;
@@ -44,8 +46,13 @@ pub(crate) fn token_metadata(
     Ok(value)
 }
 
-/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
-/// first use and reconnects by itself.
+/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`; without a
+/// scheme, `http://` is assumed) that connects on first use and reconnects
+/// by itself: 5 s connect timeout, HTTP/2 keep-alive every 30 s.
+///
+/// # Errors
+///
+/// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI.
 pub fn channel(endpoint: &str) -> Result<tonic::transport::Channel, Error> {
     let endpoint = if endpoint.contains("://") {
         endpoint.to_owned()

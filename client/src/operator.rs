@@ -15,7 +15,7 @@ use crate::{
 
 /// Operator calls. When the service runs with `--operator-token`, attach it
 /// with [`OperatorClient::with_operator_token`]; a refused token surfaces as
-/// [`Error::TokenRejected`].
+/// [`Error::TokenRejected`]. Cheap to clone: clones share the channel.
 #[derive(Clone)]
 pub struct OperatorClient {
     lifecycle: AgentLifecycleClient<Channel>,
@@ -25,6 +25,7 @@ pub struct OperatorClient {
 }
 
 impl OperatorClient {
+    /// A client on an existing channel, without an operator token.
     pub fn new(channel: Channel) -> Self {
         Self {
             lifecycle: AgentLifecycleClient::new(channel.clone()),
@@ -34,6 +35,11 @@ impl OperatorClient {
     }
 
     /// Sends `authorization: Bearer <token>` on every call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] if the token (trimmed) is empty or not
+    /// printable ASCII.
     pub fn with_operator_token(mut self, token: &str) -> Result<Self, Error> {
         self.authorization = Some(crate::token_metadata("Bearer ", token.trim())?);
         Ok(self)
@@ -50,6 +56,12 @@ impl OperatorClient {
         request
     }
 
+    /// A client for the service at `endpoint`; connects on first use (see
+    /// [`crate::channel`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI.
     pub fn connect(endpoint: &str) -> Result<Self, Error> {
         Ok(Self::new(crate::channel(endpoint)?))
     }
@@ -65,6 +77,14 @@ impl OperatorClient {
         self.gateways.clone()
     }
 
+    /// Registers gateway `gateway_id`, or renames it (an empty `name` keeps
+    /// the current one). The reply carries a token when one was minted: on
+    /// creation, or with `rotate_token` (the old token stops working).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `INVALID_ARGUMENT` for a malformed id.
     pub async fn register_gateway(
         &self,
         gateway_id: &str,
@@ -85,6 +105,13 @@ impl OperatorClient {
             .into_inner())
     }
 
+    /// Every registered gateway, and whether each is connected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal (`UNAVAILABLE` when the service cannot be
+    /// reached).
     pub async fn list_gateways(&self) -> Result<Vec<Gateway>, Error> {
         let reply = self
             .gateways
@@ -95,6 +122,15 @@ impl OperatorClient {
         Ok(reply.into_inner().gateways)
     }
 
+    /// Creates or updates an agent and wakes it. The reply carries the
+    /// agent's token when one was minted (on creation, or when the request
+    /// asks for a rotation).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `INVALID_ARGUMENT` for bad input or
+    /// `FAILED_PRECONDITION` for an unknown gateway.
     pub async fn provision(&self, request: ProvisionRequest) -> Result<ProvisionResponse, Error> {
         Ok(self
             .lifecycle
@@ -105,6 +141,14 @@ impl OperatorClient {
             .into_inner())
     }
 
+    /// Operator recovery: starts a fresh cycle of wakes (attempt 1) and
+    /// returns the agent as it is after the call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `NOT_FOUND` for an unknown agent;
+    /// [`Error::MalformedReply`] if the reply carries no agent.
     pub async fn wake(&self, agent_id: &str) -> Result<Agent, Error> {
         let request = self.request(WakeAgentRequest {
             agent_id: agent_id.into(),
@@ -116,9 +160,19 @@ impl OperatorClient {
             .await
             .map_err(Error::from_status)?
             .into_inner();
-        Ok(reply.agent.unwrap_or_default())
+        reply
+            .agent
+            .ok_or(Error::MalformedReply("WakeAgent reply without an agent"))
     }
 
+    /// Deletes the agent: its token stops working and its gateway is told
+    /// to retire it. Returns the agent as it was when deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `NOT_FOUND` for an unknown agent;
+    /// [`Error::MalformedReply`] if the reply carries no agent.
     pub async fn delete(&self, agent_id: &str) -> Result<Agent, Error> {
         let request = self.request(DeleteAgentRequest {
             agent_id: agent_id.into(),
@@ -130,9 +184,17 @@ impl OperatorClient {
             .await
             .map_err(Error::from_status)?
             .into_inner();
-        Ok(reply.agent.unwrap_or_default())
+        reply
+            .agent
+            .ok_or(Error::MalformedReply("DeleteAgent reply without an agent"))
     }
 
+    /// Every field of one agent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `NOT_FOUND` for an unknown agent.
     pub async fn get(&self, agent_id: &str) -> Result<Agent, Error> {
         let request = self.request(GetAgentRequest {
             agent_id: agent_id.into(),
@@ -147,6 +209,12 @@ impl OperatorClient {
     }
 
     /// Every agent matching `filter` (its page fields are ignored), all pages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `INVALID_ARGUMENT` for a bad filter.
+    /// Agents from pages already read are dropped.
     pub async fn list(&self, filter: ListAgentsRequest) -> Result<Vec<Agent>, Error> {
         let mut agents = Vec::new();
         let mut page_token = String::new();
@@ -172,6 +240,11 @@ impl OperatorClient {
     }
 
     /// Up to `limit` of the agent's most recent transitions, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `NOT_FOUND` for an unknown agent.
     pub async fn history(&self, agent_id: &str, limit: usize) -> Result<Vec<AgentEvent>, Error> {
         let mut events = Vec::new();
         let mut page_token = String::new();
@@ -198,6 +271,14 @@ impl OperatorClient {
     }
 
     /// A watch stream: snapshot, marker, then changes (see `WatchAgentRequest`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRejected`] if the operator token is missing or wrong;
+    /// [`Error::Status`] for any other refusal, e.g. `OUT_OF_RANGE` when `since_revision` is
+    /// older than the retained history, or `RESOURCE_EXHAUSTED` when the
+    /// service's cap on open watches is reached. Errors after the stream
+    /// opened arrive as items of the stream.
     pub async fn watch(
         &self,
         request: WatchAgentRequest,

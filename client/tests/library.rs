@@ -257,11 +257,11 @@ async fn the_gateway_stream_reconnects_after_an_outage_and_gets_the_next_wake() 
     loop {
         match next().await {
             GatewayEvent::Wake { command, ack } if command.agent_id == "a1" => {
-                ack.delivered().await;
+                ack.delivered().await.expect("ack sent");
                 break;
             }
             GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. } => {
-                ack.delivered().await
+                ack.delivered().await.expect("ack sent")
             }
             other => panic!("expected the wake, got {other:?}"),
         }

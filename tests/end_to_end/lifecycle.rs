@@ -57,7 +57,7 @@ async fn one_agent_checks_in_on_its_second_wake_and_one_that_never_does_ends_off
                     .entry(command.agent_id.clone())
                     .or_default()
                     .push(command.attempt);
-                ack.delivered().await;
+                ack.delivered().await.expect("ack sent");
                 if command.agent_id == "eager" && command.attempt == 2 {
                     let mut agent = AgentClient::connect(&endpoint, &eager_token).unwrap();
                     agent.heartbeat().await.expect("check-in accepted");

@@ -77,7 +77,7 @@ async fn a_restart_mid_cycle_loses_nothing() {
                         .entry(command.agent_id.clone())
                         .or_default()
                         .push((command.generation, command.attempt));
-                    ack.delivered().await;
+                    ack.delivered().await.expect("ack sent");
                     woken.notify_one();
                 }
                 GatewayEvent::Connected { .. } => {

@@ -3,7 +3,7 @@
 //!
 //! Reads (get, list, the heartbeat fast path) take the engine lock briefly
 //! and never wait for the database. Every transition goes through the
-//! writer ([`actor`]), which commits it before anyone can see it.
+//! writer (the `actor` module), which commits it before anyone can see it.
 
 mod actor;
 mod clock;

@@ -1,7 +1,7 @@
 //! Where the truth lives. The engine's in-memory state is a cache of this.
 //!
 //! [`PostgresStore`] is the durable store; [`MemoryStore`] backs `--dev` and
-//! tests. Both pass the same conformance suite ([`conformance`]).
+//! tests. Both pass the same conformance suite (`conformance.rs`, run by the tests).
 
 #[cfg(test)]
 pub mod conformance;

@@ -64,6 +64,8 @@ fn code_and_message(error: &Error) -> (String, String) {
         Error::InvalidToken | Error::InvalidEndpoint(_) => {
             (code_name(Code::InvalidArgument), error.to_string())
         }
+        Error::MalformedReply(_) => (code_name(Code::Internal), error.to_string()),
+        Error::AckNotSent => (code_name(Code::Unavailable), error.to_string()),
     }
 }
 

@@ -75,11 +75,15 @@ pub async fn drive(
             _ = tokio::time::sleep_until(stop_at.unwrap_or(started)), if stop_at.is_some() => break,
             _ = tick.tick() => print_progress(fleet, args.agents, started.elapsed(), live),
             event = commands.next() => match event {
+                // An ack that cannot be sent means the stream broke: the
+                // Disconnected event that follows says so.
                 Some(GatewayEvent::Wake { command, ack }) => {
-                    ack.delivered().await;
+                    ack.delivered().await.ok();
                     fleet.on_wake(&command);
                 }
-                Some(GatewayEvent::Retire { ack, .. }) => ack.delivered().await,
+                Some(GatewayEvent::Retire { ack, .. }) => {
+                    ack.delivered().await.ok();
+                }
                 Some(GatewayEvent::Connected { .. }) => {}
                 Some(GatewayEvent::Disconnected { error, retry_in }) => {
                     eprintln!("gateway stream lost ({error}); reconnecting in {retry_in:?}");
@@ -126,7 +130,7 @@ async fn await_connected(
                 GatewayEvent::Disconnected { error, .. } => last_error = Some(error),
                 // Nothing is sent before Connected; acknowledge defensively.
                 GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. } => {
-                    ack.delivered().await
+                    ack.delivered().await.ok();
                 }
             }
         }
