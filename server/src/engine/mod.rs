@@ -315,6 +315,11 @@ impl Engine {
         Renewal::Renewed(LeaseState::of(agent, time_left))
     }
 
+    /// Leases renewed (or extended) in memory and not yet checkpointed.
+    pub fn dirty_lease_count(&self) -> usize {
+        self.dirty_leases.len()
+    }
+
     /// Leases renewed since the last call, for a batched store checkpoint.
     pub fn take_dirty_leases(&mut self) -> Vec<LeaseCheckpoint> {
         let dirty = std::mem::take(&mut self.dirty_leases);

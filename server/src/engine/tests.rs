@@ -750,6 +750,7 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
         online.lease_expires_at.unwrap() >= restart.plus(grace),
         "the lease too"
     );
+    assert_eq!(engine.dirty_lease_count(), 1, "counted as extended");
     assert_eq!(
         engine.take_dirty_leases().len(),
         1,

@@ -249,12 +249,16 @@ impl Lifecycle {
         let now = clock.now();
         let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
         store.commit(&grace).await?;
-        let extended = grace.events().len();
+        // Deadlines are extended with an event each; leases in memory only.
+        let deadlines_extended = grace.events().len();
+        let leases_extended = engine.dirty_lease_count();
         engine.commit(grace);
         tracing::info!(
             agents = engine.agent_count(),
             timers = engine.timer_count(),
-            extended,
+            extended = deadlines_extended + leases_extended,
+            deadlines_extended,
+            leases_extended,
             revision = engine.revision(),
             "lifecycle.restored"
         );
