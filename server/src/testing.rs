@@ -3,6 +3,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod cluster;
+pub use cluster::PostgresCluster;
+
 /// The server to create test databases on. `MC_TEST_DATABASE_URL` overrides
 /// it; it must name a database the user can connect to (for CREATE DATABASE).
 pub fn admin_url() -> String {

@@ -3,6 +3,7 @@
 
 mod grpcurl;
 mod lifecycle;
+mod outage;
 mod python;
 mod restart;
 mod support;

@@ -150,9 +150,8 @@ impl Actor {
             (batch, replies)
         };
 
-        if batch.has_writes()
-            && let Err(error) = self.shared.store.commit(&batch).await
-        {
+        let wrote = batch.has_writes();
+        if wrote && let Err(error) = self.shared.store.commit(&batch).await {
             self.shared.engine().abort(batch);
             Metrics::add(&self.shared.metrics.commit_failures);
             replies.into_iter().for_each(|reply| reply(Some(&error)));
@@ -169,7 +168,11 @@ impl Actor {
             }
             committed
         };
-        self.shared.set_database_reachable(true);
+        if wrote {
+            // Only a real round trip says so: a batch that wrote nothing
+            // (say, heartbeats during an outage) proves nothing.
+            self.shared.set_database_reachable(true);
+        }
         replies.into_iter().for_each(|reply| reply(None));
         Metrics::add(&self.shared.metrics.batches);
         for event in &committed.events {
@@ -244,6 +247,8 @@ impl Actor {
     /// After a failed commit the store may or may not hold the batch, so
     /// the engine is rebuilt from the store before anything else is done.
     async fn recover(&mut self, error: StoreError) {
+        let shared = self.shared.clone();
+        let _recovering = shared.writer_recovering();
         self.shared.set_database_reachable(false);
         tracing::error!(%error, "commit failed; rebuilding state from the store");
         let mut delay = Duration::from_millis(100);

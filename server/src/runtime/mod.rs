@@ -82,6 +82,9 @@ struct Shared {
     events: broadcast::Sender<Arc<Event>>,
     heartbeats: broadcast::Sender<HeartbeatSeen>,
     database_reachable: tokio_watch::Sender<bool>,
+    /// Set while the writer rebuilds its state after a failed commit: the
+    /// database may answer pings, but no command is served yet.
+    recovering: std::sync::atomic::AtomicBool,
     /// The writer's queue.
     commands: mpsc::Sender<Command>,
     settings: Settings,
@@ -94,6 +97,23 @@ struct Shared {
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().expect("engine lock poisoned")
+    }
+
+    /// Marks the writer as recovering until the guard is dropped.
+    fn writer_recovering(&self) -> impl Drop + '_ {
+        use std::sync::atomic::Ordering;
+        struct Recovering<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Recovering<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.recovering.store(true, Ordering::Release);
+        Recovering(&self.recovering)
+    }
+
+    fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn set_database_reachable(&self, reachable: bool) {
@@ -272,6 +292,7 @@ impl Lifecycle {
             events: broadcast::channel(settings.watch_buffer.max(1)).0,
             heartbeats: broadcast::channel(settings.watch_buffer.max(1)).0,
             database_reachable: tokio_watch::channel(true).0,
+            recovering: Default::default(),
             commands: commands_tx,
             settings,
             streams_stop: CancellationToken::new(),

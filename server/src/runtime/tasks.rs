@@ -8,6 +8,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::store::StoreError;
 
 fn every(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -39,6 +40,9 @@ pub(super) async fn checkpoint_once(shared: &Shared) {
     match shared.store.checkpoint_leases(&leases).await {
         Ok(()) => tracing::debug!(leases = leases.len(), "lifecycle.leases.checkpointed"),
         Err(error) => {
+            if matches!(error, StoreError::Unavailable(_)) {
+                shared.set_database_reachable(false);
+            }
             tracing::warn!(%error, leases = leases.len(), "lease checkpoint failed; will retry");
             shared.engine().return_dirty_leases(leases);
         }
@@ -79,6 +83,10 @@ pub(super) async fn probe_database(shared: Arc<Shared>, stop: CancellationToken)
             tokio::time::timeout(timeout, shared.store.ping()).await,
             Ok(Ok(()))
         );
-        shared.set_database_reachable(reachable);
+        // The writer says when it is back: until its state is rebuilt, an
+        // answering database does not make this replica able to serve.
+        if !reachable || !shared.is_recovering() {
+            shared.set_database_reachable(reachable);
+        }
     }
 }
