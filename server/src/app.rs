@@ -126,23 +126,37 @@ impl App {
         Ok(())
     }
 
-    /// Graceful drain: health turns NOT_SERVING, streams end, no new calls
-    /// are accepted, calls in flight finish (up to the drain timeout), the
-    /// writer commits what it accepted and leases are checkpointed.
+    /// Graceful drain, bounded by the drain timeout whatever the database
+    /// does: health turns NOT_SERVING, watches end and no new call is
+    /// accepted; calls in flight finish and the wakes they caused are sent
+    /// before gateway streams end; leadership is given up; then leases are
+    /// checkpointed and the store is closed.
     pub async fn shutdown(self) {
-        tracing::info!("draining");
-        self.lifecycle.end_streams();
+        tracing::info!(timeout = ?self.drain_timeout, "draining");
+        let started = tokio::time::Instant::now();
+        // The final checkpoint and store close get the last slice.
+        let close_budget = (self.drain_timeout / 4).min(Duration::from_secs(1));
+        let deadline = started + self.drain_timeout - close_budget;
+        self.lifecycle.begin_drain();
         self.shutdown.cancel();
+        if tokio::time::timeout_at(deadline, self.lifecycle.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("calls still in flight at the drain deadline");
+        }
+        let _ = tokio::time::timeout_at(deadline, self.lifecycle.step_down()).await;
+        self.lifecycle.end_streams();
         let mut server = self.server;
-        if tokio::time::timeout(self.drain_timeout, &mut server)
+        if tokio::time::timeout_at(deadline, &mut server)
             .await
             .is_err()
         {
             tracing::warn!(timeout = ?self.drain_timeout, "calls still in flight after the drain timeout; closing");
             server.abort();
         }
-        self.lifecycle.stop().await;
-        tracing::info!("stopped");
+        self.lifecycle.stop_by(deadline, close_budget).await;
+        tracing::info!(took = ?started.elapsed(), "stopped");
     }
 }
 

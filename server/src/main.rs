@@ -1,8 +1,19 @@
 use clap::Parser;
 use mission_control_server::{app::App, config::Config, logging};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let code = runtime.block_on(run());
+    // The drain is bounded already; whatever is still blocked (a lookup, a
+    // stuck connection) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn run() -> std::process::ExitCode {
     let config = Config::parse();
     logging::init(config.log_format);
     let app = match App::start(&config).await {

@@ -32,6 +32,10 @@ fn free_port() -> u16 {
 
 impl Server {
     async fn start(database_url: &str, port: u16) -> Self {
+        Self::start_with(database_url, port, &[]).await
+    }
+
+    async fn start_with(database_url: &str, port: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
@@ -44,6 +48,7 @@ impl Server {
                 "--checkpoint-interval",
                 "100ms",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .spawn()
@@ -350,4 +355,93 @@ async fn a_database_that_does_not_exist_stops_the_start_at_once_with_the_reason(
     assert!(!output.status.success());
     let logs = String::from_utf8_lossy(&output.stdout);
     assert!(logs.contains("does not exist"), "{logs}");
+}
+
+async fn exit_status(server: &mut Server) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_the_drain_timeout_while_a_commit_is_blocked() {
+    let db = TestDatabase::create().await;
+    let mut server = Server::start_with(db.url(), free_port(), &["--drain-timeout", "2s"]).await;
+    server.register_gateway("gw").await;
+    let token = server.provision("beating").await;
+    heartbeat(&server, &token).await.unwrap();
+
+    // A table lock that holds every commit (and checkpoint) until the
+    // test lets go, which it does only after the server has exited.
+    let (locker, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE agents IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked = {
+        let client = server.lifecycle();
+        tokio::spawn(async move {
+            let mut client = client;
+            client
+                .provision(ProvisionRequest::new(
+                    "blocked",
+                    "gw",
+                    AgentRole::GatewayMain,
+                ))
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    heartbeat(&server, &token).await.unwrap(); // the lease is dirty: a checkpoint is due
+
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = exit_status(&mut server).await;
+    // Exited while the commit is still blocked: the drain did not wait for it.
+    assert!(
+        !locker.is_closed(),
+        "the lock was held throughout the drain"
+    );
+    assert!(status.success(), "{status}");
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(stopped["took"].is_string(), "{stopped}");
+    let refused = blocked.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
 }

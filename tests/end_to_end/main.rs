@@ -1,6 +1,7 @@
 //! End to end: a real server on port 0, against a real Postgres database of
 //! its own, driven by the client library and by external clients.
 
+mod drain;
 mod grpcurl;
 mod lifecycle;
 mod outage;

@@ -86,9 +86,11 @@ fn command_stream(
     let first = futures_util::stream::once(async move { Ok(connected) });
     let rest = futures_util::stream::unfold(Some((session, commands, stop)), |state| async move {
         let (session, mut commands, stop) = state?;
+        // Commands already queued go out before a drain ends the stream.
         let outbound = tokio::select! {
-            _ = stop.cancelled() => return Some((Err(Status::unavailable("the server is shutting down")), None)),
+            biased;
             outbound = commands.recv() => outbound?,
+            _ = stop.cancelled() => return Some((Err(Status::unavailable("the server is shutting down")), None)),
         };
         match outbound {
             Outbound::Command {

@@ -81,7 +81,7 @@ async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
         <GatewaysServer<gateways::GatewayService> as NamedService>::NAME,
     ];
     let mut reachable = lifecycle.database_reachable();
-    let stopping = lifecycle.streams_stopped();
+    let stopping = lifecycle.draining();
     loop {
         let serving = *reachable.borrow_and_update() && !stopping.is_cancelled();
         let status = if serving {

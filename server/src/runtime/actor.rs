@@ -54,6 +54,11 @@ pub(super) enum Command {
         error: String,
     },
     RetireDelivered(PendingRetire),
+    /// Answered once every earlier batch delivered its effects (a drain
+    /// waits for it).
+    Barrier {
+        reply: Reply<()>,
+    },
 }
 
 impl Command {
@@ -65,6 +70,7 @@ impl Command {
             Command::CheckIn { reply, .. }
             | Command::Wake { reply, .. }
             | Command::Delete { reply, .. } => drop(reply.send(Err(error))),
+            Command::Barrier { reply } => drop(reply.send(Err(error))),
             Command::WakeFailed { .. } | Command::RetireDelivered(_) => {}
         }
     }
@@ -348,6 +354,7 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             engine.retire_delivered(batch, retire);
             return None;
         }
+        Command::Barrier { reply } => pending(reply, Ok(())),
     })
 }
 

@@ -88,8 +88,13 @@ struct Shared {
     /// The writer's queue.
     commands: mpsc::Sender<Command>,
     settings: Settings,
-    /// Ends watch and gateway streams (the first step of a drain).
+    /// Ends gateway streams: the last step of a drain, once the wakes of
+    /// the calls in flight are sent. Cancelling it also cancels `draining`.
     streams_stop: CancellationToken,
+    /// The first step of a drain: health turns NOT_SERVING, watches end.
+    draining: CancellationToken,
+    /// Calls waiting for the writer, so a drain knows when they are done.
+    in_flight: InFlight,
     open_watches: std::sync::atomic::AtomicUsize,
     metrics: metrics::Metrics,
 }
@@ -284,6 +289,7 @@ impl Lifecycle {
         );
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let streams_stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
             store,
@@ -295,7 +301,9 @@ impl Lifecycle {
             recovering: Default::default(),
             commands: commands_tx,
             settings,
-            streams_stop: CancellationToken::new(),
+            draining: streams_stop.child_token(),
+            streams_stop,
+            in_flight: InFlight::default(),
             open_watches: Default::default(),
             metrics: Default::default(),
         });
@@ -319,20 +327,78 @@ impl Lifecycle {
         })
     }
 
-    /// Ends every watch and gateway stream: the first step of a drain.
+    /// The first step of a drain: health turns NOT_SERVING and watch
+    /// streams end. Gateway streams stay open for the wakes still to come.
+    pub fn begin_drain(&self) {
+        self.shared.draining.cancel();
+    }
+
+    /// Waits until no call waits for the writer and the writer has sent the
+    /// wakes of every batch it committed. Bound it with a timeout.
+    pub async fn settle(&self) {
+        loop {
+            self.shared.in_flight.idle().await;
+            // A no-op through the writer: answered only after every earlier
+            // batch delivered its wakes to the gateway streams.
+            if self.call(|reply| Command::Barrier { reply }).await.is_err() {
+                return;
+            }
+            if self.shared.in_flight.count() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Gives up leadership during a drain, so another replica can take over
+    /// at once. Called after [`Lifecycle::settle`], before gateway streams
+    /// end; the caller bounds it with a timeout.
+    pub async fn step_down(&self) {}
+
+    /// Ends every watch and gateway stream.
     pub fn end_streams(&self) {
         self.shared.streams_stop.cancel();
     }
 
     /// Commits what was accepted, checkpoints leases, stops every task.
     pub async fn stop(&self) {
+        self.stop_within(None).await;
+    }
+
+    /// Like [`Lifecycle::stop`], but gives up at `deadline` whatever the
+    /// database does: tasks still running are aborted and the store closed
+    /// within `close_budget` past it.
+    pub async fn stop_by(&self, deadline: tokio::time::Instant, close_budget: Duration) {
+        self.stop_within(Some((deadline, close_budget))).await;
+    }
+
+    async fn stop_within(&self, bound: Option<(tokio::time::Instant, Duration)>) {
         self.end_streams();
         self.tasks_stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
-        for task in tasks {
-            let _ = task.await;
+        for mut task in tasks {
+            let Some((deadline, _)) = bound else {
+                let _ = task.await;
+                continue;
+            };
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("a task was still busy at the drain deadline; aborted");
+                task.abort();
+            }
         }
-        self.shared.store.close().await;
+        match bound {
+            None => self.shared.store.close().await,
+            Some((deadline, budget)) => {
+                let until = deadline.max(tokio::time::Instant::now()) + budget;
+                if tokio::time::timeout_at(until, self.shared.store.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "closing the store took too long; its connections go with the process"
+                    );
+                }
+            }
+        }
     }
 
     /// Whether the database answered lately; watch it for health reports.
@@ -352,6 +418,7 @@ impl Lifecycle {
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, LifecycleError>>) -> Command,
     ) -> Result<T, LifecycleError> {
+        let _in_flight = self.shared.in_flight.enter();
         let (reply, answer) = oneshot::channel();
         self.shared
             .commands
@@ -597,9 +664,14 @@ impl Lifecycle {
         ))
     }
 
-    /// A signal that fires when streams should end.
+    /// A signal that fires when gateway streams should end.
     pub fn streams_stopped(&self) -> CancellationToken {
         self.shared.streams_stop.clone()
+    }
+
+    /// A signal that fires when a drain begins (or streams end).
+    pub fn draining(&self) -> CancellationToken {
+        self.shared.draining.clone()
     }
 
     /// The service's metrics in the Prometheus text format.
@@ -629,6 +701,49 @@ impl Lifecycle {
     /// Writes leases renewed in memory now, instead of at the next interval.
     pub async fn checkpoint_now(&self) {
         tasks::checkpoint_once(&self.shared).await;
+    }
+}
+
+/// Counts calls in flight; a drain waits for the count to reach zero.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightGuard(self)
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

@@ -230,7 +230,7 @@ impl Watcher {
     }
 
     async fn next_live(&mut self) -> Result<WatchItem, LifecycleError> {
-        let stop = self.shared.streams_stop.clone();
+        let stop = self.shared.draining.clone();
         loop {
             tokio::select! {
                 biased;
