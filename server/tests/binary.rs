@@ -1,6 +1,7 @@
 //! The real `mission-control` binary against real Postgres: its structured
-//! logs, a crash (SIGKILL) mid-cycle that loses nothing acknowledged, and a
-//! graceful drain on SIGTERM.
+//! logs, a crash (SIGKILL) mid-cycle that loses nothing acknowledged, a
+//! graceful drain on SIGTERM with its last checkpoint, and how it starts
+//! when Postgres is late or refuses it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,8 +11,9 @@ use std::time::Duration;
 use mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient;
 use mission_control_proto::v1::gateways_client::GatewaysClient;
 use mission_control_proto::v1::{
-    AgentRole, AgentStatus, GetAgentRequest, HeartbeatRequest, ProvisionRequest,
-    RegisterGatewayRequest, WakeAgentRequest, WatchAgentRequest,
+    AgentEvent, AgentRole, AgentStatus, DeleteAgentRequest, GetAgentHistoryRequest,
+    GetAgentRequest, HeartbeatRequest, ProvisionRequest, RegisterGatewayRequest, TransitionReason,
+    WakeAgentRequest, WatchAgentRequest, watch_agent_response,
 };
 use mission_control_server::testing::TestDatabase;
 use tonic::transport::Channel;
@@ -35,24 +37,37 @@ impl Server {
         Self::start_with(database_url, port, &[]).await
     }
 
-    async fn start_with(database_url: &str, port: u16, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", database_url])
-            .args(["--checkin-deadline", "400ms", "--restart-grace", "300ms"])
-            .args([
-                "--heartbeat-interval",
-                "1s",
-                "--lease-ttl",
-                "5s",
-                "--checkpoint-interval",
-                "100ms",
-            ])
-            .args(extra)
+    /// With `overrides`, pairs of flag and value that replace a default.
+    async fn start_with(database_url: &str, port: u16, overrides: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let mut flags = vec![
+            ("--listen", listen.as_str()),
+            ("--database-url", database_url),
+            ("--checkin-deadline", "400ms"),
+            ("--restart-grace", "300ms"),
+            ("--heartbeat-interval", "1s"),
+            ("--lease-ttl", "5s"),
+            ("--checkpoint-interval", "100ms"),
+        ];
+        for (flag, value) in overrides {
+            match flags.iter_mut().find(|(f, _)| f == flag) {
+                Some(default) => default.1 = value,
+                None => flags.push((flag, value)),
+            }
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
+            .args(flags.iter().flat_map(|(flag, value)| [flag, value]))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the binary runs");
+        let server = Self::capture(child, format!("http://127.0.0.1:{port}"));
+        server.wait_for_log("listening").await;
+        server
+    }
+
+    /// Collects the child's stdout, one log line each, from now on.
+    fn capture(mut child: Child, endpoint: String) -> Self {
         let logs: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = logs.clone();
         let stdout = child.stdout.take().unwrap();
@@ -61,13 +76,11 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let server = Self {
+        Self {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint,
             logs,
-        };
-        server.wait_for_log("listening").await;
-        server
+        }
     }
 
     async fn wait_for_log(&self, message: &str) -> serde_json::Value {
@@ -108,25 +121,125 @@ impl Server {
         AgentLifecycleClient::new(self.channel())
     }
 
-    async fn register_gateway(&self, id: &str) {
+    /// Registers (or with `rotate_token`, re-keys) a gateway; its new token.
+    async fn register_gateway_token(&self, id: &str, rotate_token: bool) -> String {
         GatewaysClient::new(self.channel())
             .register_gateway(RegisterGatewayRequest {
                 gateway_id: id.into(),
+                rotate_token,
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner()
+            .gateway_token
+    }
+
+    async fn register_gateway(&self, id: &str) {
+        self.register_gateway_token(id, false).await;
     }
 
     async fn provision(&self, agent: &str) -> String {
-        let request = ProvisionRequest::new(agent, "gw", AgentRole::GatewayMain);
-        let reply = self
-            .lifecycle()
+        self.provision_reply(agent, false).await.agent_token
+    }
+
+    async fn provision_reply(
+        &self,
+        agent: &str,
+        rotate_token: bool,
+    ) -> mission_control_proto::v1::ProvisionResponse {
+        let mut request = ProvisionRequest::new(agent, "gw", AgentRole::GatewayMain);
+        request.rotate_token = rotate_token;
+        self.lifecycle()
             .provision(request)
             .await
             .unwrap()
+            .into_inner()
+    }
+
+    async fn agent(&self, agent: &str) -> mission_control_proto::v1::Agent {
+        self.lifecycle()
+            .get_agent(GetAgentRequest {
+                agent_id: agent.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The agent's whole history, newest first.
+    async fn history(&self, agent: &str) -> Vec<AgentEvent> {
+        self.lifecycle()
+            .get_agent_history(GetAgentHistoryRequest {
+                agent_id: agent.into(),
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+    }
+
+    /// Records every change the watch delivers: each is committed, so each
+    /// is an acknowledged transition.
+    async fn record_changes(&self) -> Arc<Mutex<Vec<AgentEvent>>> {
+        let mut watch = self
+            .lifecycle()
+            .watch_agent(WatchAgentRequest::default())
+            .await
+            .unwrap()
             .into_inner();
-        reply.agent_token
+        let changes: Arc<Mutex<Vec<AgentEvent>>> = Arc::default();
+        let sink = changes.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = watch.message().await {
+                if let Some(watch_agent_response::Kind::Event(event)) = message.kind
+                    && event.reason != TransitionReason::Snapshot as i32
+                {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
+        changes
+    }
+
+    /// Waits (bounded) until `done` holds for what `changes` recorded.
+    async fn wait_for_changes(
+        changes: &Mutex<Vec<AgentEvent>>,
+        what: &str,
+        done: impl Fn(&[AgentEvent]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !done(&changes.lock().unwrap()) {
+            assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     async fn status(&self, agent: &str) -> (i32, u32) {
@@ -176,11 +289,17 @@ impl Drop for Server {
 #[tokio::test]
 async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
     let db = TestDatabase::create().await;
-    let server = Server::start(db.url(), free_port()).await;
-    server.register_gateway("gw").await;
-    let silent_token = server.provision("silent").await;
-    let eager_token = server.provision("eager").await;
-    server.provision("rewoken").await;
+    // Deadlines long enough that a stalled machine still gets each call in
+    // before the timer it races (2 s each; 6 s for the whole escalation).
+    let server = Server::start_with(db.url(), free_port(), &[("--checkin-deadline", "2s")]).await;
+    let mut tokens = vec![server.register_gateway_token("gw", false).await];
+    tokens.push(server.register_gateway_token("gw", true).await);
+    tokens.push(server.provision("silent").await);
+    tokens.push(server.provision("eager").await);
+    tokens.push(server.provision("rewoken").await);
+    tokens.push(server.provision("doomed").await);
+    let rotated = server.provision_reply("eager", true).await.agent_token;
+    tokens.push(rotated.clone());
     server
         .lifecycle()
         .wake_agent(WakeAgentRequest {
@@ -188,13 +307,23 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
         })
         .await
         .unwrap();
+    server
+        .lifecycle()
+        .delete_agent(DeleteAgentRequest {
+            agent_id: "doomed".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        heartbeat(&server, &eager_token).await.unwrap(),
+        heartbeat(&server, &rotated).await.unwrap(),
         AgentStatus::Online as i32
     );
     server.wait_for_status("silent", AgentStatus::Offline).await;
     server
         .wait_for_log("lifecycle.reconcile.max_attempts_reached")
+        .await;
+    server
+        .wait_for_log("lifecycle.reconcile.skip_missing_agent")
         .await;
 
     let lines = server.log_lines();
@@ -211,6 +340,7 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
         "lifecycle.reconcile.retriggered",
         "lifecycle.reconcile.max_attempts_reached",
         "lifecycle.reconcile.skip_stale_generation",
+        "lifecycle.reconcile.skip_missing_agent",
     ] {
         let events = named(name);
         assert!(!events.is_empty(), "no {name} in the logs");
@@ -240,12 +370,37 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
             .iter()
             .any(|e| e["agent_id"] == "silent" && e["attempt"] == 3)
     );
+    let not_stuck = named("lifecycle.reconcile.skip_not_stuck");
+    assert!(not_stuck.iter().any(|e| e["agent_id"] == "eager"));
+    let stale = named("lifecycle.reconcile.skip_stale_generation");
+    assert!(stale.iter().any(|e| e["agent_id"] == "rewoken"));
+    let missing = named("lifecycle.reconcile.skip_missing_agent");
+    assert!(missing.iter().all(|e| e["agent_id"] == "doomed"));
 
+    // Every committed transition is logged, with where it came from and went.
+    let transitions = named("lifecycle.transition");
+    let eager_online = transitions
+        .iter()
+        .find(|e| e["agent_id"] == "eager" && e["to"] == "online" && e["reason"] == "checked_in");
+    let eager_online = eager_online.expect("the check-in is logged as a transition");
+    assert!(eager_online["revision"].is_u64(), "{eager_online}");
+    assert!(eager_online["generation"].is_u64(), "{eager_online}");
+    assert!(eager_online["from"].is_string(), "{eager_online}");
+    assert!(transitions.iter().any(|e| e["agent_id"] == "silent"
+        && e["to"] == "offline"
+        && e["reason"] == "max_attempts_reached"));
+
+    // Every token minted here: two for the gateway (one rotated), four for
+    // agents, one rotated. None may appear, not even its secret part alone.
+    assert_eq!(tokens.len(), 7);
     let everything = server.logs.lock().unwrap().join("\n");
-    for token in [&silent_token, &eager_token] {
+    for token in &tokens {
+        assert_eq!(token.len(), 68, "{}", &token[..4]);
+        let secret = &token[4..];
         assert!(
-            !everything.contains(&token[4..20]),
-            "a token leaked into the logs"
+            !everything.contains(secret),
+            "a {} token leaked into the logs",
+            &token[..4]
         );
     }
 }
@@ -255,6 +410,7 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
     let db = TestDatabase::create().await;
     let port = free_port();
     let mut server = Server::start(db.url(), port).await;
+    let changes = server.record_changes().await;
     server.register_gateway("gw").await;
     let mut tokens = Vec::new();
     for n in 0..5 {
@@ -264,11 +420,58 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
         heartbeat(&server, &tokens[0]).await.unwrap(),
         AgentStatus::Online as i32
     );
+    // Mid-cycle: the check-in is out and an escalation has begun.
+    Server::wait_for_changes(&changes, "a check-in and a missed deadline", |seen| {
+        seen.iter()
+            .any(|e| e.reason == TransitionReason::CheckedIn as i32)
+            && seen
+                .iter()
+                .any(|e| e.reason == TransitionReason::DeadlineMissed as i32)
+    })
+    .await;
 
     server.child.kill().unwrap(); // SIGKILL: no drain, no final checkpoint
     server.child.wait().unwrap();
+    let acknowledged = changes.lock().unwrap().clone();
     let server = Server::start(db.url(), port).await;
 
+    // Every transition a watcher was told of before the crash is in the
+    // history after it, exactly as told.
+    let summary = |e: &AgentEvent| {
+        let agent = e.agent.as_ref().unwrap();
+        (
+            e.revision,
+            e.reason,
+            e.attempt,
+            agent.status,
+            agent.wake_attempts,
+        )
+    };
+    for n in 0..5 {
+        let id = format!("agent-{n}");
+        let history: Vec<_> = server.history(&id).await.iter().map(summary).collect();
+        let told: Vec<_> = acknowledged
+            .iter()
+            .filter(|e| e.agent.as_ref().unwrap().id == id)
+            .map(summary)
+            .collect();
+        assert!(
+            told.iter()
+                .any(|(_, reason, ..)| *reason == TransitionReason::Provisioned as i32),
+            "{id}: the watch saw it provisioned"
+        );
+        for transition in &told {
+            assert!(
+                history.contains(transition),
+                "{id}: acknowledged {transition:?} is missing after the restart: {history:?}"
+            );
+        }
+        let last_told = told.iter().map(|t| t.0).max().unwrap();
+        assert!(
+            server.agent(&id).await.revision >= last_told,
+            "{id}: the state went back in time"
+        );
+    }
     assert_eq!(
         server.status("agent-0").await.0,
         AgentStatus::Online as i32,
@@ -279,13 +482,6 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
         AgentStatus::Online as i32,
         "the token too"
     );
-    for n in 1..5 {
-        let (status, attempts) = server.status(&format!("agent-{n}")).await;
-        assert!(
-            status == AgentStatus::Provisioning as i32 || status == AgentStatus::Offline as i32
-        );
-        assert!(attempts >= 1);
-    }
     // The escalation resumes from the database and runs to its end.
     for n in 1..5 {
         server
@@ -293,6 +489,38 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
             .await;
         assert_eq!(server.status(&format!("agent-{n}")).await.1, 3);
     }
+}
+
+#[tokio::test]
+async fn sigterm_writes_a_last_checkpoint_of_the_leases() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    // No periodic checkpoint within the test: only the one at SIGTERM.
+    let slow = [("--checkpoint-interval", "1h")];
+    let mut server = Server::start_with(db.url(), port, &slow).await;
+    server.register_gateway("gw").await;
+    let token = server.provision("a").await;
+    heartbeat(&server, &token).await.unwrap(); // the check-in, committed
+    let checked_in = server.agent("a").await.last_seen_at.unwrap();
+    let renewed = loop {
+        // A renewal, kept in memory; the clock may need a tick to move on.
+        heartbeat(&server, &token).await.unwrap();
+        let seen = server.agent("a").await.last_seen_at.unwrap();
+        if seen != checked_in {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    server.terminate();
+    assert!(server.wait_for_exit().await.success());
+    drop(server);
+    let server = Server::start_with(db.url(), port, &slow).await;
+    assert_eq!(
+        server.agent("a").await.last_seen_at.unwrap(),
+        renewed,
+        "the renewal in memory was checkpointed at SIGTERM"
+    );
 }
 
 #[tokio::test]
@@ -305,35 +533,26 @@ async fn sigterm_ends_watches_and_exits_cleanly() {
         .await
         .unwrap()
         .into_inner();
+    let first = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a first message");
     assert!(
-        watch.message().await.unwrap().is_some(),
-        "the snapshot marker"
+        matches!(
+            first.kind,
+            Some(watch_agent_response::Kind::SnapshotComplete(_))
+        ),
+        "an empty snapshot, then its marker: {first:?}"
     );
 
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     let ended = tokio::time::timeout(PATIENCE, watch.message())
         .await
         .unwrap();
     assert_eq!(ended.unwrap_err().code(), tonic::Code::Unavailable);
 
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = server.wait_for_exit().await;
     assert!(status.success(), "{status}");
     server.wait_for_log("stopped").await;
 }
@@ -357,24 +576,10 @@ async fn a_database_that_does_not_exist_stops_the_start_at_once_with_the_reason(
     assert!(logs.contains("does not exist"), "{logs}");
 }
 
-async fn exit_status(server: &mut Server) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn sigterm_exits_within_the_drain_timeout_while_a_commit_is_blocked() {
     let db = TestDatabase::create().await;
-    let mut server = Server::start_with(db.url(), free_port(), &["--drain-timeout", "2s"]).await;
+    let mut server = Server::start_with(db.url(), free_port(), &[("--drain-timeout", "2s")]).await;
     server.register_gateway("gw").await;
     let token = server.provision("beating").await;
     heartbeat(&server, &token).await.unwrap();
@@ -424,15 +629,8 @@ async fn sigterm_exits_within_the_drain_timeout_while_a_commit_is_blocked() {
     }
     heartbeat(&server, &token).await.unwrap(); // the lease is dirty: a checkpoint is due
 
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = exit_status(&mut server).await;
+    server.terminate();
+    let status = server.wait_for_exit().await;
     // Exited while the commit is still blocked: the drain did not wait for it.
     assert!(
         !locker.is_closed(),
@@ -444,4 +642,95 @@ async fn sigterm_exits_within_the_drain_timeout_while_a_commit_is_blocked() {
     let refused = blocked.await.unwrap().unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     locker.batch_execute("ROLLBACK").await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_start_at_once_with_the_reason() {
+    let db = TestDatabase::create().await;
+    // The same server and database, as a role Postgres does not know.
+    let url = db.url().replacen("://postgres@", "://no_such_role@", 1);
+    assert_ne!(url, db.url(), "the test database URL names its user");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_mission-control"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+        .args(["--database-startup-timeout", "10m"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("refused credentials are not waited out")
+        .unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("no_such_role"), "{logs}");
+    assert!(!logs.contains("waiting for the database"), "{logs}");
+}
+
+#[tokio::test]
+async fn at_start_it_waits_for_postgres_to_come_up() {
+    let db = TestDatabase::create().await;
+    // Postgres "comes up" when this test starts forwarding a free port to it.
+    let port = free_port();
+    let shared = db.url().to_owned();
+    let authority = shared.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let late_url = shared.replacen(authority, &format!("127.0.0.1:{port}"), 1);
+    let child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &late_url])
+        .args(["--database-startup-timeout", "10m"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = Server::capture(child, String::new());
+    let waiting = server.wait_for_log("waiting for the database").await;
+    assert!(waiting["retry_in"].is_string(), "{waiting}");
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .all(|l| l["message"] != "listening"),
+        "not listening before the database is there"
+    );
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let target = authority.to_owned();
+    let proxy = tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    server.wait_for_log("listening").await;
+    proxy.abort();
+}
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_an_operator_token_is_warned_about() {
+    let db = TestDatabase::create().await;
+    let child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
+        .args(["--listen", "0.0.0.0:0", "--database-url", db.url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = Server::capture(child, String::new());
+    server.wait_for_log("listening").await;
+    let warning = server
+        .log_lines()
+        .into_iter()
+        .find(|l| {
+            l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("--operator-token"))
+        })
+        .expect("a warning that operator calls are open to anyone");
+    assert!(
+        warning["addr"].as_str().unwrap().starts_with("0.0.0.0:"),
+        "{warning}"
+    );
 }
