@@ -16,7 +16,13 @@ use crate::support::*;
 #[tokio::test]
 async fn one_agent_checks_in_on_its_second_wake_and_one_that_never_does_ends_offline_after_three() {
     let db = database().await;
-    let app = spawn_app(fast_flags(db.url())).await;
+    // The check-in races the second deadline: give it 2 s, so a stalled
+    // machine does not turn the second wake into a third. The lease outlives
+    // the whole test, so the agent that checked in stays online.
+    let mut flags = fast_flags(db.url());
+    set_flag(&mut flags, "--checkin-deadline", "2s");
+    set_flag(&mut flags, "--lease-ttl", "5m");
+    let app = spawn_app(flags).await;
     let gateway_token = app.gateway("gw-e2e").await;
     let mut gateway = app.connect_gateway(&gateway_token);
     connected(&mut gateway).await;
@@ -148,10 +154,13 @@ async fn bad_input_bad_tokens_and_unknown_agents_get_clear_errors() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().starts_with("agent_id:"), "{}", bad.message());
+    assert_eq!(bad_request_field(&bad), "agent_id");
     let no_board = lifecycle
         .provision(ProvisionRequest::new("w", "gw", AgentRole::BoardWorker))
         .await
         .unwrap_err();
+    assert_eq!(no_board.code(), Code::InvalidArgument);
+    assert_eq!(bad_request_field(&no_board), "board_id");
     assert!(
         no_board.message().starts_with("board_id:"),
         "{}",
@@ -181,9 +190,123 @@ async fn bad_input_bad_tokens_and_unknown_agents_get_clear_errors() {
         .await
         .unwrap()
     {
-        Some(GatewayEvent::Rejected(_)) => {}
-        other => panic!("expected a rejection, got {other:?}"),
+        Some(GatewayEvent::Rejected(mission_control_client::Error::TokenRejected(message))) => {
+            assert_eq!(message, "invalid gateway token")
+        }
+        other => panic!("expected a rejected token, got {other:?}"),
     }
+    app.app.shutdown().await;
+}
+
+/// The field an `INVALID_ARGUMENT` refusal names.
+fn invalid<T>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
+    let status = result.map(|_| ()).unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    bad_request_field(&status)
+}
+
+/// The field a `BadRequest` detail names (the one field violation).
+fn bad_request_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let violations = status
+        .get_details_bad_request()
+        .expect("a BadRequest detail")
+        .field_violations;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    violations[0].field.clone()
+}
+
+#[tokio::test]
+async fn bad_input_to_list_history_watch_and_register_gateway_names_the_field() {
+    use mission_control_client::{
+        GetAgentHistoryRequest, ListAgentsRequest, RegisterGatewayRequest,
+    };
+
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    let mut lifecycle = app.operator.lifecycle();
+    let mut gateways = app.operator.gateways();
+
+    let list = |change: fn(&mut ListAgentsRequest)| {
+        let mut request = ListAgentsRequest::default();
+        change(&mut request);
+        request
+    };
+    for (request, field) in [
+        (list(|r| r.gateway_id = "bad gateway".into()), "gateway_id"),
+        (list(|r| r.board_id = "bad board".into()), "board_id"),
+        (list(|r| r.statuses = vec![99]), "statuses"),
+        (list(|r| r.page_token = "not a token".into()), "page_token"),
+    ] {
+        assert_eq!(invalid(lifecycle.list_agents(request).await), field);
+    }
+
+    let history = |agent_id: &str, page_token: &str| GetAgentHistoryRequest {
+        agent_id: agent_id.into(),
+        page_size: 0,
+        page_token: page_token.into(),
+    };
+    let bad_agent = lifecycle.get_agent_history(history("a b", "")).await;
+    assert_eq!(invalid(bad_agent), "agent_id");
+    let bad_page = lifecycle.get_agent_history(history("a1", "x")).await;
+    assert_eq!(invalid(bad_page), "page_token");
+
+    for (request, field) in [
+        (
+            WatchAgentRequest {
+                agent_id: "a b".into(),
+                ..Default::default()
+            },
+            "agent_id",
+        ),
+        (
+            WatchAgentRequest {
+                statuses: vec![-1],
+                ..Default::default()
+            },
+            "statuses",
+        ),
+        (
+            WatchAgentRequest {
+                gateway_id: "?".into(),
+                ..Default::default()
+            },
+            "gateway_id",
+        ),
+    ] {
+        assert_eq!(invalid(lifecycle.watch_agent(request).await), field);
+    }
+
+    let register = |gateway_id: &str, name: String| RegisterGatewayRequest {
+        gateway_id: gateway_id.into(),
+        name,
+        rotate_token: false,
+    };
+    let bad_id = gateways.register_gateway(register("", String::new())).await;
+    assert_eq!(invalid(bad_id), "gateway_id");
+    let long_name = gateways
+        .register_gateway(register("gw", "n".repeat(10_000)))
+        .await;
+    assert_eq!(invalid(long_name), "name");
+    app.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn moving_an_agent_to_another_gateway_is_a_failed_precondition() {
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    app.gateway("gw-a").await;
+    app.gateway("gw-b").await;
+    let request = |gateway: &str| ProvisionRequest::new("a1", gateway, AgentRole::GatewayMain);
+    app.operator.provision(request("gw-a")).await.unwrap();
+    let moved = app
+        .operator
+        .lifecycle()
+        .provision(request("gw-b"))
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), Code::FailedPrecondition, "{moved:?}");
+    assert_eq!(app.operator.get("a1").await.unwrap().gateway_id, "gw-a");
     app.app.shutdown().await;
 }
 
@@ -194,6 +317,7 @@ async fn health_is_not_serving_while_postgres_is_unreachable() {
 
     let db = database().await;
     let app = spawn_app(fast_flags(db.url())).await;
+    app.gateway("gw").await;
     let mut health = HealthClient::new(mission_control_client::channel(&app.endpoint).unwrap());
     let mut statuses = health
         .watch(HealthCheckRequest {
@@ -227,6 +351,17 @@ async fn health_is_not_serving_while_postgres_is_unreachable() {
         .await
         .unwrap();
     assert_eq!(next_status().await, ServingStatus::NotServing as i32);
+
+    // A transition cannot be committed: UNAVAILABLE, saying when to retry.
+    let refused = app
+        .operator
+        .lifecycle()
+        .provision(ProvisionRequest::new("a1", "gw", AgentRole::GatewayMain))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let retry = tonic_types::StatusExt::get_details_retry_info(&refused).expect("a RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()), "{retry:?}");
 
     admin
         .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
@@ -338,8 +473,21 @@ async fn metrics_count_what_happened() {
     let db = database().await;
     let mut flags = fast_flags(db.url());
     flags.extend(["--metrics-listen", "127.0.0.1:0"].map(String::from));
+    // Nothing expires within the test: the counts are what the test did.
+    set_flag(&mut flags, "--checkin-deadline", "5m");
+    set_flag(&mut flags, "--lease-ttl", "5m");
     let app = spawn_app(flags).await;
-    app.gateway("gw").await;
+    let gateway_token = app.gateway("gw").await;
+    app.gateway("away").await;
+    let mut gateway = app.connect_gateway(&gateway_token);
+    connected(&mut gateway).await;
+    let mut watch = app.watch(WatchAgentRequest::default()).await;
+    next_marker(&mut watch).await;
+    // A wake to a gateway that is not connected fails.
+    app.operator
+        .provision(ProvisionRequest::new("b", "away", AgentRole::GatewayMain))
+        .await
+        .unwrap();
     let token = app
         .operator
         .provision(ProvisionRequest::new("a", "gw", AgentRole::GatewayMain))
@@ -349,6 +497,21 @@ async fn metrics_count_what_happened() {
     let mut agent = AgentClient::connect(&app.endpoint, &token).unwrap();
     agent.heartbeat().await.unwrap(); // a check-in
     agent.heartbeat().await.unwrap(); // a renewal in memory
+    // The wake reached the connected gateway.
+    loop {
+        match tokio::time::timeout(PATIENCE, gateway.recv())
+            .await
+            .unwrap()
+        {
+            Some(GatewayEvent::Wake { command, ack }) if command.agent_id == "a" => {
+                ack.delivered().await.expect("ack sent");
+                break;
+            }
+            Some(GatewayEvent::Disconnected { error, .. }) => panic!("{error}"),
+            Some(_) => continue,
+            None => panic!("the gateway stream ended"),
+        }
+    }
 
     let addr = app.app.metrics_addr().expect("metrics are served");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -361,15 +524,32 @@ async fn metrics_count_what_happened() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     for line in [
         "mission_control_agents{status=\"online\"} 1",
-        "mission_control_transitions_total{reason=\"provisioned\"} 1",
+        "mission_control_agents{status=\"provisioning\"} 1",
+        "mission_control_transitions_total{reason=\"provisioned\"} 2",
         "mission_control_transitions_total{reason=\"checked_in\"} 1",
         "mission_control_heartbeats_total{path=\"committed\"} 1",
         "mission_control_heartbeats_total{path=\"memory\"} 1",
         "mission_control_checkin_latency_seconds_count 1",
         "mission_control_heartbeat_lease_left_seconds_count 1",
         "mission_control_database_reachable 1",
+        "mission_control_wakes_sent_total 1",
+        "mission_control_wakes_failed_total 1",
+        "mission_control_commit_failures_total 0",
+        "mission_control_gateways_connected 1",
+        "mission_control_watch_streams 1",
     ] {
         assert!(response.contains(line), "no {line:?} in\n{response}");
     }
+    let value = |name: &str| -> f64 {
+        let line = response
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{response}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Two provisions and a check-in, at least; batches may hold several.
+    assert!(value("mission_control_commit_batches_total") >= 1.0);
+    // Agent "b"'s check-in deadline and agent "a"'s lease, at least.
+    assert!(value("mission_control_timers") >= 2.0, "{response}");
     app.app.shutdown().await;
 }

@@ -49,6 +49,14 @@ pub fn fast_flags(database_url: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Sets `flag` to `value` in `flags`, replacing the value it had.
+pub fn set_flag(flags: &mut Vec<String>, flag: &str, value: &str) {
+    match flags.iter().position(|f| f == flag) {
+        Some(at) => flags[at + 1] = value.to_owned(),
+        None => flags.extend([flag.to_owned(), value.to_owned()]),
+    }
+}
+
 pub async fn spawn_app(flags: Vec<String>) -> TestApp {
     let config = Config::parse_from(flags);
     let app = App::start(&config).await.expect("the server starts");
@@ -109,6 +117,20 @@ pub async fn connected(events: &mut mpsc::UnboundedReceiver<GatewayEvent>) {
             Some(GatewayEvent::Rejected(e)) => panic!("gateway rejected: {e}"),
             Some(_) => continue,
             None => panic!("gateway stream ended"),
+        }
+    }
+}
+
+/// Reads up to the snapshot-complete marker.
+pub async fn next_marker(watch: &mut tonic::Streaming<WatchAgentResponse>) {
+    loop {
+        let item = tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .expect("the marker in time")
+            .expect("the watch goes on")
+            .expect("no error");
+        if let Some(watch_agent_response::Kind::SnapshotComplete(_)) = item.kind {
+            return;
         }
     }
 }
