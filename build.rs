@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
+    // Our codec: prost's, except that a message that does not decode is the
+    // caller's INVALID_ARGUMENT rather than the server's INTERNAL.
     tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -11,8 +11,21 @@ pub mod v1 {
         tonic::include_file_descriptor_set!("lifecycle_descriptor");
 }
 
+pub mod codec;
+
 pub use prost_types;
 pub use v1::*;
+
+/// The metadata keys that carry credentials, shared by the server and the
+/// client library so the two cannot drift apart.
+pub mod metadata {
+    /// An agent's token, on `Heartbeat`.
+    pub const AGENT_TOKEN: &str = "x-agent-token";
+    /// A gateway's token, on `ConnectGateway`.
+    pub const GATEWAY_TOKEN: &str = "x-gateway-token";
+    /// `Bearer <operator token>`, on every operator call.
+    pub const AUTHORIZATION: &str = "authorization";
+}
 
 impl v1::ProvisionRequest {
     /// A request for an agent with this id, on this gateway, in this role.

@@ -23,11 +23,11 @@ pub use mission_control_proto as proto;
 pub use mission_control_proto::v1::*;
 
 /// The metadata key an agent sends its token in.
-pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
+pub const AGENT_TOKEN_HEADER: &str = mission_control_proto::metadata::AGENT_TOKEN;
 /// The metadata key a gateway sends its token in.
-pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
+pub const GATEWAY_TOKEN_HEADER: &str = mission_control_proto::metadata::GATEWAY_TOKEN;
 /// The metadata key operator calls carry `Bearer <operator token>` in.
-pub const OPERATOR_TOKEN_HEADER: &str = "authorization";
+pub const OPERATOR_TOKEN_HEADER: &str = mission_control_proto::metadata::AUTHORIZATION;
 
 /// `scheme` then `token` as a metadata value: the token non-empty printable
 /// ASCII, the value marked sensitive so it stays out of debug output and

@@ -38,6 +38,17 @@ pub struct App {
 impl App {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let settings = config.settings().map_err(StartError::Config)?;
+        let operators = Arc::new(crate::edge::operators(config).map_err(StartError::Config)?);
+        crate::edge::exposure::check(
+            config.listen,
+            config.metrics_listen,
+            crate::edge::exposure::Protection {
+                operator_credentials: operators.required(),
+                client_certificates: false,
+                insecure_override: config.edge.insecure_allow_unauthenticated,
+            },
+        )
+        .map_err(StartError::Config)?;
         let store = open_store(config).await?;
         let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
         let listener =
@@ -51,18 +62,20 @@ impl App {
             addr: config.listen,
             source,
         })?;
-        let operators = crate::grpc::OperatorAuth::new(config.operator_token.as_deref());
-        if config.operator_token.is_none() && !addr.ip().is_loopback() {
-            tracing::warn!(
-                %addr,
-                "operator calls are not authenticated: anyone who can reach this address can \
-                 provision, delete and rotate tokens; set --operator-token"
-            );
-        }
         let shutdown = CancellationToken::new();
+        tokio::spawn(
+            operators
+                .clone()
+                .watch(config.edge.roles_reload_interval, shutdown.clone()),
+        );
+        let edge = crate::edge::EdgeLayer::new(
+            operators.clone(),
+            config.edge.max_health_watches,
+            config.edge.request_timeout,
+        );
         let server = tokio::spawn(crate::grpc::serve(
             lifecycle.clone(),
-            operators,
+            edge,
             listener,
             shutdown.clone().cancelled_owned(),
         ));
@@ -80,6 +93,7 @@ impl App {
                 tokio::spawn(crate::metrics_http::serve(
                     listener,
                     lifecycle.clone(),
+                    operators.clone(),
                     shutdown.clone(),
                 ));
                 tracing::info!(addr = %bound, "serving metrics at /metrics");

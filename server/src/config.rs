@@ -25,7 +25,11 @@ pub enum LogFormat {
 /// The agent lifecycle control plane: provisions agents onto gateways, wakes
 /// them, and knows at every moment whether each one has checked in.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mission-control", version)]
+#[command(
+    name = "mission-control",
+    version,
+    after_help = "To hash a token for --roles-file: echo -n TOKEN | mission-control hash-token"
+)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "MC_LISTEN", default_value = "127.0.0.1:50051")]
@@ -112,11 +116,16 @@ pub struct Config {
     #[arg(long, env = "MC_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Require `authorization: Bearer <token>` on every operator call
-    /// (everything but agents' heartbeats and gateways' streams, which carry
-    /// their own tokens). Set it whenever the port is reachable by others.
+    /// One admin token: every operator call (everything but agents'
+    /// heartbeats and gateways' streams, which carry their own tokens) then
+    /// needs `authorization: Bearer <token>`. On the command line it shows
+    /// in `ps`: prefer MC_OPERATOR_TOKEN, --operator-token-file or
+    /// --roles-file.
     #[arg(long, env = "MC_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
 
     /// Log format. Filter with RUST_LOG (default: info).
     #[arg(long, env = "MC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]

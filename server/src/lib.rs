@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod edge;
 pub mod engine;
 pub mod grpc;
 pub mod logging;

@@ -2,6 +2,9 @@ use clap::Parser;
 use mission_control_server::{app::App, config::Config, logging};
 
 fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("hash-token") {
+        return hash_token();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,4 +49,17 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `mission-control hash-token`: reads a token on standard input (so it
+/// stays out of `ps` and shell history) and prints the credential to put
+/// in a roles file.
+fn hash_token() -> std::process::ExitCode {
+    let mut token = String::new();
+    if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+        eprintln!("usage: echo -n TOKEN | mission-control hash-token");
+        return std::process::ExitCode::FAILURE;
+    }
+    println!("{}", mission_control_server::edge::hash_line(&token));
+    std::process::ExitCode::SUCCESS
 }

@@ -7,24 +7,16 @@ use mission_control_proto::v1 as pb;
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycle;
 use tonic::{Request, Response, Status};
 
-use super::auth::OperatorAuth;
-use super::{convert, validate};
+use super::{AGENT_TOKEN_HEADER, convert, validate};
 use crate::runtime::{Lifecycle, LifecycleError, WatchItem};
-
-/// The metadata key an agent puts its token in.
-pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
 
 pub struct LifecycleService {
     lifecycle: Lifecycle,
-    operators: OperatorAuth,
 }
 
 impl LifecycleService {
-    pub fn new(lifecycle: Lifecycle, operators: OperatorAuth) -> Self {
-        Self {
-            lifecycle,
-            operators,
-        }
+    pub fn new(lifecycle: Lifecycle) -> Self {
+        Self { lifecycle }
     }
 }
 
@@ -65,7 +57,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::ProvisionRequest>,
     ) -> Result<Response<pb::ProvisionResponse>, Status> {
-        self.operators.check(&request)?;
         let spec = validate::provision(request.get_ref())?;
         let outcome = self.lifecycle.provision(spec).await?;
         Ok(Response::new(pb::ProvisionResponse {
@@ -99,7 +90,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::WakeAgentRequest>,
     ) -> Result<Response<pb::WakeAgentResponse>, Status> {
-        self.operators.check(&request)?;
         let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
         let agent = self.lifecycle.wake(agent_id).await?;
         Ok(Response::new(pb::WakeAgentResponse {
@@ -111,7 +101,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        self.operators.check(&request)?;
         let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
         let agent = self.lifecycle.get(&agent_id)?;
         Ok(Response::new(convert::agent(&agent)))
@@ -121,7 +110,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.operators.check(&request)?;
         let (filter, after, limit) = validate::list(request.get_ref())?;
         let (agents, next) = self.lifecycle.list(&filter, after.as_ref(), limit);
         Ok(Response::new(pb::ListAgentsResponse {
@@ -134,7 +122,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        self.operators.check(&request)?;
         let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
         let agent = self.lifecycle.delete(agent_id).await?;
         Ok(Response::new(pb::DeleteAgentResponse {
@@ -148,7 +135,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::WatchAgentRequest>,
     ) -> Result<Response<Self::WatchAgentStream>, Status> {
-        self.operators.check(&request)?;
         let watch = validate::watch(request.get_ref())?;
         let stream = self.lifecycle.watch(watch).await?;
         let stream = stream.map(|item: Result<WatchItem, LifecycleError>| {
@@ -161,7 +147,6 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::GetAgentHistoryRequest>,
     ) -> Result<Response<pb::GetAgentHistoryResponse>, Status> {
-        self.operators.check(&request)?;
         let (agent_id, before, limit) = validate::history(request.get_ref())?;
         let events = self.lifecycle.history(&agent_id, before, limit).await?;
         let next_page_token = match events.last() {

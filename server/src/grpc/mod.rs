@@ -1,7 +1,6 @@
 //! The transport adapter: gRPC services over the runtime, plus standard
 //! health (NOT_SERVING while the database is unreachable) and reflection.
 
-mod auth;
 mod convert;
 mod error;
 mod gateways;
@@ -18,17 +17,19 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::edge::EdgeLayer;
+use crate::edge::methods::{MAX_GATEWAY_MESSAGE, MAX_OPEN_MESSAGE, MAX_UNARY_REQUEST};
 use crate::runtime::Lifecycle;
 
-pub use auth::OperatorAuth;
-pub use gateways::GATEWAY_TOKEN_HEADER;
-pub use lifecycle::AGENT_TOKEN_HEADER;
+pub use mission_control_proto::metadata::{
+    AGENT_TOKEN as AGENT_TOKEN_HEADER, GATEWAY_TOKEN as GATEWAY_TOKEN_HEADER,
+};
 
 /// Serves every service on `listener` until `shutdown` completes, then
 /// stops accepting and waits for calls in flight.
 pub async fn serve(
     lifecycle: Lifecycle,
-    operators: OperatorAuth,
+    edge: EdgeLayer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -50,24 +51,31 @@ pub async fn serve(
     }
     let reflection_v1 = v1
         .build_v1()
-        .expect("the embedded descriptor sets are valid");
+        .expect("the embedded descriptor sets are valid")
+        .max_decoding_message_size(MAX_OPEN_MESSAGE);
     let reflection_v1alpha = v1alpha
         .build_v1alpha()
-        .expect("the embedded descriptor sets are valid");
+        .expect("the embedded descriptor sets are valid")
+        .max_decoding_message_size(MAX_OPEN_MESSAGE);
+    let health = health.max_decoding_message_size(MAX_OPEN_MESSAGE);
 
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .timeout(edge.request_timeout())
+        // Authentication and size limits before any body is read.
+        .layer(edge)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AgentLifecycleServer::new(lifecycle::LifecycleService::new(
-            lifecycle.clone(),
-            operators.clone(),
-        )))
-        .add_service(GatewaysServer::new(gateways::GatewayService::new(
-            lifecycle, operators,
-        )))
+        .add_service(
+            AgentLifecycleServer::new(lifecycle::LifecycleService::new(lifecycle.clone()))
+                .max_decoding_message_size(MAX_UNARY_REQUEST),
+        )
+        .add_service(
+            GatewaysServer::new(gateways::GatewayService::new(lifecycle))
+                .max_decoding_message_size(MAX_GATEWAY_MESSAGE),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
