@@ -277,6 +277,11 @@ impl Engine {
 
     /// The heartbeat fast path: a steady-state heartbeat of an online agent
     /// renews its lease in memory. Anything else needs a committed batch.
+    /// The agent holding this token, if any.
+    pub fn agent_by_token(&self, token: &TokenHash) -> Option<&Agent> {
+        self.agents.get(self.agent_tokens.get(token)?)
+    }
+
     pub fn renew_lease(
         &mut self,
         token: &TokenHash,

@@ -53,6 +53,14 @@ pub fn status(error: LifecycleError) -> Status {
             "WATCH_TOO_SLOW",
             ("resume_revision", resume_revision),
         ),
+        LifecycleError::Throttled {
+            message,
+            retry_after,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
         LifecycleError::TooManyStreams(message) => Status::with_error_details(
             Code::ResourceExhausted,
             message,

@@ -27,6 +27,11 @@ impl Clock {
         }
     }
 
+    /// Monotonic time since the clock was made.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.origin_instant.elapsed()
+    }
+
     pub fn now(&self) -> Timestamp {
         self.origin.plus(self.origin_instant.elapsed())
     }

@@ -39,6 +39,12 @@ pub enum LifecycleError {
         message: String,
         resume_revision: u64,
     },
+    /// A per-agent budget is spent; the caller may retry after the delay.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A per-server limit on open streams was reached.
     #[error("{0}")]
     TooManyStreams(String),
@@ -52,6 +58,13 @@ impl LifecycleError {
             field,
             message: message.into(),
         }
+    }
+
+    /// The writer's queue is full: shed, and let the caller retry.
+    pub fn overloaded() -> Self {
+        Self::Unavailable(
+            "the service is overloaded (the writer's queue is full); retry shortly".into(),
+        )
     }
 
     pub fn shutting_down() -> Self {

@@ -9,6 +9,7 @@ mod actor;
 mod clock;
 mod error;
 mod gateways;
+mod limits;
 mod metrics;
 mod tasks;
 pub mod tokens;
@@ -97,6 +98,7 @@ struct Shared {
     in_flight: InFlight,
     open_watches: std::sync::atomic::AtomicUsize,
     metrics: metrics::Metrics,
+    limits: limits::AgentLimits,
 }
 
 impl Shared {
@@ -300,12 +302,13 @@ impl Lifecycle {
             database_reachable: tokio_watch::channel(true).0,
             recovering: Default::default(),
             commands: commands_tx,
-            settings,
             draining: streams_stop.child_token(),
             streams_stop,
             in_flight: InFlight::default(),
             open_watches: Default::default(),
             metrics: Default::default(),
+            limits: limits::AgentLimits::new(&settings.policy, clock),
+            settings,
         });
         let tasks_stop = CancellationToken::new();
         let actor = Actor {
@@ -420,11 +423,15 @@ impl Lifecycle {
     ) -> Result<T, LifecycleError> {
         let _in_flight = self.shared.in_flight.enter();
         let (reply, answer) = oneshot::channel();
+        // Shed load rather than queue without bound: a full queue is
+        // UNAVAILABLE with a RetryInfo, at once.
         self.shared
             .commands
-            .send(command(reply))
-            .await
-            .map_err(|_| LifecycleError::shutting_down())?;
+            .try_send(command(reply))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => LifecycleError::overloaded(),
+                mpsc::error::TrySendError::Closed(_) => LifecycleError::shutting_down(),
+            })?;
         answer.await.map_err(|_| LifecycleError::shutting_down())?
     }
 
@@ -453,10 +460,19 @@ impl Lifecycle {
     ) -> Result<HeartbeatAck, LifecycleError> {
         let hash = tokens::hash(token);
         let now = self.shared.clock.now();
-        let renewal = self
-            .shared
-            .engine()
-            .renew_lease(&hash, reported_template.as_deref(), now);
+        let renewal = {
+            let mut engine = self.shared.engine();
+            if let Some(agent) = engine.agent_by_token(&hash) {
+                let new_template = reported_template
+                    .as_deref()
+                    .is_some_and(|v| v != agent.reported_template_version);
+                self.shared
+                    .limits
+                    .admit(&agent.id, new_template)
+                    .map_err(|refused| throttled(&agent.id, refused))?;
+            }
+            engine.renew_lease(&hash, reported_template.as_deref(), now)
+        };
         let metrics = &self.shared.metrics;
         let (agent_id, status, generation, lease_expires_at) = match renewal {
             Renewal::Renewed(lease) => {
@@ -753,3 +769,17 @@ fn invalid_agent_token() -> LifecycleError {
 
 #[cfg(test)]
 mod tests;
+
+/// A heartbeat refused by the agent's budget (logged at debug: a looping
+/// agent would otherwise flood the logs).
+fn throttled(agent_id: &AgentId, refused: limits::Refused) -> LifecycleError {
+    tracing::debug!(%agent_id, what = refused.what, retry_after = ?refused.retry_after, "agent throttled");
+    LifecycleError::Throttled {
+        message: format!(
+            "too many {} from agent {agent_id}; retry after {} ms",
+            refused.what,
+            refused.retry_after.as_millis()
+        ),
+        retry_after: refused.retry_after,
+    }
+}

@@ -57,6 +57,8 @@ pub(super) async fn compact_history(shared: Arc<Shared>, stop: CancellationToken
             _ = interval.tick() => {}
             _ = stop.cancelled() => return,
         }
+        // Rate-limit state of agents whose budgets refilled (deleted ones too).
+        shared.limits.forget_idle();
         let cutoff = shared.clock.now().minus(shared.settings.event_retention);
         match shared.store.compact(cutoff).await {
             Ok(revision) => {
