@@ -37,7 +37,7 @@ pub struct App {
 
 impl App {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let settings = config.settings().map_err(StartError::Config)?;
+        let mut settings = config.settings().map_err(StartError::Config)?;
         let operators = Arc::new(crate::edge::operators(config).map_err(StartError::Config)?);
         crate::edge::exposure::check(
             config.listen,
@@ -49,8 +49,6 @@ impl App {
             },
         )
         .map_err(StartError::Config)?;
-        let store = open_store(config).await?;
-        let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -62,6 +60,9 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        settings.advertise_address = config.advertise_address(addr);
+        let store = open_store(config).await?;
+        let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(
             operators
@@ -187,7 +188,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     loop {
         match PostgresStore::connect(url, &config.pool()).await {
             Ok(store) => return Ok(Arc::new(store)),
-            Err(StoreError::Unavailable(error) | StoreError::WriterLocked(error))
+            Err(StoreError::Unavailable(error))
                 if started.elapsed() < config.database_startup_timeout =>
             {
                 tracing::warn!(%error, retry_in = ?delay, "waiting for the database");

@@ -104,7 +104,22 @@ pub struct Config {
     #[arg(long, env = "MC_DATABASE_CONNECTIONS", default_value_t = 16)]
     pub database_connections: usize,
 
-    /// How long to wait for Postgres at start before giving up.
+    /// The leader lease: the leader renews it every third of this; a leader
+    /// that cannot prove it holds the lease stops acting at once, and a
+    /// stalled or lost leader is replaced within this long.
+    #[arg(long, env = "MC_LEADER_LEASE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+
+    /// The address other replicas use to reach this one (host:port), put in
+    /// the lease while this replica leads: followers forward calls there.
+    /// Default: the address --listen bound (its port resolved if 0; an
+    /// unspecified IP becomes 127.0.0.1, only right on one machine).
+    #[arg(long, env = "MC_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// How long to wait for Postgres to answer at start before giving up
+    /// (a replica that reaches it but is not the leader waits as a
+    /// follower, without limit).
     #[arg(long, env = "MC_DATABASE_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub database_startup_timeout: Duration,
 
@@ -170,6 +185,9 @@ impl Config {
         {
             return Err("--operator-token must not be empty".into());
         }
+        if self.leader_lease < std::time::Duration::from_millis(100) {
+            return Err("--leader-lease must be at least 100ms".into());
+        }
         if self.watch_buffer < MIN_WATCH_BUFFER {
             return Err(format!(
                 "--watch-buffer must be at least {MIN_WATCH_BUFFER} (one committed batch must fit)"
@@ -183,13 +201,27 @@ impl Config {
             watch_buffer: self.watch_buffer,
             bookmark_interval: self.watch_bookmark_interval,
             max_watches: self.max_watches,
+            leader_lease: self.leader_lease,
             ..Settings::default()
         })
+    }
+
+    /// Where other replicas reach this one, given the bound address.
+    pub fn advertise_address(&self, bound: SocketAddr) -> String {
+        if let Some(address) = &self.advertise_address {
+            return address.clone();
+        }
+        let mut bound = bound;
+        if bound.ip().is_unspecified() {
+            bound.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        bound.to_string()
     }
 
     pub fn pool(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.database_connections.max(2),
+            idle_transaction_timeout: self.leader_lease,
             ..PoolSettings::default()
         }
     }

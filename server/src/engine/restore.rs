@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use super::LeaseCheckpoint;
 use super::batch::Change;
-use super::model::{Agent, AgentId, Gateway, PendingRetire, Reason, Status, Timestamp};
+use super::model::{
+    Agent, AgentId, Event, EventKind, Gateway, PendingRetire, Reason, Status, Timestamp,
+};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine, Policy};
 
@@ -61,6 +63,29 @@ fn avalanche(mut x: u64) -> u64 {
 }
 
 impl Engine {
+    /// Applies an event another replica committed, to keep a follower's
+    /// copy current. Only agents and the revision follow: tokens, gateways,
+    /// timers and leases are rebuilt from the store at a takeover.
+    pub fn apply_event(&mut self, event: &Event) {
+        let id = &event.agent.id;
+        match event.kind {
+            EventKind::Deleted => {
+                if let Some(old) = self.agents.remove(id) {
+                    self.agent_tokens.remove(&old.token_hash);
+                }
+            }
+            EventKind::Added | EventKind::Changed => {
+                let mut agent = event.agent.clone();
+                // Events do not carry tokens: keep the one this copy knows.
+                if let Some(old) = self.agents.get(id) {
+                    agent.token_hash = old.token_hash;
+                }
+                self.agents.insert(id.clone(), agent);
+            }
+        }
+        self.revision = self.revision.max(event.revision);
+    }
+
     /// Rebuilds the engine and its timers from stored state.
     ///
     /// Deadlines and leases that passed while the service was down, or fall

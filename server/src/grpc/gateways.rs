@@ -98,6 +98,12 @@ fn command_stream(
                 )),
                 None,
             )),
+            Outbound::Closed(CloseReason::NotLeader) => Some((
+                Err(Status::unavailable(
+                    "this replica stopped leading; connect again",
+                )),
+                None,
+            )),
             Outbound::Closed(CloseReason::TokenRotated) => Some((
                 Err(Status::unauthenticated(
                     "the gateway token was rotated; connect with the new token",

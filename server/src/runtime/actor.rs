@@ -1,16 +1,24 @@
-//! The single writer. It takes commands and due timers in batches, stages
-//! them in the engine, commits each batch to the store in one transaction,
-//! and only then applies it, announces its events, answers the callers and
-//! sends the wakes. One writer means one order: revisions follow commits.
+//! The single writer. While this replica leads, it takes commands and due
+//! timers in batches, stages them in the engine, commits each batch to the
+//! store in one transaction, and only then applies it, announces its
+//! events, answers the callers and sends the wakes. One writer means one
+//! order: revisions follow commits.
+//!
+//! While this replica follows, the same task keeps the engine a warm copy
+//! of the leader's: it reads committed events by revision (woken by the
+//! store's notifications, and polling besides, so a lost notification
+//! delays nothing for long) and announces them to this replica's watchers.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gateways::{CloseReason, GatewayCommand};
+use super::leader::ReplicaRole;
 use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
 use crate::engine::{
@@ -96,23 +104,55 @@ pub(super) struct Actor {
     pub stop: CancellationToken,
     /// Commands the actor gives itself (failed deliveries), run first.
     pub followups: Vec<Command>,
+    pub roles: watch::Receiver<ReplicaRole>,
 }
+
+/// A follower reads the event log at least this often.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// Events read per page while following.
+const FOLLOW_PAGE: usize = 1000;
 
 impl Actor {
     pub async fn run(mut self) {
         loop {
+            let role = *self.roles.borrow_and_update();
+            let next = match role {
+                ReplicaRole::Leader => self.lead().await,
+                ReplicaRole::TakingOver => self.take_over().await,
+                ReplicaRole::Follower => self.follow().await,
+            };
+            if next.is_break() {
+                break;
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Serves as leader until this replica stops leading (or stops).
+    async fn lead(&mut self) -> ControlFlow<()> {
+        loop {
+            if !self.shared.leadership.may_act() {
+                self.step_down("the leader lease can no longer be proven");
+                return ControlFlow::Continue(());
+            }
             // Follow-ups count toward the batch's command budget too.
             let carried = self.followups.len().min(self.shared.settings.max_batch);
             let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
             if commands.is_empty() {
                 let next_timer = self.shared.engine().next_timer_at();
                 let wake_at = next_timer.map(|at| self.shared.clock.instant_at(at));
+                let proof_ends = self.shared.leadership.valid_until();
                 tokio::select! {
                     biased;
-                    _ = self.stop.cancelled() => break,
+                    _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                    _ = self.roles.changed() => {
+                        self.roles.borrow_and_update();
+                        continue;
+                    }
+                    _ = sleep_until(proof_ends) => continue,
                     command = self.commands.recv() => match command {
                         Some(command) => commands.push(command),
-                        None => break,
+                        None => return ControlFlow::Break(()),
                     },
                     _ = sleep_until(wake_at) => {}
                 }
@@ -124,11 +164,125 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if let Err(error) = self.run_batch(commands).await {
-                self.recover(error).await;
+            if !self.shared.leadership.may_act() {
+                refuse_all(commands);
+                continue;
+            }
+            match self.run_batch(commands).await {
+                Err(StoreError::NotLeader(_)) => {
+                    self.step_down("a commit was fenced out: another replica leads");
+                    return ControlFlow::Continue(());
+                }
+                Err(error) => self.recover(error).await,
+                Ok(()) => {}
             }
         }
-        self.drain().await;
+    }
+
+    /// Stops acting as leader: what was staged is not committed, callers
+    /// waiting are refused, gateways reconnect (to the leader).
+    fn step_down(&mut self, why: &str) {
+        self.shared.leadership.lost(why);
+        self.followups.clear();
+        while let Ok(command) = self.commands.try_recv() {
+            command.refuse(super::not_leader());
+        }
+        self.shared.hub.evict_all(CloseReason::NotLeader);
+    }
+
+    /// Holds the lease: catches up with the store, extends deadlines and
+    /// leases over the gap (as at a restart), then serves.
+    async fn take_over(&mut self) -> ControlFlow<()> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if !self.shared.leadership.holds_lease() {
+                self.shared
+                    .leadership
+                    .lost("the lease ran out while taking over");
+                return ControlFlow::Continue(());
+            }
+            match self.resync().await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "taking over failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+        self.shared.leadership.serving();
+        let engine = self.shared.engine();
+        tracing::info!(
+            agents = engine.agent_count(),
+            timers = engine.timer_count(),
+            revision = engine.revision(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "lifecycle.took_over"
+        );
+        ControlFlow::Continue(())
+    }
+
+    /// Keeps the engine a copy of the leader's until this replica holds the
+    /// lease. Commands that reach a follower are refused.
+    async fn follow(&mut self) -> ControlFlow<()> {
+        let notifications = self.shared.store.event_notifications();
+        loop {
+            if let Err(error) = self.catch_up().await {
+                tracing::debug!(%error, "reading the event log failed; retrying");
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                _ = self.roles.changed() => {
+                    if *self.roles.borrow_and_update() != ReplicaRole::Follower {
+                        return ControlFlow::Continue(());
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => command.refuse(super::not_leader()),
+                    None => return ControlFlow::Break(()),
+                },
+                _ = notifications.notified() => {}
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+        }
+    }
+
+    /// Applies every event committed after this copy's revision, in order,
+    /// and announces each to this replica's watchers.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let after = self.shared.engine().revision();
+            let page = self.shared.store.events_after(after, FOLLOW_PAGE).await?;
+            if page.first().is_some_and(|e| e.revision != after + 1) {
+                // History this copy needs was compacted away: load it all.
+                return self.reload_copy().await;
+            }
+            let full = page.len() == FOLLOW_PAGE;
+            {
+                let mut engine = self.shared.engine();
+                for event in page {
+                    engine.apply_event(&event);
+                    let _ = self.shared.events.send(Arc::new(event));
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reload_copy(&mut self) -> Result<(), StoreError> {
+        let state = self.shared.store.load().await?;
+        let now = self.shared.clock.now();
+        let (engine, _) = Engine::restore(self.shared.settings.policy.clone(), state, now);
+        *self.shared.engine() = engine;
+        tracing::warn!("the event log was compacted past this follower's copy; reloaded");
+        Ok(())
     }
 
     /// At shutdown: one last batch for whatever was already accepted.
@@ -138,7 +292,9 @@ impl Actor {
         while let Ok(command) = self.commands.try_recv() {
             rest.push(command);
         }
-        if !rest.is_empty() {
+        if !self.shared.leadership.may_act() {
+            refuse_all(rest);
+        } else if !rest.is_empty() {
             let _ = self.run_batch(rest).await;
         }
     }
@@ -271,6 +427,10 @@ impl Actor {
                     }
                 }
             }
+            if !self.shared.leadership.holds_lease() {
+                // The new leader rebuilds its own state.
+                return;
+            }
             match self.resync().await {
                 Ok(()) => {
                     self.shared.set_database_reachable(true);
@@ -314,6 +474,12 @@ impl Actor {
             let _ = self.shared.events.send(Arc::new(event));
         }
         Ok(())
+    }
+}
+
+fn refuse_all(commands: Vec<Command>) {
+    for command in commands {
+        command.refuse(super::not_leader());
     }
 }
 

@@ -90,7 +90,7 @@ impl From<StoreError> for LifecycleError {
             StoreError::Unavailable(_)
             | StoreError::Refused(_)
             | StoreError::Conflict(_)
-            | StoreError::WriterLocked(_) => Self::Unavailable(e.to_string()),
+            | StoreError::NotLeader(_) => Self::Unavailable(e.to_string()),
             StoreError::Corrupt(_) | StoreError::Other(_) => Self::Internal(e.to_string()),
         }
     }

@@ -36,6 +36,8 @@ pub enum CloseReason {
     Superseded,
     /// The gateway's token was rotated: whoever holds the old one is out.
     TokenRotated,
+    /// This replica stopped leading: the gateway reconnects, to the leader.
+    NotLeader,
 }
 
 /// What a sent command was, for matching its acknowledgement.
@@ -107,6 +109,13 @@ impl GatewayHub {
     }
 
     /// Closes a session, unless a newer one has replaced it.
+    /// Ends every session, telling each gateway why.
+    pub fn evict_all(&self, reason: CloseReason) {
+        for (_, old) in std::mem::take(&mut *self.sessions()) {
+            let _ = old.tx.try_send(Outbound::Closed(reason));
+        }
+    }
+
     pub fn disconnect(&self, gateway: &GatewayId, session: u64) {
         let mut sessions = self.sessions();
         if sessions.get(gateway).is_some_and(|s| s.id == session) {

@@ -9,6 +9,7 @@ mod actor;
 mod clock;
 mod error;
 mod gateways;
+mod leader;
 mod limits;
 mod metrics;
 mod tasks;
@@ -27,12 +28,14 @@ use crate::engine::{
     Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, Policy,
     ProvisionSpec, Renewal, Status, Timestamp,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
+use leader::Leadership;
 
 pub use clock::Clock;
 pub use error::LifecycleError;
 pub use gateways::{CloseReason, GatewayCommand, Outbound};
+pub use leader::ReplicaRole;
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
 
 /// Runtime settings beyond the policy. Defaults suit production.
@@ -55,6 +58,10 @@ pub struct Settings {
     pub max_batch: usize,
     /// Watch streams open at once, at most.
     pub max_watches: usize,
+    /// The leader lease's TTL: a stalled leader is replaced within it.
+    pub leader_lease: Duration,
+    /// Where other replicas reach this one, published while it leads.
+    pub advertise_address: String,
 }
 
 impl Default for Settings {
@@ -70,6 +77,8 @@ impl Default for Settings {
             health_check_interval: Duration::from_secs(2),
             max_batch: 512,
             max_watches: 1024,
+            leader_lease: Duration::from_secs(5),
+            advertise_address: String::new(),
         }
     }
 }
@@ -99,6 +108,7 @@ struct Shared {
     open_watches: std::sync::atomic::AtomicUsize,
     metrics: metrics::Metrics,
     limits: limits::AgentLimits,
+    leadership: Leadership,
 }
 
 impl Shared {
@@ -265,30 +275,55 @@ pub struct Lifecycle {
 const COMMAND_QUEUE: usize = 8192;
 
 impl Lifecycle {
-    /// Loads the fleet from the store, extends deadlines that passed while
-    /// the service was down, and starts the writer and background tasks.
+    /// Loads the fleet from the store and starts the writer and background
+    /// tasks. If the leader lease is free, this replica leads at once: it
+    /// extends deadlines that passed while no leader served. Otherwise it
+    /// starts as a follower, and takes over whenever the lease is free.
     pub async fn start(
         store: Arc<dyn Store>,
         settings: Settings,
         clock: Clock,
     ) -> Result<Self, StoreError> {
+        let candidate = Candidate {
+            holder: format!("{}#{:08x}", settings.advertise_address, fastrand::u32(..)),
+            address: settings.advertise_address.clone(),
+            ttl: settings.leader_lease,
+        };
+        let leadership = Leadership::new(candidate);
+        let started = tokio::time::Instant::now();
         let state = store.load().await?;
         let now = clock.now();
         let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
-        store.commit(&grace).await?;
-        // Deadlines are extended with an event each; leases in memory only.
-        let deadlines_extended = grace.events().len();
-        let leases_extended = engine.dirty_lease_count();
-        engine.commit(grace);
-        tracing::info!(
-            agents = engine.agent_count(),
-            timers = engine.timer_count(),
-            extended = deadlines_extended + leases_extended,
-            deadlines_extended,
-            leases_extended,
-            revision = engine.revision(),
-            "lifecycle.restored"
-        );
+        match store.acquire_leadership(leadership.candidate()).await? {
+            Some(epoch) => {
+                leadership.granted(epoch, leadership.proven_until(started));
+                store.commit(&grace).await?;
+                // Deadlines are extended with an event each; leases in memory only.
+                let deadlines_extended = grace.events().len();
+                let leases_extended = engine.dirty_lease_count();
+                engine.commit(grace);
+                leadership.serving();
+                tracing::info!(
+                    agents = engine.agent_count(),
+                    timers = engine.timer_count(),
+                    extended = deadlines_extended + leases_extended,
+                    deadlines_extended,
+                    leases_extended,
+                    revision = engine.revision(),
+                    "lifecycle.restored"
+                );
+            }
+            None => {
+                // A follower's copy: its timers and leases are rebuilt
+                // when it takes over.
+                engine.abort(grace);
+                tracing::info!(
+                    agents = engine.agent_count(),
+                    revision = engine.revision(),
+                    "another replica leads; following"
+                );
+            }
+        }
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let streams_stop = CancellationToken::new();
@@ -309,6 +344,7 @@ impl Lifecycle {
             metrics: Default::default(),
             limits: limits::AgentLimits::new(&settings.policy, clock),
             settings,
+            leadership,
         });
         let tasks_stop = CancellationToken::new();
         let actor = Actor {
@@ -316,9 +352,11 @@ impl Lifecycle {
             commands: commands_rx,
             stop: tasks_stop.clone(),
             followups: Vec::new(),
+            roles: shared.leadership.subscribe(),
         };
         let tasks = vec![
             tokio::spawn(actor.run()),
+            tokio::spawn(leader::keep_lease(shared.clone(), tasks_stop.clone())),
             tokio::spawn(tasks::checkpoint_leases(shared.clone(), tasks_stop.clone())),
             tokio::spawn(tasks::compact_history(shared.clone(), tasks_stop.clone())),
             tokio::spawn(tasks::probe_database(shared.clone(), tasks_stop.clone())),
@@ -409,6 +447,40 @@ impl Lifecycle {
         self.shared.database_reachable.subscribe()
     }
 
+    /// What this replica is doing: leading, taking over, or following.
+    pub fn role(&self) -> ReplicaRole {
+        let leadership = &self.shared.leadership;
+        match leadership.role() {
+            // Its proof ran out, though the writer may not have noticed yet.
+            _ if !leadership.holds_lease() => ReplicaRole::Follower,
+            role => role,
+        }
+    }
+
+    /// Watch it for leadership changes.
+    pub fn roles(&self) -> tokio_watch::Receiver<ReplicaRole> {
+        self.shared.leadership.subscribe()
+    }
+
+    /// Whether this replica may act as leader at this instant.
+    pub fn is_leader(&self) -> bool {
+        self.shared.leadership.may_act()
+    }
+
+    /// The replica holding the lease, as the store says now.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, LifecycleError> {
+        Ok(self.shared.store.leader().await?)
+    }
+
+    /// Refuses, unless this replica may act as leader.
+    fn ensure_leader(&self) -> Result<(), LifecycleError> {
+        if self.shared.leadership.may_act() {
+            Ok(())
+        } else {
+            Err(not_leader())
+        }
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.shared.settings.policy
     }
@@ -421,6 +493,7 @@ impl Lifecycle {
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, LifecycleError>>) -> Command,
     ) -> Result<T, LifecycleError> {
+        self.ensure_leader()?;
         let _in_flight = self.shared.in_flight.enter();
         let (reply, answer) = oneshot::channel();
         // Shed load rather than queue without bound: a full queue is
@@ -458,6 +531,7 @@ impl Lifecycle {
         token: &str,
         reported_template: Option<String>,
     ) -> Result<HeartbeatAck, LifecycleError> {
+        self.ensure_leader()?;
         let hash = tokens::hash(token);
         let now = self.shared.clock.now();
         let renewal = {
@@ -514,6 +588,9 @@ impl Lifecycle {
                 )
             }
         };
+        // The lease may have run out while this heartbeat was judged: only
+        // a leader that still proves its lease acknowledges anything.
+        self.ensure_leader()?;
         let next_heartbeat_in = self
             .shared
             .settings
@@ -636,6 +713,7 @@ impl Lifecycle {
         &self,
         token: &str,
     ) -> Result<(GatewaySession, mpsc::Receiver<Outbound>), LifecycleError> {
+        self.ensure_leader()?;
         let hash = tokens::hash(token);
         let engine = self.shared.engine();
         let gateway_id = engine
@@ -761,6 +839,10 @@ impl Drop for InFlightGuard<'_> {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+fn not_leader() -> LifecycleError {
+    LifecycleError::Unavailable("this replica is not the leader; retry on another replica".into())
 }
 
 fn invalid_agent_token() -> LifecycleError {

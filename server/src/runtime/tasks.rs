@@ -33,6 +33,9 @@ pub(super) async fn checkpoint_leases(shared: Arc<Shared>, stop: CancellationTok
 }
 
 pub(super) async fn checkpoint_once(shared: &Shared) {
+    if !shared.leadership.may_act() {
+        return;
+    }
     let leases = shared.engine().take_dirty_leases();
     if leases.is_empty() {
         return;
@@ -59,6 +62,9 @@ pub(super) async fn compact_history(shared: Arc<Shared>, stop: CancellationToken
         }
         // Rate-limit state of agents whose budgets refilled (deleted ones too).
         shared.limits.forget_idle();
+        if !shared.leadership.may_act() {
+            continue;
+        }
         let cutoff = shared.clock.now().minus(shared.settings.event_retention);
         match shared.store.compact(cutoff).await {
             Ok(revision) => {

@@ -3,7 +3,7 @@
 //! `store_conformance_tests!(make)` expands to one test per case, where
 //! `make` is an async expression giving a fresh `(store, guard)`.
 
-use super::{Store, StoreError};
+use super::{Candidate, Store, StoreError};
 use crate::engine::{
     AgentId, Batch, BoardId, Engine, EventKind, GatewayId, GatewaySpec, Policy, ProvisionSpec,
     Reason, Renewal, Role, Status, StoredState, Timestamp, TokenHash,
@@ -368,4 +368,70 @@ pub async fn compaction_drops_old_events_and_keeps_the_revision(store: &dyn Stor
 
 pub async fn ping_answers(store: &dyn Store) {
     store.ping().await.unwrap();
+}
+
+/// Makes `store` the leader, with a lease longer than any test.
+pub async fn lead(store: &dyn Store) {
+    let candidate = candidate("test-leader", std::time::Duration::from_secs(3600));
+    let epoch = store.acquire_leadership(&candidate).await.unwrap();
+    assert!(epoch.is_some(), "nobody else leads a fresh store");
+}
+
+pub fn candidate(holder: &str, ttl: std::time::Duration) -> Candidate {
+    Candidate {
+        holder: holder.into(),
+        address: format!("{holder}.example:50051"),
+        ttl,
+    }
+}
+
+/// The lease, seen by two replicas of one store: exclusive while held,
+/// renewed, expired by the store's clock, taken over with a higher epoch
+/// that fences the old leader out, and released for an immediate handover.
+pub async fn leadership_is_exclusive_expires_and_fences(first: &dyn Store, second: &dyn Store) {
+    use std::time::Duration;
+    let ttl = Duration::from_millis(300);
+    let (a, b) = (candidate("a", ttl), candidate("b", ttl));
+
+    assert_eq!(first.leader().await.unwrap(), None);
+    let first_epoch = first.acquire_leadership(&a).await.unwrap().expect("free");
+    assert_eq!(second.acquire_leadership(&b).await.unwrap(), None, "held");
+    let leader = first.leader().await.unwrap().expect("a leads");
+    assert_eq!((leader.holder.as_str(), leader.epoch), ("a", first_epoch));
+    assert_eq!(leader.address, "a.example:50051");
+
+    // The leader writes; the other is fenced out even of an empty batch.
+    let writes = Fixture::new(first).await;
+    let refused = second
+        .commit(&Engine::new(Policy::default()).begin(at(0)))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotLeader(_))),
+        "{refused:?}"
+    );
+    assert!(first.renew_leadership(&a).await.unwrap());
+
+    // No renewal: the lease expires by the store's clock and b takes over.
+    let mut second_epoch = None;
+    for _ in 0..200 {
+        second_epoch = second.acquire_leadership(&b).await.unwrap();
+        if second_epoch.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second_epoch = second_epoch.expect("the lease expired within 10 s");
+    assert!(second_epoch > first_epoch);
+    assert!(!first.renew_leadership(&a).await.unwrap(), "a lost it");
+    let deposed = first.commit(&writes.engine.begin(at(1))).await;
+    assert!(
+        matches!(deposed, Err(StoreError::NotLeader(_))),
+        "{deposed:?}"
+    );
+
+    // A release hands over at once, without waiting for the TTL.
+    second.release_leadership().await;
+    assert_eq!(second.leader().await.unwrap(), None);
+    let third = first.acquire_leadership(&a).await.unwrap();
+    assert!(third.is_some_and(|e| e > second_epoch), "{third:?}");
 }

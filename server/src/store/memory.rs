@@ -2,19 +2,47 @@
 //! and for tests, which can also make it fail on purpose.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use super::{Store, StoreError};
+use super::{Candidate, LeaderInfo, Store, StoreError};
 use crate::engine::{
     Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, Status,
     StoredState, Timestamp,
 };
 
+/// One replica's handle on the in-memory data; [`MemoryStore::replica`]
+/// gives another replica a handle on the same data, with its own lease.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// The epoch this handle leads with; 0 while it does not lead.
+    epoch: AtomicU64,
+    /// While set, this handle's lease calls fail, as for a replica cut off
+    /// from the database (or stalled).
+    lease_cut_off: AtomicBool,
+    notify: Arc<Notify>,
+    /// While set, this handle's notifications are lost.
+    muted: Arc<AtomicBool>,
+}
+
+/// The lease, on tokio's clock: the "database clock" of this store.
+#[derive(Debug, Default)]
+struct Lease {
+    epoch: u64,
+    holder: String,
+    address: String,
+    expires_at: Option<Instant>,
+}
+
+impl Lease {
+    fn held(&self) -> bool {
+        self.expires_at.is_some_and(|at| Instant::now() < at)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -35,11 +63,64 @@ struct State {
     commit_delay: std::time::Duration,
     commits: u64,
     checkpoints: u64,
+    lease: Lease,
+    /// Every handle's notifier, told of each commit unless it is muted.
+    listeners: Vec<(Arc<Notify>, Arc<AtomicBool>)>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
-        Self::default()
+        let store = Self::default();
+        store.listen();
+        store
+    }
+
+    /// Another replica's handle on the same data.
+    pub fn replica(&self) -> Self {
+        let store = Self {
+            state: self.state.clone(),
+            ..Self::default()
+        };
+        store.listen();
+        store
+    }
+
+    fn listen(&self) {
+        let listener = (self.notify.clone(), self.muted.clone());
+        self.lock().listeners.push(listener);
+    }
+
+    /// Makes this handle's commit notifications get lost (or not).
+    pub fn set_notifications_lost(&self, lost: bool) {
+        self.muted.store(lost, Ordering::SeqCst);
+    }
+
+    /// Makes this handle's lease calls fail (or succeed again).
+    pub fn set_lease_cut_off(&self, cut_off: bool) {
+        self.lease_cut_off.store(cut_off, Ordering::SeqCst);
+    }
+
+    /// The epoch of the current lease, held or not.
+    pub fn lease_epoch(&self) -> u64 {
+        self.lock().lease.epoch
+    }
+
+    fn fenced<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, State>,
+    ) -> Result<std::sync::MutexGuard<'a, State>, StoreError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if epoch == 0 || state.lease.epoch != epoch || !state.lease.held() {
+            return Err(super::lease::not_leader());
+        }
+        Ok(state)
+    }
+
+    fn lease_reachable(&self) -> Result<(), StoreError> {
+        if self.lease_cut_off.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("cut off from the store".into()));
+        }
+        Ok(())
     }
 
     /// Makes every call fail (or succeed again), like a database outage.
@@ -98,7 +179,7 @@ impl Store for MemoryStore {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let mut state = self.available()?;
+        let mut state = self.fenced(self.available()?)?;
         // Check before writing anything: all or nothing.
         if let Some(event) = batch
             .events()
@@ -138,6 +219,13 @@ impl Store for MemoryStore {
             state.events.insert(event.revision, event.clone());
         }
         state.commits += 1;
+        if !batch.events().is_empty() {
+            for (notify, muted) in &state.listeners {
+                if !muted.load(Ordering::SeqCst) {
+                    notify.notify_one();
+                }
+            }
+        }
         if state.lose_commit_answers {
             return Err(StoreError::Unavailable(
                 "connection lost before COMMIT was answered".into(),
@@ -147,7 +235,7 @@ impl Store for MemoryStore {
     }
 
     async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {
-        let mut state = self.available()?;
+        let mut state = self.fenced(self.available()?)?;
         for lease in leases {
             let Some(agent) = state.agents.get_mut(&lease.agent_id) else {
                 continue;
@@ -211,11 +299,73 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.available().map(drop)
     }
+
+    async fn acquire_leadership(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError> {
+        self.lease_reachable()?;
+        let mut state = self.available()?;
+        if state.lease.held() {
+            return Ok(None);
+        }
+        let epoch = state.lease.epoch + 1;
+        state.lease = Lease {
+            epoch,
+            holder: candidate.holder.clone(),
+            address: candidate.address.clone(),
+            expires_at: Some(Instant::now() + candidate.ttl),
+        };
+        self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(Some(epoch))
+    }
+
+    async fn renew_leadership(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+        self.lease_reachable()?;
+        let mut state = self.available()?;
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if epoch == 0 || state.lease.epoch != epoch || !state.lease.held() {
+            self.epoch.store(0, Ordering::SeqCst);
+            return Ok(false);
+        }
+        state.lease.expires_at = Some(Instant::now() + candidate.ttl);
+        Ok(true)
+    }
+
+    async fn release_leadership(&self) {
+        let epoch = self.epoch.swap(0, Ordering::SeqCst);
+        let mut state = self.lock();
+        if epoch != 0 && state.lease.epoch == epoch {
+            state.lease.expires_at = None;
+        }
+    }
+
+    async fn leader(&self) -> Result<Option<LeaderInfo>, StoreError> {
+        let state = self.available()?;
+        Ok(state.lease.held().then(|| LeaderInfo {
+            holder: state.lease.holder.clone(),
+            address: state.lease.address.clone(),
+            epoch: state.lease.epoch,
+        }))
+    }
+
+    fn event_notifications(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::MemoryStore;
 
-    crate::store_conformance_tests!(async { (MemoryStore::new(), ()) });
+    crate::store_conformance_tests!(async {
+        let store = MemoryStore::new();
+        crate::store::conformance::lead(&store).await;
+        (store, ())
+    });
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_is_exclusive_expires_and_fences() {
+        let first = MemoryStore::new();
+        let second = first.replica();
+        crate::store::conformance::leadership_is_exclusive_expires_and_fences(&first, &second)
+            .await;
+    }
 }

@@ -14,6 +14,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_fencing_tombstones_previous_board",
         include_str!("../../../migrations/0002_fencing_tombstones_previous_board.sql"),
     ),
+    (
+        "0003_leader_lease",
+        include_str!("../../../migrations/0003_leader_lease.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -5,12 +5,17 @@
 
 #[cfg(test)]
 pub mod conformance;
+mod lease;
+mod listen;
 mod memory;
 mod migrations;
 mod postgres;
-mod writer_lock;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use crate::engine::{AgentId, Batch, Event, LeaseCheckpoint, StoredState, Timestamp};
 
@@ -30,14 +35,34 @@ pub enum StoreError {
     /// gives up at once, and a running one reports itself unavailable.
     #[error("database refused the connection: {0}")]
     Refused(String),
-    /// Another server is the writer for this database.
+    /// This replica does not hold the leader lease (any more): it must not
+    /// write.
     #[error("{0}")]
-    WriterLocked(String),
+    NotLeader(String),
     /// Stored data this build cannot read.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
     Other(String),
+}
+
+/// A replica asking to lead: who it is, where followers reach it, and how
+/// long its lease lasts from each renewal (by the store's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Unique per process start.
+    pub holder: String,
+    /// The gRPC address followers forward calls to.
+    pub address: String,
+    pub ttl: Duration,
+}
+
+/// The replica holding an unexpired lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub holder: String,
+    pub address: String,
+    pub epoch: u64,
 }
 
 #[async_trait]
@@ -75,7 +100,31 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Stops writing: after this, commits fail. Called once at shutdown, so
-    /// the next server need not wait for this one's connections to go.
-    async fn close(&self) {}
+    /// Takes the leader lease if nobody holds an unexpired one; returns the
+    /// new epoch. From then on every commit and checkpoint is fenced with
+    /// it: it succeeds only while this epoch's lease is unexpired by the
+    /// store's clock.
+    async fn acquire_leadership(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError>;
+
+    /// Extends this replica's lease by its TTL from the store's now.
+    /// `Ok(false)`: the lease is lost (expired, or another replica took it);
+    /// this replica is a follower from then on.
+    async fn renew_leadership(&self, candidate: &Candidate) -> Result<bool, StoreError>;
+
+    /// Gives the lease up at once, so that a follower takes over without
+    /// waiting for it to expire. Commits fail afterwards.
+    async fn release_leadership(&self);
+
+    /// The replica holding an unexpired lease, if any.
+    async fn leader(&self) -> Result<Option<LeaderInfo>, StoreError>;
+
+    /// Notified when another replica may have committed events, so a
+    /// follower reads them without waiting for its next poll.
+    fn event_notifications(&self) -> Arc<Notify>;
+
+    /// Stops writing: after this, commits fail. Called once at shutdown; it
+    /// releases the lease, so a follower takes over at once.
+    async fn close(&self) {
+        self.release_leadership().await;
+    }
 }

@@ -5,17 +5,20 @@
 //! same few round trips whether it holds one transition or a thousand.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::future::try_join_all;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
+use tokio_util::sync::CancellationToken;
 
-use super::writer_lock::{self, WriterLock};
-use super::{Store, StoreError, migrations};
+use super::lease::{self, PgLease};
+use super::{Candidate, LeaderInfo, Store, StoreError, migrations};
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
     PendingRetire, Reason, Role, Status, StoredState, Timestamp, TokenHash,
@@ -26,6 +29,10 @@ pub struct PoolSettings {
     pub max_connections: usize,
     /// How long to wait for a connection (from the pool or a new one).
     pub timeout: Duration,
+    /// Postgres ends a session whose transaction sat idle this long: a
+    /// stalled leader's open transaction must not hold the rows (and the
+    /// lease row) that its successor needs. Set it to the leader lease.
+    pub idle_transaction_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -33,13 +40,16 @@ impl Default for PoolSettings {
         Self {
             max_connections: 16,
             timeout: Duration::from_secs(5),
+            idle_transaction_timeout: Duration::from_secs(5),
         }
     }
 }
 
 pub struct PostgresStore {
     pool: Pool,
-    pub(super) writer: WriterLock,
+    pub(super) lease: PgLease,
+    notifications: Arc<Notify>,
+    listener_stop: CancellationToken,
 }
 
 impl PostgresStore {
@@ -49,6 +59,14 @@ impl PostgresStore {
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         config.connect_timeout(settings.timeout);
         config.application_name("mission-control");
+        let idle_ms = settings.idle_transaction_timeout.as_millis().max(1);
+        let options = match config.get_options() {
+            Some(existing) => {
+                format!("{existing} -c idle_in_transaction_session_timeout={idle_ms}")
+            }
+            None => format!("-c idle_in_transaction_session_timeout={idle_ms}"),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -72,8 +90,19 @@ impl PostgresStore {
             tracing::info!("database schema is up to date");
         }
         drop(client);
-        let writer = WriterLock::acquire(&config).await?;
-        Ok(Self { pool, writer })
+        let notifications = Arc::new(Notify::new());
+        let listener_stop = CancellationToken::new();
+        tokio::spawn(super::listen::listen(
+            config.clone(),
+            notifications.clone(),
+            listener_stop.clone(),
+        ));
+        Ok(Self {
+            pool,
+            lease: PgLease::new(&config),
+            notifications,
+            listener_stop,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -90,7 +119,7 @@ fn pool_error(e: PoolError) -> StoreError {
 
 /// Maps a Postgres error to a store error, by SQLSTATE: the one place that
 /// knows them.
-fn classify(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn classify(e: tokio_postgres::Error) -> StoreError {
     let Some(code) = e.code() else {
         // No SQLSTATE: the connection failed or closed.
         return StoreError::Unavailable(e.to_string());
@@ -465,9 +494,9 @@ impl Store for PostgresStore {
                                   $10::text[])"
         );
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
-        // First: this server must still be the writer.
-        let epoch = self.writer.epoch().await?;
-        let mut statements: Vec<(&str, Params<'_>)> = vec![(writer_lock::FENCE, vec![&epoch])];
+        // First: this replica must still be the leader.
+        let epoch = self.lease.epoch()?;
+        let mut statements: Vec<(&str, Params<'_>)> = vec![(lease::FENCE, vec![&epoch])];
         if !upserts.id.is_empty() {
             statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
         }
@@ -544,9 +573,7 @@ impl Store for PostgresStore {
         .map_err(classify)?;
         if counts[0] != 1 {
             // Dropping the transaction rolls it back.
-            return Err(StoreError::WriterLocked(
-                "this server no longer holds the writer lock".into(),
-            ));
+            return Err(lease::not_leader());
         }
         tx.commit().await.map_err(classify)
     }
@@ -559,7 +586,7 @@ impl Store for PostgresStore {
         let generations: Vec<i64> = leases.iter().map(|l| l.generation as i64).collect();
         let seen: Vec<SystemTime> = leases.iter().map(|l| time(l.last_seen_at)).collect();
         let expires: Vec<SystemTime> = leases.iter().map(|l| time(l.lease_expires_at)).collect();
-        let epoch = self.writer.epoch().await?;
+        let epoch = self.lease.epoch()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let statement = tx
@@ -576,14 +603,12 @@ impl Store for PostgresStore {
         let fence_params: [&(dyn ToSql + Sync); 1] = [&epoch];
         let lease_params: [&(dyn ToSql + Sync); 4] = [&ids, &generations, &seen, &expires];
         let (fenced, _) = tokio::try_join!(
-            tx.execute(writer_lock::FENCE, &fence_params),
+            tx.execute(lease::FENCE, &fence_params),
             tx.execute(&statement, &lease_params),
         )
         .map_err(classify)?;
         if fenced != 1 {
-            return Err(StoreError::WriterLocked(
-                "this server no longer holds the writer lock".into(),
-            ));
+            return Err(lease::not_leader());
         }
         tx.commit().await.map_err(classify)
     }
@@ -651,13 +676,46 @@ impl Store for PostgresStore {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    async fn acquire_leadership(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError> {
+        self.lease.acquire(candidate).await
+    }
+
+    async fn renew_leadership(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+        self.lease.renew(candidate).await
+    }
+
+    async fn release_leadership(&self) {
+        self.lease.release().await;
+    }
+
+    async fn leader(&self) -> Result<Option<LeaderInfo>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT holder, address, epoch FROM leader_lease
+                 WHERE expires_at > clock_timestamp()",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(row.map(|row| LeaderInfo {
+            holder: row.get(0),
+            address: row.get(1),
+            epoch: row.get::<_, i64>(2) as u64,
+        }))
+    }
+
+    fn event_notifications(&self) -> Arc<Notify> {
+        self.notifications.clone()
+    }
+
     async fn close(&self) {
-        self.writer.release().await;
+        self.lease.release().await;
+        self.listener_stop.cancel();
         self.pool.close();
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.writer.ensure().await?;
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(classify)?;
         Ok(())
@@ -666,14 +724,125 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::PostgresStore;
+    use std::time::Duration;
+
+    use super::{PoolSettings, PostgresStore};
+    use crate::engine::{Engine, Policy, Timestamp};
+    use crate::store::conformance::{self, candidate};
+    use crate::store::{Store, StoreError};
     use crate::testing::TestDatabase;
+
+    async fn connect(db: &TestDatabase) -> PostgresStore {
+        let settings = PoolSettings {
+            idle_transaction_timeout: Duration::from_millis(500),
+            ..PoolSettings::default()
+        };
+        PostgresStore::connect(db.url(), &settings).await.unwrap()
+    }
+
+    fn empty_batch() -> crate::engine::Batch {
+        Engine::new(Policy::default()).begin(Timestamp::from_micros(1))
+    }
+
+    #[tokio::test]
+    async fn leadership_is_exclusive_expires_and_fences() {
+        let db = TestDatabase::create().await;
+        let (first, second) = (connect(&db).await, connect(&db).await);
+        conformance::leadership_is_exclusive_expires_and_fences(&first, &second).await;
+    }
+
+    /// A leader stopped (SIGSTOP) in the middle of a commit holds a share
+    /// lock on the lease row: Postgres ends its idle transaction, so a
+    /// follower still takes over once the lease expired.
+    #[tokio::test]
+    async fn a_stalled_leaders_open_transaction_does_not_block_the_takeover() {
+        let db = TestDatabase::create().await;
+        let (first, second) = (connect(&db).await, connect(&db).await);
+        let ttl = Duration::from_millis(300);
+        first
+            .acquire_leadership(&candidate("a", ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut stalled = first.pool.get().await.unwrap();
+        let tx = stalled.transaction().await.unwrap();
+        let epoch = first.lease.epoch().unwrap();
+        assert_eq!(tx.execute(super::lease::FENCE, &[&epoch]).await.unwrap(), 1);
+
+        let mut taken = None;
+        for _ in 0..200 {
+            taken = second
+                .acquire_leadership(&candidate("b", ttl))
+                .await
+                .unwrap();
+            if taken.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(taken.is_some(), "the follower took over");
+        drop(tx);
+        let deposed = first.commit(&empty_batch()).await;
+        assert!(
+            matches!(deposed, Err(StoreError::NotLeader(_))),
+            "{deposed:?}"
+        );
+    }
+
+    /// After the leader's sessions are lost (a database restart, a killed
+    /// backend), its next commits succeed on new connections, under the
+    /// same lease: a lost connection is not a lost lease.
+    #[tokio::test]
+    async fn lost_sessions_do_not_cost_the_lease() {
+        let db = TestDatabase::create().await;
+        let store = connect(&db).await;
+        let ttl = Duration::from_secs(60);
+        let epoch = store
+            .acquire_leadership(&candidate("a", ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        store.commit(&empty_batch()).await.unwrap();
+
+        let (admin, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND application_name = 'mission-control'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(killed >= 2, "the pool's and the lease's sessions: {killed}");
+
+        let mut committed = false;
+        for _ in 0..100 {
+            match store.commit(&empty_batch()).await {
+                Ok(()) => {
+                    committed = true;
+                    break;
+                }
+                // A pooled connection that died: retried on a new one.
+                Err(StoreError::Unavailable(_)) => {}
+                Err(other) => panic!("only connection errors are expected: {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(committed);
+        assert!(store.renew_leadership(&candidate("a", ttl)).await.unwrap());
+        assert_eq!(store.leader().await.unwrap().unwrap().epoch, epoch);
+    }
 
     crate::store_conformance_tests!(async {
         let db = TestDatabase::create().await;
         let store = PostgresStore::connect(db.url(), &Default::default())
             .await
             .expect("connect to the test database");
+        conformance::lead(&store).await;
         (store, db)
     });
 

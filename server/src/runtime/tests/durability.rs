@@ -174,6 +174,9 @@ async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
     let mut settings = fast_settings();
     settings.policy.lease_ttl = Duration::from_secs(120);
     settings.policy.restart_grace = Duration::from_secs(5);
+    // The outage stays within the leader lease: past it, a leader answers
+    // nothing (see `leadership.rs`).
+    settings.leader_lease = Duration::from_secs(600);
     let f = start(settings).await;
     let token = f.provision("live").await.token.unwrap();
     f.lifecycle.heartbeat(&token, None).await.unwrap(); // lease to 120 s, committed

@@ -4,6 +4,7 @@
 
 mod durability;
 mod escalation;
+mod leadership;
 mod watching;
 
 use std::sync::Arc;

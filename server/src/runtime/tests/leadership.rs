@@ -1,0 +1,182 @@
+//! Leadership on paused time: two replicas over one in-memory store. A
+//! leader that cannot prove its lease stops acting at once; a stalled
+//! leader is replaced within one lease TTL and, on waking, acts no more;
+//! a follower's copy follows the event log by revision; a takeover extends
+//! leases over the gap.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::*;
+use crate::engine::Reason;
+
+/// Default settings: a 5 s leader lease, proven for 4 s after a renewal.
+fn settings() -> Settings {
+    fast_settings()
+}
+
+/// A second replica on the same data, with the leader's clock.
+async fn follower(leader: &Fixture) -> (Lifecycle, Arc<MemoryStore>) {
+    let store = Arc::new(leader.store.replica());
+    let lifecycle = Lifecycle::start(store.clone(), settings(), leader.clock)
+        .await
+        .expect("start a follower");
+    (lifecycle, store)
+}
+
+fn is_not_leader<T: std::fmt::Debug>(result: Result<T, LifecycleError>) -> bool {
+    matches!(result, Err(LifecycleError::Unavailable(ref m)) if m.contains("not the leader"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_cannot_prove_its_lease_stops_acting_at_once() {
+    let f = start(settings()).await;
+    let (_session, mut gateway) = f.connect();
+    let token = f.provision("steady").await.token.unwrap();
+    f.lifecycle.heartbeat(&token, None).await.unwrap();
+    f.provision("silent").await;
+    for agent in ["steady", "silent"] {
+        let (_, wake) = next_wake(&mut gateway, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(wake.agent_id, id(agent));
+    }
+    // Its last renewal started at 0 s: proven until 4 s. From now on no
+    // renewal reaches the store.
+    f.store.set_lease_cut_off(true);
+
+    tokio::time::sleep(Duration::from_millis(3999)).await;
+    assert_eq!(
+        f.lifecycle.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(f.elapsed(), 4.0);
+    assert!(is_not_leader(f.lifecycle.heartbeat(&token, None).await));
+    assert!(is_not_leader(f.lifecycle.provision(spec("late")).await));
+    assert!(is_not_leader(
+        f.lifecycle.connect_gateway(&f.gateway_token).map(drop)
+    ));
+    assert_eq!(f.lifecycle.role(), ReplicaRole::Follower);
+    // Its gateway is told to reconnect (to the leader), and no wake follows:
+    // the silent agent's deadline (30 s) passes with nothing committed.
+    let commits = f.store.write_counts().0;
+    assert!(matches!(
+        gateway.recv().await,
+        Some(Outbound::Closed(CloseReason::NotLeader))
+    ));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(f.store.write_counts().0, commits, "nothing committed");
+    assert!(gateway.recv().await.is_none(), "no wake sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_leader_is_replaced_within_one_lease_and_acts_no_more() {
+    let a = start(settings()).await;
+    let (b, _) = follower(&a).await;
+    assert_eq!(b.role(), ReplicaRole::Follower);
+    let epoch = a.store.lease_epoch();
+    let token = a.provision("steady").await.token.unwrap();
+    a.lifecycle.heartbeat(&token, None).await.unwrap();
+    assert!(
+        is_not_leader(b.heartbeat(&token, None).await),
+        "a follower acknowledges nothing"
+    );
+
+    // The leader stalls after its renewal at 0 s: the lease expires at 5 s.
+    a.store.set_lease_cut_off(true);
+    let mut waited = 0;
+    while b.role() != ReplicaRole::Leader && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(b.role(), ReplicaRole::Leader);
+    assert!(a.elapsed() <= 5.5, "took over at {} s", a.elapsed());
+    assert_eq!(a.store.lease_epoch(), epoch + 1);
+
+    assert!(is_not_leader(a.lifecycle.heartbeat(&token, None).await));
+    assert_eq!(
+        b.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+    // The old leader wakes: it learns it lost, and still acts as nothing.
+    a.store.set_lease_cut_off(false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(a.lifecycle.role(), ReplicaRole::Follower);
+    assert!(is_not_leader(a.lifecycle.heartbeat(&token, None).await));
+    assert!(is_not_leader(a.lifecycle.provision(spec("late")).await));
+    b.provision(spec("next")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_extends_leases_over_the_gap() {
+    let a = start(settings()).await;
+    let (b, _) = follower(&a).await;
+    let token = a.provision("quiet").await.token.unwrap();
+    // Online, its lease to 30 s; it then heartbeats to nobody during the
+    // failover, and its lease passes within the gap.
+    a.lifecycle.heartbeat(&token, None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    a.store.set_lease_cut_off(true);
+    let mut waited = 0;
+    while b.role() != ReplicaRole::Leader && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(b.role(), ReplicaRole::Leader);
+    assert!(a.elapsed() > 30.0, "the old lease passed in the gap");
+
+    let agent = b.get(&id("quiet")).unwrap();
+    assert_eq!(agent.status, Status::Online);
+    let grace_floor = a.clock.now().plus(b.policy().restart_grace);
+    assert!(agent.lease_expires_at.unwrap() >= grace_floor.minus(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(b.get(&id("quiet")).unwrap().status, Status::Online);
+    assert_eq!(
+        b.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+    let history = b.history(&id("quiet"), None, 20).await.unwrap();
+    assert!(history.iter().all(|e| e.reason != Reason::LeaseExpired));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_catches_up_by_revision_when_a_notification_is_lost() {
+    let a = start(settings()).await;
+    // Connected, so each provision is one event (no failed wake after it).
+    let (_session, _gateway) = a.connect();
+    let (b, b_store) = follower(&a).await;
+    let mut watch = Box::pin(b.watch(WatchRequest::default()).await.unwrap());
+    let Some(Ok(WatchItem::SnapshotComplete { revision: start })) = watch.next().await else {
+        panic!("an empty snapshot first");
+    };
+
+    b_store.set_notifications_lost(true);
+    a.provision("one").await;
+    a.provision("two").await;
+    tokio::task::yield_now().await;
+    assert!(b.get(&id("two")).is_err(), "not told yet");
+    // The follower's poll reads what the lost notification did not announce.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for agent in ["one", "two"] {
+        let (ours, theirs) = (b.get(&id(agent)).unwrap(), a.agent(agent));
+        assert_eq!(ours.revision, theirs.revision);
+        assert_eq!(ours.status, theirs.status);
+        let Some(Ok(WatchItem::Event(event))) = watch.next().await else {
+            panic!("the event of {agent}");
+        };
+        assert_eq!(event.agent.id, id(agent));
+        assert_eq!(event.revision, theirs.revision, "the leader's revisions");
+        assert!(event.revision > start);
+    }
+
+    // Told at once while notifications arrive.
+    b_store.set_notifications_lost(false);
+    a.provision("three").await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        b.get(&id("three")).unwrap().revision,
+        a.agent("three").revision
+    );
+}

@@ -1,0 +1,137 @@
+//! The leader lease in Postgres: one row naming the leader, renewed by it
+//! well within its TTL, with the expiry computed by the database's clock so
+//! that replicas whose clocks differ still agree on who leads.
+//!
+//! Each new leader bumps the epoch, and every commit first checks, under a
+//! share lock on the row, that its epoch still holds and has not expired
+//! (`FENCE`): a deposed or stalled leader commits nothing, and a takeover
+//! waits for the old leader's last transaction to end. A stalled leader's
+//! open transaction cannot hold the row forever: the store's sessions end
+//! transactions left idle for longer than the lease.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::postgres::classify;
+use super::{Candidate, StoreError};
+
+/// Returns one row while `$1` is the unexpired epoch, none otherwise: every
+/// writing transaction runs it first and rolls back on zero.
+pub const FENCE: &str = "SELECT 1 FROM leader_lease
+     WHERE epoch = $1 AND expires_at > clock_timestamp() FOR SHARE";
+
+const ACQUIRE: &str = "UPDATE leader_lease
+     SET epoch = epoch + 1, holder = $1, address = $2,
+         expires_at = clock_timestamp() + make_interval(secs => $3)
+     WHERE expires_at <= clock_timestamp()
+     RETURNING epoch";
+
+const RENEW: &str = "UPDATE leader_lease
+     SET expires_at = clock_timestamp() + make_interval(secs => $2)
+     WHERE epoch = $1 AND expires_at > clock_timestamp()";
+
+const RELEASE: &str = "UPDATE leader_lease
+     SET expires_at = '-infinity', holder = '', address = ''
+     WHERE epoch = $1";
+
+pub struct PgLease {
+    config: Config,
+    /// A connection of its own, so a busy pool never delays a renewal.
+    client: Mutex<Option<Client>>,
+    /// The epoch this replica leads with; 0 while it does not lead.
+    epoch: AtomicI64,
+}
+
+impl PgLease {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            config: config.clone(),
+            client: Mutex::new(None),
+            epoch: AtomicI64::new(0),
+        }
+    }
+
+    /// The epoch to fence a transaction with.
+    pub fn epoch(&self) -> Result<i64, StoreError> {
+        match self.epoch.load(Ordering::SeqCst) {
+            0 => Err(not_leader()),
+            epoch => Ok(epoch),
+        }
+    }
+
+    pub async fn acquire(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let client = client.as_ref().expect("connected above");
+        let ttl = candidate.ttl.as_secs_f64();
+        let row = client
+            .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
+            .await
+            .map_err(classify);
+        let row = match row {
+            // The old leader's last transaction still holds the row.
+            Err(StoreError::Unavailable(_)) if !client.is_closed() => return Ok(None),
+            other => other?,
+        };
+        let Some(row) = row else { return Ok(None) };
+        let epoch: i64 = row.get(0);
+        self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(Some(epoch as u64))
+    }
+
+    pub async fn renew(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+        let epoch = self.epoch()?;
+        let client = self.client().await?;
+        let client = client.as_ref().expect("connected above");
+        let ttl = candidate.ttl.as_secs_f64();
+        let renewed = client
+            .execute(RENEW, &[&epoch, &ttl])
+            .await
+            .map_err(classify)?
+            == 1;
+        if !renewed {
+            self.epoch.store(0, Ordering::SeqCst);
+        }
+        Ok(renewed)
+    }
+
+    pub async fn release(&self) {
+        let epoch = self.epoch.swap(0, Ordering::SeqCst);
+        if epoch == 0 {
+            return;
+        }
+        let released = match self.client().await {
+            Ok(client) => client
+                .as_ref()
+                .expect("connected above")
+                .execute(RELEASE, &[&epoch])
+                .await
+                .map_err(classify),
+            Err(error) => Err(error),
+        };
+        match released {
+            Ok(_) => tracing::info!(epoch, "leader lease released"),
+            Err(error) => tracing::warn!(%error, "releasing the leader lease failed; it expires"),
+        }
+    }
+
+    /// The lease connection, opened again if it was lost.
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            let (new, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+            tokio::spawn(connection);
+            // A takeover never waits long behind a stalled transaction.
+            new.batch_execute("SET lock_timeout = '1s'; SET statement_timeout = '10s'")
+                .await
+                .map_err(classify)?;
+            *client = Some(new);
+        }
+        Ok(client)
+    }
+}
+
+pub fn not_leader() -> StoreError {
+    StoreError::NotLeader("this replica is not the leader".into())
+}
