@@ -8,6 +8,7 @@
 //! it could reach the store: no commit, no heartbeat acknowledged, no wake.
 //! A stalled process (SIGSTOP) finds on waking that its proof ran out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub(super) struct Leadership {
     /// Until when the lease is proven, on this process's monotonic clock.
     valid_until: Mutex<Option<Instant>>,
     role: watch::Sender<ReplicaRole>,
+    /// Set when this replica hands leadership over (a drain): it never
+    /// takes the lease again.
+    retired: AtomicBool,
 }
 
 impl Leadership {
@@ -52,7 +56,17 @@ impl Leadership {
             candidate,
             valid_until: Mutex::new(None),
             role: watch::channel(ReplicaRole::Follower).0,
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// From now on this replica never takes the lease.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     pub fn candidate(&self) -> &Candidate {
@@ -134,6 +148,9 @@ pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep_until(next) => {}
         }
         let started = Instant::now();
+        if leadership.retired() {
+            return;
+        }
         if leadership.role() == ReplicaRole::Follower {
             let acquired = tokio::time::timeout(ttl, shared.store.acquire_leadership(&candidate));
             next = match acquired.await {

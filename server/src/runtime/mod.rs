@@ -472,6 +472,21 @@ impl Lifecycle {
         Ok(self.shared.store.leader().await?)
     }
 
+    /// Hands leadership over at once (the drain): leases renewed in memory
+    /// are checkpointed, the lease is released so that a follower takes
+    /// over at its next try instead of waiting for it to expire, and this
+    /// replica acts as leader no more, nor takes the lease again. Calls in
+    /// flight should be settled first: commits fail after this.
+    pub async fn step_down(&self) {
+        let leadership = &self.shared.leadership;
+        leadership.retire();
+        if leadership.may_act() {
+            tasks::checkpoint_once(&self.shared).await;
+        }
+        leadership.lost("handing leadership over");
+        self.shared.store.release_leadership().await;
+    }
+
     /// Refuses, unless this replica may act as leader.
     fn ensure_leader(&self) -> Result<(), LifecycleError> {
         if self.shared.leadership.may_act() {

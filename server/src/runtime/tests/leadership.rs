@@ -180,3 +180,33 @@ async fn a_follower_catches_up_by_revision_when_a_notification_is_lost() {
         a.agent("three").revision
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_steps_down_hands_over_without_waiting_for_the_lease() {
+    let a = start(settings()).await;
+    let (b, _) = follower(&a).await;
+    let token = a.provision("steady").await.token.unwrap();
+    a.lifecycle.heartbeat(&token, None).await.unwrap();
+
+    a.lifecycle.step_down().await;
+    assert!(is_not_leader(a.lifecycle.heartbeat(&token, None).await));
+    let mut waited = 0;
+    while b.role() != ReplicaRole::Leader && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(b.role(), ReplicaRole::Leader);
+    assert!(
+        a.elapsed() <= 1.0,
+        "took over at {} s, not after the lease",
+        a.elapsed()
+    );
+    assert_eq!(
+        b.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+    // The one that handed over never takes the lease back.
+    b.step_down().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(a.lifecycle.role(), ReplicaRole::Follower);
+}
