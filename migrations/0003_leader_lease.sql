@@ -2,7 +2,7 @@
 -- its address (followers forward calls there) and an expiry set by the
 -- database's own clock. The leader renews it well within its TTL; another
 -- replica takes it only once it has expired (or was released). The epoch
--- rises with each new leader, and every commit first checks, under a share
+-- rises with each new leader, and every commit first checks, under a key-share
 -- lock on this row, that its epoch still holds and has not expired: a
 -- deposed leader commits nothing, and a new leader's takeover waits for the
 -- old leader's last transaction to end.

@@ -84,18 +84,22 @@ impl Server {
     }
 
     async fn wait_for_log(&self, message: &str) -> serde_json::Value {
+        self.wait_for_any_log(&[message]).await
+    }
+
+    async fn wait_for_any_log(&self, messages: &[&str]) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(line) = self
                 .log_lines()
                 .into_iter()
-                .find(|l| l["message"] == message)
+                .find(|l| messages.iter().any(|m| l["message"] == *m))
             {
                 return line;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no {message:?} in the logs"
+                "none of {messages:?} in the logs"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -434,6 +438,10 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
     server.child.wait().unwrap();
     let acknowledged = changes.lock().unwrap().clone();
     let server = Server::start(db.url(), port).await;
+    // The dead leader's lease expires first (unless it already has).
+    server
+        .wait_for_any_log(&["lifecycle.restored", "lifecycle.took_over"])
+        .await;
 
     // Every transition a watcher was told of before the crash is in the
     // history after it, exactly as told.

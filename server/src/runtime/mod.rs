@@ -390,11 +390,6 @@ impl Lifecycle {
         }
     }
 
-    /// Gives up leadership during a drain, so another replica can take over
-    /// at once. Called after [`Lifecycle::settle`], before gateway streams
-    /// end; the caller bounds it with a timeout.
-    pub async fn step_down(&self) {}
-
     /// Ends every watch and gateway stream.
     pub fn end_streams(&self) {
         self.shared.streams_stop.cancel();
@@ -475,8 +470,9 @@ impl Lifecycle {
     /// Hands leadership over at once (the drain): leases renewed in memory
     /// are checkpointed, the lease is released so that a follower takes
     /// over at its next try instead of waiting for it to expire, and this
-    /// replica acts as leader no more, nor takes the lease again. Calls in
-    /// flight should be settled first: commits fail after this.
+    /// replica acts as leader no more, nor takes the lease again. Called by
+    /// a drain after [`Lifecycle::settle`], before gateway streams end; the
+    /// caller bounds it with a timeout. Commits fail after this.
     pub async fn step_down(&self) {
         let leadership = &self.shared.leadership;
         leadership.retire();

@@ -18,9 +18,14 @@ use super::postgres::classify;
 use super::{Candidate, StoreError};
 
 /// Returns one row while `$1` is the unexpired epoch, none otherwise: every
-/// writing transaction runs it first and rolls back on zero.
+/// writing transaction runs it first and rolls back on zero. `KEY SHARE`
+/// does not conflict with the leader's own renewals (a commit blocked for
+/// long must not cost the lease), only with a takeover's `FOR UPDATE`.
 pub const FENCE: &str = "SELECT 1 FROM leader_lease
-     WHERE epoch = $1 AND expires_at > clock_timestamp() FOR SHARE";
+     WHERE epoch = $1 AND expires_at > clock_timestamp() FOR KEY SHARE";
+
+/// A takeover first waits for the fenced transactions still open to end.
+const LOCK: &str = "SELECT 1 FROM leader_lease FOR UPDATE";
 
 const ACQUIRE: &str = "UPDATE leader_lease
      SET epoch = epoch + 1, holder = $1, address = $2,
@@ -62,14 +67,19 @@ impl PgLease {
     }
 
     pub async fn acquire(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError> {
-        let client = self.client().await?;
-        let client = client.as_ref().expect("connected above");
+        let mut client = self.client().await?;
+        let client = client.as_mut().expect("connected above");
         let ttl = candidate.ttl.as_secs_f64();
-        let row = client
-            .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
-            .await
-            .map_err(classify);
-        let row = match row {
+        let acquired = async {
+            let tx = client.transaction().await?;
+            tx.execute(LOCK, &[]).await?;
+            let row = tx
+                .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
+                .await?;
+            tx.commit().await?;
+            Ok(row)
+        };
+        let row = match acquired.await.map_err(classify) {
             // The old leader's last transaction still holds the row.
             Err(StoreError::Unavailable(_)) if !client.is_closed() => return Ok(None),
             other => other?,

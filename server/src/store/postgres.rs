@@ -768,6 +768,8 @@ mod tests {
         let tx = stalled.transaction().await.unwrap();
         let epoch = first.lease.epoch().unwrap();
         assert_eq!(tx.execute(super::lease::FENCE, &[&epoch]).await.unwrap(), 1);
+        // A long commit does not block the leader's own renewals.
+        assert!(first.renew_leadership(&candidate("a", ttl)).await.unwrap());
 
         let mut taken = None;
         for _ in 0..200 {
