@@ -7,7 +7,7 @@ use mission_control_proto::v1 as pb;
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycle;
 use tonic::{Request, Response, Status};
 
-use super::{AGENT_TOKEN_HEADER, convert, validate};
+use super::{AGENT_TOKEN_HEADER, convert, page_token, validate};
 use crate::runtime::{Lifecycle, LifecycleError, WatchItem};
 
 pub struct LifecycleService {
@@ -114,7 +114,9 @@ impl AgentLifecycle for LifecycleService {
         let (agents, next) = self.lifecycle.list(&filter, after.as_ref(), limit);
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(convert::agent).collect(),
-            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            next_page_token: next
+                .map(|last| page_token::encode(&last, &filter))
+                .unwrap_or_default(),
         }))
     }
 

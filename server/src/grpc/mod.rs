@@ -5,6 +5,7 @@ mod convert;
 mod error;
 mod gateways;
 mod lifecycle;
+mod page_token;
 mod validate;
 
 use std::future::Future;

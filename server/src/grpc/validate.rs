@@ -3,7 +3,7 @@
 
 use mission_control_proto::v1 as pb;
 
-use super::convert;
+use super::{convert, page_token};
 use crate::engine::{
     AgentFilter, AgentId, BoardId, GatewayId, GatewaySpec, ProvisionSpec, Role, Status,
 };
@@ -51,7 +51,49 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
             "may not contain control characters",
         ));
     }
+    if let Some(c) = value.chars().find(|&c| is_format(c)) {
+        return Err(LifecycleError::invalid(
+            field,
+            format!(
+                "may not contain invisible formatting characters such as bidirectional \
+                 overrides or zero-width spaces (found U+{:04X})",
+                c as u32
+            ),
+        ));
+    }
     Ok(value.to_owned())
+}
+
+/// Unicode's format characters (general category Cf): bidirectional
+/// embeddings, overrides and isolates (U+202A-202E, U+2066-2069), zero-width
+/// spaces and joiners (U+200B-200F), the byte-order mark (U+FEFF) and the
+/// rest. They render as nothing, or reorder what follows, so one name can
+/// pass for another in a terminal or a web page.
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// A gateway's failure text, kept short and printable: it ends up in
@@ -60,7 +102,13 @@ pub fn ack_error(value: &str) -> String {
     const MAX_ACK_ERROR: usize = 512;
     let clean: String = value
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || is_format(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(MAX_ACK_ERROR)
         .collect();
     let clean = clean.trim();
@@ -164,20 +212,20 @@ pub fn list(request: &pb::ListAgentsRequest) -> Result<(AgentFilter, Option<Agen
         board_id: board_id(&request.board_id)?,
         statuses: statuses(&request.statuses)?,
     };
-    let after = optional(&request.page_token, |v| {
-        agent_id("page_token", v).map_err(|_| {
-            LifecycleError::invalid("page_token", "is not a token from a previous page")
-        })
-    })?;
+    let after = optional(&request.page_token, |v| page_token::decode(v, &filter))?;
     Ok((filter, after, page_size(request.page_size)))
 }
 
 pub fn history(request: &pb::GetAgentHistoryRequest) -> Result<(AgentId, Option<u64>, usize)> {
     let agent = agent_id("agent_id", &request.agent_id)?;
+    // Revisions are stored as Postgres bigint: above i64::MAX is no revision.
     let before = optional(&request.page_token, |v| {
-        v.parse::<u64>().map_err(|_| {
-            LifecycleError::invalid("page_token", "is not a token from a previous page")
-        })
+        v.parse::<u64>()
+            .ok()
+            .filter(|&revision| i64::try_from(revision).is_ok())
+            .ok_or_else(|| {
+                LifecycleError::invalid("page_token", "is not a token from a previous page")
+            })
     })?;
     Ok((agent, before, page_size(request.page_size)))
 }
@@ -246,6 +294,69 @@ mod tests {
         let mut main = request();
         main.role = pb::AgentRole::GatewayMain.into();
         assert_eq!(field_of(provision(&main)), "board_id");
+    }
+
+    #[test]
+    fn invisible_formatting_characters_are_refused_by_field() {
+        for c in [
+            '\u{202E}',
+            '\u{202A}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{200B}',
+            '\u{200F}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{E0041}',
+        ] {
+            let mut r = request();
+            r.name = format!("pay{c}roll");
+            assert_eq!(field_of(provision(&r)), "name", "U+{:04X}", c as u32);
+            let mut r = request();
+            r.template_version = format!("v1{c}");
+            assert_eq!(field_of(provision(&r)), "template_version");
+            let gateway = pb::RegisterGatewayRequest {
+                gateway_id: "gw".into(),
+                name: format!("edge{c}"),
+                rotate_token: false,
+            };
+            assert!(matches!(
+                register_gateway(&gateway),
+                Err(LifecycleError::InvalidArgument { field: "name", .. })
+            ));
+        }
+        let mut fine = request();
+        fine.name = "Ágent — ünïcode 名前 🚀".into();
+        assert!(provision(&fine).is_ok());
+    }
+
+    #[test]
+    fn history_tokens_beyond_a_bigint_are_refused() {
+        let history_with = |token: String| {
+            history(&pb::GetAgentHistoryRequest {
+                agent_id: "a".into(),
+                page_token: token,
+                page_size: 0,
+            })
+        };
+        assert_eq!(
+            history_with(i64::MAX.to_string()).unwrap().1,
+            Some(i64::MAX as u64)
+        );
+        for bad in [
+            (1u64 << 63).to_string(),
+            u64::MAX.to_string(),
+            "-1".into(),
+            "x".into(),
+        ] {
+            assert!(matches!(
+                history_with(bad),
+                Err(LifecycleError::InvalidArgument {
+                    field: "page_token",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]
