@@ -148,7 +148,12 @@ impl AgentClient {
                         .map_or(FALLBACK_INTERVAL, crate::to_duration)
                 }
                 Err(error) if error.is_retryable() => {
-                    let delay = self.backoff.next_delay();
+                    // The service's RetryInfo (overload, a spent budget) is
+                    // a floor: never sooner than it asked.
+                    let delay = self
+                        .backoff
+                        .next_delay()
+                        .max(error.retry_after().unwrap_or_default());
                     observe(LoopEvent::Retrying {
                         error: &error,
                         delay,

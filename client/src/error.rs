@@ -30,6 +30,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long the service asked the caller to wait before trying again
+    /// (a google.rpc `RetryInfo`), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        use tonic_types::StatusExt;
+        match self {
+            Error::Status(status) => status.get_details_retry_info()?.retry_delay,
+            _ => None,
+        }
+    }
+
     /// Whether waiting and trying again may succeed: `UNAVAILABLE`,
     /// `DEADLINE_EXCEEDED`, `ABORTED`, `RESOURCE_EXHAUSTED`, `UNKNOWN` and
     /// `INTERNAL` are; a rejected token, bad input and every other code are
@@ -55,5 +65,28 @@ impl Error {
         } else {
             Error::Status(status)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    use super::*;
+
+    #[test]
+    fn the_services_retry_info_is_read_from_the_status() {
+        let throttled = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many heartbeats",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
+        );
+        let error = Error::from_status(throttled);
+        assert!(error.is_retryable());
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+        let plain = Error::from_status(tonic::Status::unavailable("down"));
+        assert_eq!(plain.retry_after(), None);
     }
 }
