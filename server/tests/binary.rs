@@ -716,29 +716,3 @@ async fn at_start_it_waits_for_postgres_to_come_up() {
     server.wait_for_log("listening").await;
     proxy.abort();
 }
-
-#[tokio::test]
-async fn listening_beyond_loopback_without_an_operator_token_is_warned_about() {
-    let db = TestDatabase::create().await;
-    let child = Command::new(env!("CARGO_BIN_EXE_mission-control"))
-        .args(["--listen", "0.0.0.0:0", "--database-url", db.url()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let server = Server::capture(child, String::new());
-    server.wait_for_log("listening").await;
-    let warning = server
-        .log_lines()
-        .into_iter()
-        .find(|l| {
-            l["level"] == "WARN"
-                && l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("--operator-token"))
-        })
-        .expect("a warning that operator calls are open to anyone");
-    assert!(
-        warning["addr"].as_str().unwrap().starts_with("0.0.0.0:"),
-        "{warning}"
-    );
-}

@@ -1,0 +1,336 @@
+//! The real binary at its edge: closed by default beyond loopback, the
+//! `hash-token` helper, and no token material in its logs even at
+//! `RUST_LOG=trace`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient;
+use mission_control_proto::v1::gateways_client::GatewaysClient;
+use mission_control_proto::v1::{
+    AgentRole, GatewayMessage, HeartbeatRequest, ListAgentsRequest, ProvisionRequest,
+    RegisterGatewayRequest,
+};
+use mission_control_server::edge::hash_line;
+use mission_control_server::testing::TestDatabase;
+use tonic::transport::Channel;
+
+/// Only a guard against hanging, never a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(60);
+const BINARY: &str = env!("CARGO_BIN_EXE_mission-control");
+
+/// A running binary whose output is collected; killed on drop.
+struct Running {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sink = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    fn text(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a line containing `needle`, or for the process to exit.
+    async fn wait_for(&mut self, needle: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if self.text().contains(needle) {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return self.text().contains(needle);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Waits for the process to exit; its exit status.
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "mc-edge-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn beyond_loopback_it_refuses_to_start_unless_something_authenticates() {
+    let refused = |args: &[&str]| {
+        let mut command = Command::new(BINARY);
+        command.arg("--dev").args(args);
+        Running::spawn(&mut command)
+    };
+    let mut open = refused(&["--listen", "0.0.0.0:0"]);
+    assert!(!open.exit().await.success());
+    let said = open.text();
+    for advice in [
+        "--roles-file",
+        "--tls-client-ca",
+        "--insecure-allow-unauthenticated",
+    ] {
+        assert!(said.contains(advice), "no {advice} in: {said}");
+    }
+
+    let mut metrics = refused(&["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"]);
+    assert!(!metrics.exit().await.success());
+    assert!(metrics.text().contains("metrics"), "{}", metrics.text());
+
+    // The explicit override starts, and says what it means.
+    let mut overridden = refused(&["--listen", "0.0.0.0:0", "--insecure-allow-unauthenticated"]);
+    assert!(
+        overridden.wait_for("\"listening\"").await,
+        "{}",
+        overridden.text()
+    );
+    assert!(
+        overridden.text().contains("open to anyone"),
+        "{}",
+        overridden.text()
+    );
+
+    // So do operator credentials.
+    let token = TempFile::new("s3cret-admin\n");
+    let mut credentialed = refused(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--metrics-listen",
+        "0.0.0.0:0",
+        "--operator-token-file",
+        token.path(),
+    ]);
+    assert!(
+        credentialed.wait_for("\"listening\"").await,
+        "{}",
+        credentialed.text()
+    );
+}
+
+#[tokio::test]
+async fn hash_token_prints_the_roles_file_credential() {
+    let mut child = Command::new(BINARY)
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"test\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}
+
+fn bearer<T>(message: T, header: &'static str, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(header, value.parse().unwrap());
+    request
+}
+
+/// Every form a token or its hash could take in a log line.
+fn forms(token: &str) -> Vec<String> {
+    let hex = hash_line(token).trim_start_matches("sha256:").to_owned();
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    vec![token.to_owned(), hex, format!("{bytes:?}")]
+}
+
+#[tokio::test]
+async fn no_token_or_token_hash_is_logged_even_at_trace() {
+    let db = TestDatabase::create().await;
+    let admin = "admin-tok-7f3a9c";
+    let viewer = "viewer-tok-51be02";
+    let admin_file = TempFile::new(&format!("{admin}\n"));
+    let roles = TempFile::new(&format!("dash viewer {}\n", hash_line(viewer)));
+    let port = free_port();
+    let mut server = Running::spawn(
+        Command::new(BINARY)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", db.url()])
+            .args(["--operator-token-file", admin_file.path()])
+            .args(["--roles-file", roles.path()])
+            .env("RUST_LOG", "trace"),
+    );
+    assert!(server.wait_for("\"listening\"").await, "{}", server.text());
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_lazy();
+    let mut lifecycle = AgentLifecycleClient::new(channel.clone());
+    let mut gateways = GatewaysClient::new(channel);
+    let admin_bearer = format!("Bearer {admin}");
+
+    let gateway_token = gateways
+        .register_gateway(bearer(
+            RegisterGatewayRequest {
+                gateway_id: "gw".into(),
+                ..Default::default()
+            },
+            "authorization",
+            &admin_bearer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .gateway_token;
+    let agent_token = lifecycle
+        .provision(bearer(
+            ProvisionRequest::new("a", "gw", AgentRole::GatewayMain),
+            "authorization",
+            &admin_bearer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent_token;
+    for version in ["", "v2"] {
+        lifecycle
+            .heartbeat(bearer(
+                HeartbeatRequest {
+                    template_version: version.into(),
+                },
+                "x-agent-token",
+                &agent_token,
+            ))
+            .await
+            .unwrap();
+    }
+    let wrong = lifecycle
+        .heartbeat(bearer(
+            HeartbeatRequest::default(),
+            "x-agent-token",
+            "mca_wrong-token-91c2",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    lifecycle
+        .list_agents(bearer(
+            ListAgentsRequest::default(),
+            "authorization",
+            &format!("Bearer {viewer}"),
+        ))
+        .await
+        .unwrap();
+    // A viewer trying an admin call: refused, and logged at debug.
+    let denied = gateways
+        .register_gateway(bearer(
+            RegisterGatewayRequest {
+                gateway_id: "gw2".into(),
+                ..Default::default()
+            },
+            "authorization",
+            &format!("Bearer {viewer}"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let mut commands = gateways
+        .connect_gateway(bearer(
+            futures_util::stream::pending::<GatewayMessage>(),
+            "x-gateway-token",
+            &gateway_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, commands.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("Connected");
+    drop(commands);
+    // Let the last lines (the checkpoint of the renewed lease) be written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let logs = server.text();
+    if std::env::var("EDGE_DUMP").is_ok() {
+        eprintln!("{logs}");
+    }
+    assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    for token in [
+        admin,
+        viewer,
+        &agent_token,
+        &gateway_token,
+        "mca_wrong-token-91c2",
+    ] {
+        for form in forms(token) {
+            assert!(!logs.contains(&form), "{form} is in the logs");
+        }
+    }
+}
