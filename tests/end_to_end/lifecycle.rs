@@ -284,10 +284,16 @@ async fn bad_input_to_list_history_watch_and_register_gateway_names_the_field() 
     };
     let bad_id = gateways.register_gateway(register("", String::new())).await;
     assert_eq!(invalid(bad_id), "gateway_id");
+    // Over the 200-character name limit, within the request size limit.
     let long_name = gateways
         .register_gateway(register("gw", "n".repeat(201)))
         .await;
     assert_eq!(invalid(long_name), "name");
+    let oversized = gateways
+        .register_gateway(register("gw", "n".repeat(10_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
     app.app.shutdown().await;
 }
 
