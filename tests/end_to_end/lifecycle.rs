@@ -394,6 +394,7 @@ async fn with_an_operator_token_operator_calls_need_it_and_agents_do_not() {
     let db = database().await;
     let mut flags = fast_flags(db.url());
     flags.extend(["--operator-token", "op-s3cret"].map(String::from));
+    set_flag(&mut flags, "--lease-ttl", "5m"); // online until the end
     let app = spawn_app(flags).await;
     let channel = mission_control_client::channel(&app.endpoint).unwrap();
 

@@ -24,39 +24,46 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits for `notify`, failing with `what` instead of hanging.
+async fn notified(notify: &tokio::sync::Notify, what: &str) {
+    within(what, notify.notified()).await
+}
+
 #[tokio::test]
 async fn a_restart_mid_cycle_loses_nothing() {
     let db = database().await;
     let port = free_port();
-    let flags = || {
+    let flags = |checkin_deadline: &str| {
         let mut flags = fast_flags(db.url());
-        flags[2] = format!("127.0.0.1:{port}");
-        // Long enough that the first server sends only the first wake.
-        flags[6] = "3s".into();
+        set_flag(&mut flags, "--listen", &format!("127.0.0.1:{port}"));
+        set_flag(&mut flags, "--checkin-deadline", checkin_deadline);
+        // The agent that checked in stays online across the restart, however
+        // slow the machine.
+        set_flag(&mut flags, "--lease-ttl", "5m");
         flags
     };
-    let first = spawn_app(flags()).await;
-    let gateway_token = first.gateway("gw").await;
+    // Long enough that the first server sends only the first wake, even on a
+    // machine that stalls for seconds. The deadline it sets is stored, so
+    // the second server keeps it; the later ones are short.
+    let first = within("the first start", spawn_app(flags("5s"))).await;
+    let gateway_token = within("registering", first.gateway("gw")).await;
     let mut gateway = first.connect_gateway(&gateway_token);
     connected(&mut gateway).await;
 
-    first
-        .operator
-        .provision(ProvisionRequest::new(
-            "silent",
-            "gw",
-            AgentRole::GatewayMain,
-        ))
+    let silent = ProvisionRequest::new("silent", "gw", AgentRole::GatewayMain);
+    within("provisioning", first.operator.provision(silent))
         .await
         .unwrap();
-    let steady = first
-        .operator
-        .provision(ProvisionRequest::new("steady", "gw", AgentRole::BoardLead).on_board("b"))
+    let steady = ProvisionRequest::new("steady", "gw", AgentRole::BoardLead).on_board("b");
+    let steady = within("provisioning", first.operator.provision(steady))
         .await
         .unwrap();
     let mut steady_agent = AgentClient::connect(&first.endpoint, &steady.agent_token).unwrap();
     assert_eq!(
-        steady_agent.heartbeat().await.unwrap().status,
+        within("the check-in", steady_agent.heartbeat())
+            .await
+            .unwrap()
+            .status,
         AgentStatus::Online as i32
     );
 
@@ -90,43 +97,59 @@ async fn a_restart_mid_cycle_loses_nothing() {
             }
         }
     });
-    first_wake.notified().await;
-    let history_before = first.operator.history("silent", 100).await.unwrap();
-    first.app.shutdown().await;
+    notified(&first_wake, "the first wake").await;
+    let history_before = within("the history", first.operator.history("silent", 100))
+        .await
+        .unwrap();
+    within("the first shutdown", first.app.shutdown()).await;
 
-    let second = spawn_app(flags()).await;
-    reconnected.notified().await;
-    let restored = second.operator.get("silent").await.unwrap();
+    let second = within("the second start", spawn_app(flags("400ms"))).await;
+    notified(&reconnected, "the gateway reconnected").await;
+    let restored = within("get", second.operator.get("silent")).await.unwrap();
     assert_eq!(restored.wake_attempts, 1, "the attempt count survived");
     assert_eq!(restored.status, AgentStatus::Provisioning as i32);
     assert_eq!(
-        second.operator.get("steady").await.unwrap().status,
+        within("get", second.operator.get("steady"))
+            .await
+            .unwrap()
+            .status,
         AgentStatus::Online as i32
     );
 
     // The steady agent's token still works on the new server.
     let mut steady_agent = AgentClient::connect(&second.endpoint, &steady.agent_token).unwrap();
     assert_eq!(
-        steady_agent.heartbeat().await.unwrap().status,
+        within("a heartbeat", steady_agent.heartbeat())
+            .await
+            .unwrap()
+            .status,
         AgentStatus::Online as i32
     );
 
     // The escalation goes on where it was and ends after three wakes in all.
-    let mut watch = second
-        .watch(WatchAgentRequest {
-            agent_id: "silent".into(),
-            ..Default::default()
-        })
-        .await;
+    let request = WatchAgentRequest {
+        agent_id: "silent".into(),
+        ..Default::default()
+    };
+    let mut watch = within("opening a watch", second.watch(request)).await;
     loop {
         let event = next_event(&mut watch).await;
         if event.agent.unwrap().status == AgentStatus::Offline as i32 {
             break;
         }
     }
+    // The gateway task may record the last wake after the watch saw the end.
+    let all_three = async {
+        while wakes.lock().unwrap()["silent"].len() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    within("the third wake recorded", all_three).await;
     assert_eq!(wakes.lock().unwrap()["silent"], [(1, 1), (1, 2), (1, 3)]);
 
-    let history = second.operator.history("silent", 100).await.unwrap();
+    let history = within("the history", second.operator.history("silent", 100))
+        .await
+        .unwrap();
     assert!(history.len() > history_before.len());
     assert!(
         history_before
@@ -138,5 +161,5 @@ async fn a_restart_mid_cycle_loses_nothing() {
         history[0].reason,
         TransitionReason::MaxAttemptsReached as i32
     );
-    second.app.shutdown().await;
+    within("the second shutdown", second.app.shutdown()).await;
 }

@@ -106,6 +106,13 @@ impl TestApp {
     }
 }
 
+/// Awaits `future`, failing with `what` instead of hanging.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
+}
+
 /// Waits for the gateway's `Connected`.
 pub async fn connected(events: &mut mpsc::UnboundedReceiver<GatewayEvent>) {
     loop {

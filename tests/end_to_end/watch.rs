@@ -102,6 +102,8 @@ async fn revisions_until(watch: &mut Streaming<WatchAgentResponse>, until: u64) 
 fn watch_flags(database_url: &str) -> Vec<String> {
     let mut flags = fast_flags(database_url);
     flags.extend(["--watch-bookmark-interval", "200ms"].map(String::from));
+    // An agent that checked in stays online: only the silent go offline.
+    set_flag(&mut flags, "--lease-ttl", "5m");
     flags
 }
 
@@ -171,8 +173,14 @@ async fn concurrent_watchers_each_get_exactly_their_committed_events_in_order() 
     });
     join_all(check_ins).await;
 
-    // Settled when every agent that never checked in is offline.
-    let silent = agents.len() / 2;
+    // Settled when every agent that never checked in is offline. Some may
+    // be offline before this watch opens: they come in its snapshot.
+    let silent: std::collections::BTreeSet<String> = agents
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|(id, _)| id.clone())
+        .collect();
     let mut all = app
         .watch(WatchAgentRequest {
             statuses: vec![AgentStatus::Offline as i32],
@@ -180,9 +188,29 @@ async fn concurrent_watchers_each_get_exactly_their_committed_events_in_order() 
         })
         .await;
     let mut offline = std::collections::BTreeSet::new();
-    while offline.len() < silent {
-        let event = next_event(&mut all).await;
-        offline.insert(event.agent.unwrap().id);
+    while offline != silent {
+        let item = tokio::time::timeout(PATIENCE, all.next())
+            .await
+            .unwrap_or_else(|_| panic!("offline in time: {offline:?}"))
+            .expect("the watch goes on")
+            .expect("no error");
+        let Some(Kind::Event(event)) = item.kind else {
+            continue;
+        };
+        // A change out of the filter comes too, with the state it left for.
+        let agent = event.agent.clone().unwrap();
+        let still_offline = agent.status == AgentStatus::Offline as i32
+            && event.r#type != mission_control_client::EventType::Deleted as i32;
+        if still_offline {
+            offline.insert(agent.id);
+        } else {
+            assert_eq!(
+                event.previous_status,
+                AgentStatus::Offline as i32,
+                "only a change out of OFFLINE may leave this filter: {event:?}"
+            );
+            offline.remove(&agent.id);
+        }
     }
     let last = committed_events(db.url(), u64::MAX)
         .await
