@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -79,6 +81,9 @@ pub enum GatewayEvent {
 pub struct Ack {
     command_id: String,
     replies: mpsc::Sender<GatewayMessage>,
+    /// Set when the session the command came on has ended, before the
+    /// stream reports it, so an ack after `Disconnected` always fails.
+    session_ended: Arc<AtomicBool>,
 }
 
 impl Ack {
@@ -106,6 +111,9 @@ impl Ack {
     }
 
     async fn send(self, outcome: AckOutcome, error: String) -> Result<(), Error> {
+        if self.session_ended.load(Ordering::Acquire) {
+            return Err(Error::AckNotSent);
+        }
         let message = GatewayMessage {
             message: Some(gateway_message::Message::Ack(CommandAck {
                 command_id: self.command_id,
@@ -227,6 +235,7 @@ impl GatewayClient {
     /// One connection. `Ok` when the consumer has gone; otherwise why it
     /// ended and whether it had been established.
     async fn session(&mut self, events: &mpsc::Sender<GatewayEvent>) -> Result<(), (Error, bool)> {
+        let ended = SessionEnded::default();
         let (replies, outbound) = mpsc::channel(64);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
         request
@@ -249,6 +258,7 @@ impl GatewayClient {
             let ack = Ack {
                 command_id: message.command_id,
                 replies: replies.clone(),
+                session_ended: ended.0.clone(),
             };
             let event = match message.command {
                 Some(Command::Connected(hello)) => {
@@ -265,5 +275,15 @@ impl GatewayClient {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Marks the session ended when it returns, whichever way.
+#[derive(Default)]
+struct SessionEnded(Arc<AtomicBool>);
+
+impl Drop for SessionEnded {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }

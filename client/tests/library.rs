@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 async fn server() -> (App, OperatorClient) {
+    server_with_lease("5s").await
+}
+
+async fn server_with_lease(lease_ttl: &str) -> (App, OperatorClient) {
     let config = Config::parse_from([
         "mission-control",
         "--dev",
@@ -28,7 +32,7 @@ async fn server() -> (App, OperatorClient) {
         "--heartbeat-interval",
         "200ms",
         "--lease-ttl",
-        "5s",
+        lease_ttl,
         "--drain-timeout",
         "1s",
     ]);
@@ -118,7 +122,9 @@ enum Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_loop_rides_out_an_outage_and_stops_on_request() {
-    let (app, operator) = server().await;
+    // A short lease, so the outage takes the agent offline and only a
+    // check-in after it can bring it back.
+    let (app, operator) = server_with_lease("300ms").await;
     let (_, token) = provision(&operator, "gw", "a1").await;
     let mut proxy = Proxy::start(app.addr()).await;
 
@@ -148,16 +154,33 @@ async fn the_agent_loop_rides_out_an_outage_and_stops_on_request() {
     assert!(matches!(next().await, Seen::Beat), "checks in first");
     proxy.cut().await;
     let mut retries = Vec::new();
-    while retries.len() < 4 {
+    while retries.len() < 12 {
         match next().await {
             Seen::Retrying(delay) => retries.push(delay),
-            Seen::Beat => {} // one already in flight
+            Seen::Beat => retries.clear(), // one already in flight resets it
         }
     }
+    // Windows of 20, 40, 80, 160, then 200 ms: the first retry is within the
+    // first; the later ones reach beyond it (all eight within 20 ms: odds
+    // under 1e-7), and none beyond the cap.
+    let ms = Duration::from_millis;
+    assert!(retries[0] <= ms(20), "starts small: {retries:?}");
     assert!(
-        retries.iter().all(|d| *d <= Duration::from_millis(200)),
-        "capped: {retries:?}"
+        retries[4..].iter().any(|d| *d > ms(20)),
+        "grows: {retries:?}"
     );
+    assert!(retries.iter().all(|d| *d <= ms(200)), "capped: {retries:?}");
+
+    // The outage outlasts the lease: the agent goes offline.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let offline_at = loop {
+        let agent = operator.get("a1").await.unwrap();
+        if agent.status() == mission_control_client::AgentStatus::Offline {
+            break agent.revision;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never offline");
+        tokio::time::sleep(ms(20)).await;
+    };
 
     proxy.restore().await;
     loop {
@@ -165,8 +188,18 @@ async fn the_agent_loop_rides_out_an_outage_and_stops_on_request() {
             break;
         }
     }
+    // Back online by a check-in that came after the outage.
     let agent = operator.get("a1").await.unwrap();
     assert_eq!(agent.status(), mission_control_client::AgentStatus::Online);
+    let latest = &operator.history("a1", 1).await.unwrap()[0];
+    assert_eq!(
+        latest.reason,
+        mission_control_client::TransitionReason::CheckedIn as i32
+    );
+    assert!(
+        latest.revision > offline_at,
+        "{latest:?} after {offline_at}"
+    );
 
     stop.send(()).unwrap();
     let ended = tokio::time::timeout(PATIENCE, running).await.unwrap();
@@ -283,5 +316,70 @@ async fn a_gateway_with_a_bad_token_is_rejected_and_its_stream_ends() {
     );
     let end = tokio::time::timeout(PATIENCE, events.next()).await.unwrap();
     assert!(end.is_none(), "no reconnect after a rejection");
+    app.shutdown().await;
+}
+
+/// The next event of a gateway stream, bounded.
+async fn next_event(
+    events: &mut (impl futures_util::Stream<Item = GatewayEvent> + Unpin),
+) -> GatewayEvent {
+    tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("the stream keeps talking")
+        .expect("the stream goes on")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ack_is_recorded_and_an_ack_on_a_lost_stream_says_so() {
+    let (app, operator) = server().await;
+    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let mut proxy = Proxy::start(app.addr()).await;
+    let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
+        .unwrap()
+        .with_backoff(fast_backoff())
+        .with_reconnect_spread(Duration::from_millis(5))
+        .events();
+    match next_event(&mut events).await {
+        GatewayEvent::Connected { gateway_id } => assert_eq!(gateway_id, "gw"),
+        other => panic!("expected Connected, got {other:?}"),
+    }
+    let mut wake = async || {
+        operator.wake("a1").await.unwrap();
+        match next_event(&mut events).await {
+            GatewayEvent::Wake { command, ack } if command.agent_id == "a1" => ack,
+            other => panic!("expected the wake, got {other:?}"),
+        }
+    };
+
+    wake()
+        .await
+        .failed("no room on this host")
+        .await
+        .expect("ack sent");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !operator
+        .get("a1")
+        .await
+        .unwrap()
+        .last_provision_error
+        .contains("no room on this host")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failure recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let ack = wake().await;
+    proxy.cut().await;
+    // The session is gone once the stream reports it.
+    loop {
+        if let GatewayEvent::Disconnected { .. } = next_event(&mut events).await {
+            break;
+        }
+    }
+    let sent = ack.delivered().await;
+    assert!(matches!(sent, Err(Error::AckNotSent)), "{sent:?}");
     app.shutdown().await;
 }
