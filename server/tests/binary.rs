@@ -413,7 +413,10 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
 async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
     let db = TestDatabase::create().await;
     let port = free_port();
-    let mut server = Server::start(db.url(), port).await;
+    // The agent that checked in keeps its lease while the next server waits
+    // out the dead one's leader lease, however slow the machine.
+    let flags = [("--lease-ttl", "5m"), ("--leader-lease", "2s")];
+    let mut server = Server::start_with(db.url(), port, &flags).await;
     let changes = server.record_changes().await;
     server.register_gateway("gw").await;
     let mut tokens = Vec::new();
@@ -437,7 +440,7 @@ async fn a_crash_mid_cycle_loses_no_acknowledged_transition() {
     server.child.kill().unwrap(); // SIGKILL: no drain, no final checkpoint
     server.child.wait().unwrap();
     let acknowledged = changes.lock().unwrap().clone();
-    let server = Server::start(db.url(), port).await;
+    let server = Server::start_with(db.url(), port, &flags).await;
     // The dead leader's lease expires first (unless it already has).
     server
         .wait_for_any_log(&["lifecycle.restored", "lifecycle.took_over"])
