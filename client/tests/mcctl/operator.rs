@@ -1,7 +1,7 @@
 //! The one-shot commands: gateways, provision, get, list, heartbeat,
 //! history, wake, delete, and how failures are reported.
 
-use crate::support::{fails, json, ok, server, server_with};
+use crate::support::{PATIENCE, command, fails, json, ok, server, server_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_goes_from_provisioned_to_deleted_through_the_cli() {
@@ -191,11 +191,13 @@ async fn with_an_operator_token_the_cli_needs_it_and_says_when_it_is_wrong() {
     let server = server_with("30s", "30s", "10s", &["--operator-token", "op-s3cret"]).await;
     let endpoint = server.endpoint.as_str();
 
+    let unauthenticated = "error: UNAUTHENTICATED: ";
     let (code, stderr) = fails(endpoint, &["gateway", "list"]).await;
     assert_eq!(code, 1);
-    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
-    let (_, stderr) = fails(endpoint, &["--operator-token", "nope", "gateway", "list"]).await;
-    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    assert!(stderr.starts_with(unauthenticated), "{stderr}");
+    let (code, stderr) = fails(endpoint, &["--operator-token", "nope", "gateway", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with(unauthenticated), "{stderr}");
 
     let register = [
         "--operator-token",
@@ -212,7 +214,82 @@ async fn with_an_operator_token_the_cli_needs_it_and_says_when_it_is_wrong() {
     )
     .await;
     assert_eq!(gateways[0]["id"], "gw1");
-    let (_, stderr) = fails(endpoint, &["--operator-token", "wrong-s3cret", "get", "a"]).await;
+    let (code, stderr) = fails(endpoint, &["--operator-token", "wrong-s3cret", "get", "a"]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with(unauthenticated), "{stderr}");
     assert!(!stderr.contains("wrong-s3cret"), "never echoed: {stderr}");
+    server.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tokens_replace_the_old_and_the_agent_token_can_come_from_the_environment() {
+    let server = server("30s", "30s", "10s").await;
+    let endpoint = server.endpoint.as_str();
+    let first = json(endpoint, &["gateway", "register", "gw1"]).await;
+    let rotated = json(endpoint, &["gateway", "register", "gw1", "--rotate-token"]).await;
+    assert_eq!(rotated["created"], false);
+    let (old_gateway, new_gateway) = (
+        first["token"].as_str().unwrap(),
+        rotated["token"].as_str().unwrap(),
+    );
+    assert!(new_gateway.starts_with("mcg_") && new_gateway != old_gateway);
+
+    let provision = [
+        "provision",
+        "a1",
+        "--gateway",
+        "gw1",
+        "--role",
+        "gateway-main",
+    ];
+    let created = json(endpoint, &provision).await;
+    let mut again = provision.to_vec();
+    again.push("--rotate-token");
+    let rerolled = json(endpoint, &again).await;
+    let (old, new) = (
+        created["token"].as_str().unwrap(),
+        rerolled["token"].as_str().unwrap(),
+    );
+    assert!(new.starts_with("mca_") && new != old);
+
+    let (code, stderr) = fails(endpoint, &["heartbeat", "--token", old]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("error: UNAUTHENTICATED: "), "{stderr}");
+    // MC_AGENT_TOKEN stands in for --token.
+    let run = command(endpoint, &["--output", "json", "heartbeat"])
+        .env("MC_AGENT_TOKEN", new)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let beat: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(beat["agent_id"], "a1");
+    assert_eq!(beat["status"], "online");
+
+    // The old gateway token no longer opens a stream; the new one does.
+    use futures_util::StreamExt;
+    use mission_control_client::gateway::{GatewayClient, GatewayEvent};
+    let first_event = |token: &str| {
+        let mut events = GatewayClient::connect(endpoint, token).unwrap().events();
+        async move { tokio::time::timeout(PATIENCE, events.next()).await.unwrap() }
+    };
+    let refused = first_event(old_gateway).await;
+    assert!(
+        matches!(
+            refused,
+            Some(GatewayEvent::Rejected(
+                mission_control_client::Error::TokenRejected(_)
+            ))
+        ),
+        "{refused:?}"
+    );
+    let accepted = first_event(new_gateway).await;
+    assert!(
+        matches!(accepted, Some(GatewayEvent::Connected { .. })),
+        "{accepted:?}"
+    );
     server.app.shutdown().await;
 }

@@ -15,9 +15,11 @@ fn outcomes<'a>(report: &'a Value, behaviour: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_settles_and_the_report_shows_the_policy() {
-    // 1 s to check in: tight enough to finish in seconds, loose enough
-    // for a busy machine. The lease lapses 1 s after a flaky agent stops.
-    let server = server("1s", "1s", "200ms").await;
+    // 2 s to check in and a 3 s lease for 200 ms beats: a machine that
+    // stalls for a second or two neither misses a check-in nor lets a lease
+    // lapse; the run still ends in seconds. The lease lapses 3 s after a
+    // flaky agent stops.
+    let server = server("2s", "3s", "200ms").await;
     let args = [
         "simulate",
         "--agents",
@@ -75,9 +77,13 @@ async fn a_simulated_fleet_settles_and_the_report_shows_the_policy() {
     let third = report["wakes_by_attempt"]["3"].as_u64().unwrap_or(0);
     assert!(third >= 2, "the never agents get a third wake: {report:#}");
     assert_eq!(report["checkin_latency_ms"]["count"], 8);
-    let latency = &report["checkin_latency_ms"];
-    assert!(latency["min"].as_u64() <= latency["median"].as_u64());
-    assert!(latency["median"].as_u64() <= latency["max"].as_u64());
+    let latency = |field: &str| {
+        report["checkin_latency_ms"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a latency {field}: {report:#}"))
+    };
+    assert!(latency("min") <= latency("median"), "{report:#}");
+    assert!(latency("median") <= latency("max"), "{report:#}");
 
     // The service agrees: the never agents' history ends with max attempts.
     let never = outcomes(&report, "never")[0]["id"]
@@ -171,5 +177,91 @@ async fn a_connected_gateway_is_not_taken_over_unless_asked() {
             .is_empty(),
         "nothing provisioned"
     );
+
+    // A token of another gateway is refused before anything is provisioned.
+    let other = server
+        .operator
+        .register_gateway("gw-other", "", false)
+        .await
+        .unwrap()
+        .gateway_token;
+    let args = [
+        "simulate",
+        "--gateway",
+        "gw-real",
+        "--gateway-token",
+        &other,
+        "--agents",
+        "1",
+    ];
+    let (code, stderr) = fails(&server.endpoint, &args).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("belongs to gateway gw-other, not --gateway gw-real"),
+        "{stderr}"
+    );
+
+    // With the gateway's own token it plays that gateway beside the real one.
+    let args = [
+        "simulate",
+        "--gateway",
+        "gw-real",
+        "--gateway-token",
+        &token,
+        "--agents",
+        "1",
+        "--never",
+        "1",
+        "--first-wake",
+        "0",
+        "--later-wake",
+        "0",
+        "--flaky",
+        "0",
+        "--duration",
+        "300ms",
+    ];
+    let text = ok(&server.endpoint, &args).await;
+    assert!(
+        text.contains("simulated 1 agents on gateway gw-real"),
+        "{text}"
+    );
+
+    // --take-over re-keys it: the real gateway's stream ends, its token refused.
+    let args = [
+        "simulate",
+        "--gateway",
+        "gw-real",
+        "--take-over",
+        "--agents",
+        "1",
+        "--never",
+        "1",
+        "--first-wake",
+        "0",
+        "--later-wake",
+        "0",
+        "--flaky",
+        "0",
+        "--duration",
+        "300ms",
+    ];
+    let text = ok(&server.endpoint, &args).await;
+    assert!(
+        text.contains("simulated 1 agents on gateway gw-real"),
+        "{text}"
+    );
+    loop {
+        match tokio::time::timeout(crate::support::PATIENCE, real.next()).await {
+            Ok(Some(GatewayEvent::Rejected(mission_control_client::Error::TokenRejected(_)))) => {
+                break;
+            }
+            Ok(Some(GatewayEvent::Disconnected { .. } | GatewayEvent::Connected { .. })) => {}
+            Ok(Some(GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. })) => {
+                let _ = ack.delivered().await;
+            }
+            other => panic!("expected the old token refused, got {other:?}"),
+        }
+    }
     server.app.shutdown().await;
 }
