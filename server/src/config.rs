@@ -242,10 +242,14 @@ mod tests {
 
     #[test]
     fn a_store_is_required_and_bad_policies_are_refused() {
-        assert!(Config::try_parse_from(["mission-control"]).is_err());
+        let no_store = Config::try_parse_from(["mission-control"]).unwrap_err();
+        assert_eq!(
+            no_store.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
         let zero = Config::try_parse_from(["mission-control", "--dev", "--max-wake-attempts", "0"])
             .unwrap();
-        assert!(zero.policy().is_err());
+        assert_eq!(zero.policy().unwrap_err(), PolicyError::NoAttempts);
         let tiny =
             Config::try_parse_from(["mission-control", "--dev", "--watch-buffer", "100"]).unwrap();
         assert!(tiny.settings().unwrap_err().contains("--watch-buffer"));
@@ -254,10 +258,13 @@ mod tests {
         assert!(blank.settings().unwrap_err().contains("--operator-token"));
         let short =
             Config::try_parse_from(["mission-control", "--dev", "--lease-ttl", "5s"]).unwrap();
-        assert!(short.policy().is_err());
-        assert!(
+        assert!(matches!(
+            short.policy().unwrap_err(),
+            PolicyError::LeaseShorterThanInterval { .. }
+        ));
+        let soon =
             Config::try_parse_from(["mission-control", "--dev", "--checkin-deadline", "soon"])
-                .is_err()
-        );
+                .unwrap_err();
+        assert_eq!(soon.kind(), clap::error::ErrorKind::ValueValidation);
     }
 }

@@ -157,7 +157,10 @@ async fn a_database_outage_refuses_transitions_then_recovers_without_loss() {
         Status::Online
     );
     assert!(
-        f.lifecycle.get(&id("during")).is_err(),
+        matches!(
+            f.lifecycle.get(&id("during")),
+            Err(LifecycleError::NotFound(_))
+        ),
         "nothing uncommitted is visible"
     );
 
@@ -184,7 +187,10 @@ async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
     tokio::time::sleep(Duration::from_secs(21)).await;
     f.store.set_unavailable(true);
     assert!(
-        f.lifecycle.provision(spec("refused")).await.is_err(),
+        matches!(
+            f.lifecycle.provision(spec("refused")).await,
+            Err(LifecycleError::Unavailable(_))
+        ),
         "the writer notices"
     );
     tokio::time::sleep(Duration::from_secs(80)).await;
