@@ -4,6 +4,7 @@
 
 mod durability;
 mod escalation;
+mod flags;
 mod leadership;
 mod watching;
 
