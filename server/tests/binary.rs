@@ -719,3 +719,47 @@ async fn at_start_it_waits_for_postgres_to_come_up() {
     server.wait_for_log("listening").await;
     proxy.abort();
 }
+
+#[tokio::test]
+async fn a_deadline_for_an_agent_whose_gateway_is_gone_is_logged_and_ends_its_escalation() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    // Long enough that the deadline is still ahead at the restart.
+    let flags = [("--checkin-deadline", "5m")];
+    let mut server = Server::start_with(db.url(), port, &flags).await;
+    server.register_gateway("gw").await;
+    server.provision("orphan").await;
+    server.terminate();
+    assert!(server.wait_for_exit().await.success());
+    drop(server);
+
+    // A gateway can only vanish behind the service's back: from the table,
+    // with the deadline moved due.
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let gone = client
+        .execute("DELETE FROM gateways WHERE id = 'gw'", &[])
+        .await
+        .unwrap();
+    assert_eq!(gone, 1);
+    let due = "UPDATE agents SET checkin_deadline_at = now() WHERE id = 'orphan'";
+    assert_eq!(client.execute(due, &[]).await.unwrap(), 1);
+
+    let server = Server::start(db.url(), port).await;
+    let skipped = server
+        .wait_for_log("lifecycle.reconcile.skip_missing_gateway")
+        .await;
+    assert_eq!(skipped["agent_id"], "orphan", "{skipped}");
+    assert_eq!(skipped["level"], "WARN", "{skipped}");
+    server.wait_for_status("orphan", AgentStatus::Offline).await;
+    let agent = server.agent("orphan").await;
+    assert!(
+        agent
+            .last_provision_error
+            .contains("gateway gw is not registered"),
+        "{}",
+        agent.last_provision_error
+    );
+}
