@@ -74,8 +74,14 @@ impl App {
             config.edge.max_health_watches,
             config.edge.request_timeout,
         );
+        let forward = crate::grpc::ForwardLayer::new(
+            lifecycle.clone(),
+            config.advertise_address(addr),
+            shutdown.clone(),
+        );
         let server = tokio::spawn(crate::grpc::serve(
             lifecycle.clone(),
+            forward,
             edge,
             listener,
             shutdown.clone().cancelled_owned(),

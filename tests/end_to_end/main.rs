@@ -7,6 +7,7 @@ mod grpcurl;
 mod lifecycle;
 mod outage;
 mod python;
+mod replicas;
 mod restart;
 mod support;
 mod watch;

@@ -3,6 +3,7 @@
 
 mod convert;
 mod error;
+mod forward;
 mod gateways;
 mod lifecycle;
 mod page_token;
@@ -22,6 +23,7 @@ use crate::edge::EdgeLayer;
 use crate::edge::methods::{MAX_GATEWAY_MESSAGE, MAX_OPEN_MESSAGE, MAX_UNARY_REQUEST};
 use crate::runtime::Lifecycle;
 
+pub use forward::{FORWARDED_HEADER, ForwardLayer};
 pub use mission_control_proto::metadata::{
     AGENT_TOKEN as AGENT_TOKEN_HEADER, GATEWAY_TOKEN as GATEWAY_TOKEN_HEADER,
 };
@@ -30,12 +32,17 @@ pub use mission_control_proto::metadata::{
 /// stops accepting and waits for calls in flight.
 pub async fn serve(
     lifecycle: Lifecycle,
+    forward: ForwardLayer,
     edge: EdgeLayer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(reporter, lifecycle.clone()));
+    tokio::spawn(report_health(
+        reporter,
+        lifecycle.clone(),
+        forward.leader_known(),
+    ));
 
     // google.rpc error details too, so grpcurl can show BadRequest,
     // ErrorInfo and RetryInfo instead of raw bytes.
@@ -64,6 +71,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(edge.request_timeout())
+        // A follower forwards to the leader first: the leader authenticates.
+        .layer(forward)
         // Authentication and size limits before any body is read.
         .layer(edge)
         .add_service(health)
@@ -81,8 +90,19 @@ pub async fn serve(
         .await
 }
 
-/// Keeps the health service in step with the database (and the drain).
-async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
+/// The health "service" that is `SERVING` on the leader only, for a load
+/// balancer or an operator that wants to find it.
+pub const LEADER_HEALTH_SERVICE: &str = "mission-control.leader";
+
+/// Keeps the health service in step with the database, leadership and the
+/// drain. The whole server and each service are `SERVING` while the
+/// database is reachable and this replica can serve calls: as leader, or as
+/// a follower that knows the leader to forward to.
+async fn report_health(
+    reporter: HealthReporter,
+    lifecycle: Lifecycle,
+    mut leader_known: tokio::sync::watch::Receiver<bool>,
+) {
     use tonic::server::NamedService;
     let services = [
         "",
@@ -90,22 +110,34 @@ async fn report_health(reporter: HealthReporter, lifecycle: Lifecycle) {
         <GatewaysServer<gateways::GatewayService> as NamedService>::NAME,
     ];
     let mut reachable = lifecycle.database_reachable();
+    let mut roles = lifecycle.roles();
     let stopping = lifecycle.draining();
-    loop {
-        let serving = *reachable.borrow_and_update() && !stopping.is_cancelled();
-        let status = if serving {
+    let status = |serving: bool| {
+        if serving {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
-        };
-        for service in services {
-            reporter.set_service_status(service, status).await;
         }
+    };
+    loop {
+        roles.borrow_and_update();
+        let leading = lifecycle.is_leader();
+        let can_answer = leading || *leader_known.borrow_and_update();
+        let serving = *reachable.borrow_and_update() && can_answer && !stopping.is_cancelled();
+        for service in services {
+            reporter.set_service_status(service, status(serving)).await;
+        }
+        let leads = leading && !stopping.is_cancelled();
+        reporter
+            .set_service_status(LEADER_HEALTH_SERVICE, status(leads))
+            .await;
         if stopping.is_cancelled() {
             return;
         }
         tokio::select! {
             changed = reachable.changed() => if changed.is_err() { return },
+            changed = roles.changed() => if changed.is_err() { return },
+            changed = leader_known.changed() => if changed.is_err() { return },
             _ = stopping.cancelled() => {}
         }
     }

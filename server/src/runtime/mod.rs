@@ -457,6 +457,11 @@ impl Lifecycle {
         self.shared.leadership.subscribe()
     }
 
+    /// The leader lease's TTL.
+    pub fn leader_lease(&self) -> Duration {
+        self.shared.settings.leader_lease
+    }
+
     /// Whether this replica may act as leader at this instant.
     pub fn is_leader(&self) -> bool {
         self.shared.leadership.may_act()
