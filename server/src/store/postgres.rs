@@ -58,7 +58,10 @@ impl PostgresStore {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         config.connect_timeout(settings.timeout);
-        config.application_name("mission-control");
+        // The URL's own application_name wins: replicas can be told apart.
+        if config.get_application_name().is_none() {
+            config.application_name("mission-control");
+        }
         let idle_ms = settings.idle_transaction_timeout.as_millis().max(1);
         let options = match config.get_options() {
             Some(existing) => {
