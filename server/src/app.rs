@@ -155,28 +155,36 @@ impl App {
     pub async fn shutdown(self) {
         tracing::info!(timeout = ?self.drain_timeout, "draining");
         let started = tokio::time::Instant::now();
-        // The final checkpoint and store close get the last slice.
-        let close_budget = (self.drain_timeout / 4).min(Duration::from_secs(1));
-        let deadline = started + self.drain_timeout - close_budget;
+        let end = started + self.drain_timeout;
+        // The hand-over, the final checkpoint and the store close get the
+        // last slice, whatever calls in flight took.
+        let reserve = (self.drain_timeout / 4).min(Duration::from_secs(1));
+        let calls_deadline = end - reserve;
         self.lifecycle.begin_drain();
         self.shutdown.cancel();
-        if tokio::time::timeout_at(deadline, self.lifecycle.settle())
+        if tokio::time::timeout_at(calls_deadline, self.lifecycle.settle())
             .await
             .is_err()
         {
             tracing::warn!("calls still in flight at the drain deadline");
         }
-        let _ = tokio::time::timeout_at(deadline, self.lifecycle.step_down()).await;
+        let hand_over_by = calls_deadline.max(tokio::time::Instant::now()) + reserve / 2;
+        if tokio::time::timeout_at(hand_over_by, self.lifecycle.step_down())
+            .await
+            .is_err()
+        {
+            tracing::warn!("handing leadership over took too long; the lease will expire instead");
+        }
         self.lifecycle.end_streams();
         let mut server = self.server;
-        if tokio::time::timeout_at(deadline, &mut server)
+        if tokio::time::timeout_at(calls_deadline, &mut server)
             .await
             .is_err()
         {
             tracing::warn!(timeout = ?self.drain_timeout, "calls still in flight after the drain timeout; closing");
             server.abort();
         }
-        self.lifecycle.stop_by(deadline, close_budget).await;
+        self.lifecycle.stop_by(end - reserve / 4, reserve / 4).await;
         tracing::info!(took = ?started.elapsed(), "stopped");
     }
 }

@@ -379,9 +379,12 @@ impl Lifecycle {
     pub async fn settle(&self) {
         loop {
             self.shared.in_flight.idle().await;
-            // A no-op through the writer: answered only after every earlier
-            // batch delivered its wakes to the gateway streams.
-            if self.call(|reply| Command::Barrier { reply }).await.is_err() {
+            // A no-op through the writer: answered (whatever the answer)
+            // only after every earlier batch delivered its wakes to the
+            // gateway streams.
+            let (reply, answer) = oneshot::channel();
+            let barrier = Command::Barrier { reply };
+            if self.shared.commands.send(barrier).await.is_err() || answer.await.is_err() {
                 return;
             }
             if self.shared.in_flight.count() == 0 {
