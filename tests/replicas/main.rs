@@ -1,0 +1,14 @@
+//! Three replicas (the built binary) on one fresh database, clients that
+//! pick replicas at random, and failovers under load: kill -9, a stall
+//! beyond the leader lease, ended database sessions, a Postgres restart and
+//! a drain. Each counts acknowledged transitions and asserts that none is
+//! lost, that no agent goes OFFLINE falsely and that no heartbeat is
+//! acknowledged without the leader's judgement; failover times are printed.
+//!
+//! `MC_HARNESS_AGENTS` sets the fleet size (1,000 by default);
+//! `scripts/replicas-soak` runs a heavier variant.
+
+mod harness;
+mod load;
+mod scenarios;
+mod verify;
