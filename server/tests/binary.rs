@@ -650,8 +650,16 @@ async fn sigterm_exits_within_the_drain_timeout_while_a_commit_is_blocked() {
     assert!(status.success(), "{status}");
     let stopped = server.wait_for_log("stopped").await;
     assert!(stopped["took"].is_string(), "{stopped}");
+    // Never acknowledged: refused, or cut off with the connection when the
+    // drain abandoned it.
     let refused = blocked.await.unwrap().unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ),
+        "{refused:?}"
+    );
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
 
