@@ -30,9 +30,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let stop = async {
+    let mut stop = Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
-    };
+    });
+    // Poll it once now: that installs the Ctrl-C handler, so a Ctrl-C during
+    // the first heartbeat stops the loop instead of killing the process.
+    if futures_util::poll!(&mut stop).is_ready() {
+        return ExitCode::SUCCESS;
+    }
     // The first accepted heartbeat is the check-in; the rest renew the lease.
     let result = agent
         .run_with(stop, |event| match event {

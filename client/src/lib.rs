@@ -9,7 +9,7 @@
 //! [`proto`] (and at the crate root), for anything the helpers do not cover.
 //! Nothing here depends on Postgres.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, clippy::missing_errors_doc)]
 
 pub mod agent;
 mod backoff;

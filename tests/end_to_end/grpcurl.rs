@@ -49,7 +49,12 @@ async fn invoke(addr: &str, method: &str, headers: &[&str], body: &str) -> serde
 #[tokio::test]
 async fn grpcurl_lists_describes_provisions_checks_in_and_watches() {
     let db = database().await;
-    let app = spawn_app(fast_flags(db.url())).await;
+    // Each grpcurl call may take seconds on a loaded machine: no deadline or
+    // lease runs out between them.
+    let mut flags = fast_flags(db.url());
+    set_flag(&mut flags, "--checkin-deadline", "5m");
+    set_flag(&mut flags, "--lease-ttl", "5m");
+    let app = spawn_app(flags).await;
     let addr = app.app.addr().to_string();
 
     let services = call(&addr, &["list"]).await;
@@ -183,6 +188,9 @@ async fn the_readme_cycle_runs_as_written() {
     // No second wake within the test: each command is the one expected.
     let mut flags = fast_flags(db.url());
     set_flag(&mut flags, "--checkin-deadline", "5m");
+    // Each grpcurl call is a process that loads the schema by reflection: on
+    // a loaded machine, seconds. The agent stays online between them.
+    set_flag(&mut flags, "--lease-ttl", "5m");
     let app = spawn_app(flags).await;
     let addr = app.app.addr().to_string();
     let lc = "missioncontrol.lifecycle.v1.AgentLifecycle";

@@ -5,7 +5,12 @@ use crate::support::*;
 #[tokio::test]
 async fn a_python_agent_checks_in_and_a_python_watcher_sees_it() {
     let db = database().await;
-    let app = spawn_app(fast_flags(db.url())).await;
+    // A Python process may take seconds to start on a loaded machine: no
+    // deadline or lease runs out while it does.
+    let mut flags = fast_flags(db.url());
+    set_flag(&mut flags, "--checkin-deadline", "5m");
+    set_flag(&mut flags, "--lease-ttl", "5m");
+    let app = spawn_app(flags).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/interop.py");
     let output = tokio::process::Command::new("python3")
         .args([script, "--endpoint", &app.app.addr().to_string()])
