@@ -691,3 +691,113 @@ async fn metrics_need_an_operator_when_credentials_are_configured() {
     assert_eq!(get(Some("Bearer viewer-s3cret")).await, "HTTP/1.1 200 OK");
     assert_eq!(get(Some("bearer admin-s3cret")).await, "HTTP/1.1 200 OK");
 }
+
+/// A unary request whose body never ends, sent over raw HTTP/2; the
+/// `grpc-status` the server ends it with.
+async fn never_ending_unary(endpoint: &str, grpc_timeout: Option<&str>) -> Option<String> {
+    let authority = endpoint.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (client, driver) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(driver);
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::post(format!(
+        "http://{authority}/missioncontrol.lifecycle.v1.AgentLifecycle/GetAgent"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    if let Some(timeout) = grpc_timeout {
+        request = request.header("grpc-timeout", timeout);
+    }
+    let (response, mut body) = client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    // A frame header announcing 100 bytes, and only 10 of them.
+    let mut partial = vec![0u8, 0, 0, 0, 100];
+    partial.extend_from_slice(&[0u8; 10]);
+    body.send_data(bytes::Bytes::from(partial), false).unwrap();
+    let response = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("the server ends the call")
+        .unwrap();
+    let (head, mut rest) = response.into_parts();
+    let status = match head.headers.get("grpc-status") {
+        Some(status) => Some(status.clone()),
+        None => rest
+            .trailers()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|t| t.get("grpc-status").cloned()),
+    };
+    drop(body);
+    status.map(|s| s.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_unary_call_ends_at_its_deadline_or_the_servers() {
+    let db = database().await;
+    let mut flags = fast_flags(db.url());
+    flags.extend(["--request-timeout".into(), "1s".into()]);
+    let app = spawn_app(flags).await;
+    let deadline_exceeded = Some((Code::DeadlineExceeded as i32).to_string());
+    // No grpc-timeout: the server's --request-timeout.
+    assert_eq!(
+        never_ending_unary(&app.endpoint, None).await,
+        deadline_exceeded
+    );
+    // The client's grpc-timeout, shorter than the server's: ended there
+    // (tonic says CANCELLED; the client's own deadline has said
+    // DEADLINE_EXCEEDED by then).
+    let cancelled = Some((Code::Cancelled as i32).to_string());
+    let status = never_ending_unary(&app.endpoint, Some("200m")).await;
+    assert!(
+        status == deadline_exceeded || status == cancelled,
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_watches_are_capped() {
+    use futures_util::StreamExt;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let db = database().await;
+    let mut flags = fast_flags(db.url());
+    flags.extend(["--max-health-watches".into(), "2".into()]);
+    let app = spawn_app(flags).await;
+    let channel = Channel::from_shared(app.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut first = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let _second = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    first.next().await.expect("a status").unwrap();
+    let third = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert!(third.get_details_retry_info().is_some());
+    // Check stays open, and a closed watch frees its slot.
+    health.check(HealthCheckRequest::default()).await.unwrap();
+    drop(first);
+    let mut reopened = false;
+    for _ in 0..600 {
+        if health.watch(HealthCheckRequest::default()).await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the closed watch's slot was never freed");
+}

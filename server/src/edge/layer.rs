@@ -51,12 +51,6 @@ impl EdgeLayer {
         }
     }
 
-    /// The longest a unary call may take (tonic's server timeout, which a
-    /// shorter `grpc-timeout` overrides).
-    pub fn request_timeout(&self) -> Duration {
-        self.gate.request_timeout
-    }
-
     /// Health watches open now.
     pub fn health_watches(&self) -> usize {
         self.gate.max_health_watches - self.gate.health_watches.available_permits()
@@ -122,11 +116,27 @@ where
             Some(max) => request.map(|body| Body::new(Limited::new(body, max))),
             None => request,
         };
+        // Until the response starts: reading a unary request included, a
+        // stream's messages not. (A client's shorter `grpc-timeout` is
+        // enforced by tonic too.)
+        let timeout = method.max_request_bytes.map(|_| self.gate.request_timeout);
         // The clone is the one that was made ready (tower's usual dance).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await?;
+            let call = inner.call(request);
+            let response = match timeout {
+                Some(timeout) => match tokio::time::timeout(timeout, call).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(Status::deadline_exceeded(format!(
+                            "the call took longer than the server's request timeout ({timeout:?})"
+                        ))
+                        .into_http());
+                    }
+                },
+                None => call.await?,
+            };
             Ok(match permit {
                 Some(permit) => response.map(|body| {
                     Body::new(Permitted {

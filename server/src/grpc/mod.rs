@@ -70,7 +70,6 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .timeout(edge.request_timeout())
         // A follower forwards to the leader first: the leader authenticates.
         .layer(forward)
         // Authentication and size limits before any body is read.
