@@ -10,11 +10,13 @@ pub mod exposure;
 mod layer;
 pub mod methods;
 mod operators;
+mod subject;
 
 pub use args::EdgeArgs;
 pub use credentials::{Credentials, Operator, Role, hash_line};
 pub use layer::{EdgeLayer, bearer_credentials};
 pub use operators::Operators;
+pub use subject::subject as certificate_subject;
 
 /// The operator credentials the configuration names: the roles file, and
 /// the admin token from `--operator-token` or `--operator-token-file`.
