@@ -33,6 +33,27 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
     }
 }
 
+/// ListAgents as if another replica had forwarded it here.
+async fn list_as_forwarded(endpoint: &str) -> tonic::Code {
+    use mission_control_client::agent_lifecycle_client::AgentLifecycleClient;
+    let channel = mission_control_client::channel(endpoint).unwrap();
+    let mut client =
+        AgentLifecycleClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
+            let header = mission_control_server::grpc::FORWARDED_HEADER;
+            request
+                .metadata_mut()
+                .insert(header, "127.0.0.1:1".parse().unwrap());
+            Ok(request)
+        });
+    match client
+        .list_agents(mission_control_client::ListAgentsRequest::default())
+        .await
+    {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
 #[tokio::test]
 async fn a_follower_answers_every_call_through_the_leader_and_leads_after_a_handover() {
     let db = database().await;
@@ -55,6 +76,16 @@ async fn a_follower_answers_every_call_through_the_leader_and_leads_after_a_hand
     assert_eq!(
         health(&leader.endpoint, "mission-control.leader").await,
         serving
+    );
+    assert_eq!(
+        list_as_forwarded(&follower.endpoint).await,
+        tonic::Code::Unavailable,
+        "a forwarded call is never forwarded again"
+    );
+    assert_eq!(
+        list_as_forwarded(&leader.endpoint).await,
+        tonic::Code::Ok,
+        "the leader serves forwarded calls"
     );
 
     // Everything through the follower.

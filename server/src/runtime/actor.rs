@@ -131,7 +131,13 @@ impl Actor {
     /// Serves as leader until this replica stops leading (or stops).
     async fn lead(&mut self) -> ControlFlow<()> {
         loop {
-            if !self.shared.leadership.may_act() {
+            let leadership = &self.shared.leadership;
+            if !leadership.may_act() {
+                if leadership.role() == ReplicaRole::TakingOver && leadership.holds_lease() {
+                    // Lost and taken again while this task was busy: it
+                    // takes over anew (the run loop dispatches it).
+                    return ControlFlow::Continue(());
+                }
                 self.step_down("the leader lease can no longer be proven");
                 return ControlFlow::Continue(());
             }
@@ -420,6 +426,8 @@ impl Actor {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
                     _ = tokio::time::sleep_until(retry_at) => break,
+                    // Leadership changed: the run loop takes it from here.
+                    _ = self.roles.changed() => return,
                     Some(command) = self.commands.recv() => {
                         command.refuse(LifecycleError::Unavailable(
                             "the database is unavailable; retry shortly".into(),
@@ -427,8 +435,10 @@ impl Actor {
                     }
                 }
             }
-            if !self.shared.leadership.holds_lease() {
-                // The new leader rebuilds its own state.
+            if self.shared.leadership.role() != ReplicaRole::Leader
+                || !self.shared.leadership.holds_lease()
+            {
+                // Lost (and maybe taken again): the run loop takes it from here.
                 return;
             }
             match self.resync().await {
