@@ -119,7 +119,7 @@ async fn measure(label: &str, flags: &[&str]) {
         let mut request = tonic::Request::new(HeartbeatRequest::default());
         request
             .metadata_mut()
-            .insert("x-agent-token", token.clone());
+            .insert(mission_control_proto::metadata::AGENT_TOKEN, token.clone());
         AgentLifecycleClient::new(chans[0].clone())
             .heartbeat(request)
             .await
@@ -138,7 +138,9 @@ async fn measure(label: &str, flags: &[&str]) {
         let token = beat_tokens[n as usize % beat_tokens.len()].clone();
         async move {
             let mut request = tonic::Request::new(HeartbeatRequest::default());
-            request.metadata_mut().insert("x-agent-token", token);
+            request
+                .metadata_mut()
+                .insert(mission_control_proto::metadata::AGENT_TOKEN, token);
             AgentLifecycleClient::new(channel)
                 .heartbeat(request)
                 .await

@@ -6,6 +6,7 @@ mod durability;
 mod escalation;
 mod flags;
 mod leadership;
+mod shedding;
 mod watching;
 
 use std::sync::Arc;
