@@ -107,15 +107,36 @@ impl PostgresCluster {
         self.run("pg_ctl", &["-D", self.data(), "-m", "fast", "-w", "stop"]);
     }
 
-    /// Starts it again and waits until it accepts connections.
+    /// Starts it again and waits until it accepts connections. The port is
+    /// in the kernel's ephemeral range, so a client socket may hold it for a
+    /// moment while the cluster is down: a failed start is tried again, a
+    /// bounded number of times.
     pub fn start_again(&self) {
+        let mut failures = Vec::new();
+        for _ in 0..10 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(error) => failures.push(error),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "the cluster on port {} did not start: {failures:?}\nits log, newest first:\n{}",
+            self.port,
+            tail.join("\n")
+        );
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             self.port,
             self.dir.display()
         );
         let log = self.dir.join("server.log");
-        self.run(
+        self.try_run(
             "pg_ctl",
             &[
                 "-D",
@@ -126,10 +147,10 @@ impl PostgresCluster {
                 log.to_str().unwrap(),
                 "-w",
                 "-t",
-                "60",
+                "30",
                 "start",
             ],
-        );
+        )
     }
 
     fn data(&self) -> &str {
@@ -161,6 +182,12 @@ impl PostgresCluster {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(error) = self.try_run(tool, args) {
+            panic!("{error}");
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let program = self.bin.join(tool);
         let mut command = if Self::as_root() {
             let mut command = Command::new("runuser");
@@ -174,12 +201,14 @@ impl PostgresCluster {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-        assert!(
-            output.status.success(),
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "{tool} {args:?} failed: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
-        );
+        ))
     }
 }
 
