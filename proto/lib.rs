@@ -12,6 +12,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod tls;
 
 pub use prost_types;
 pub use v1::*;

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
+use crate::Endpoints;
+
 use crate::agent_lifecycle_client::AgentLifecycleClient;
 use crate::{AGENT_TOKEN_HEADER, Backoff, Error, HeartbeatRequest, HeartbeatResponse};
 
@@ -43,7 +45,7 @@ pub enum LoopEvent<'a> {
 /// full jitter); change them with [`AgentClient::with_backoff`].
 #[derive(Clone)]
 pub struct AgentClient {
-    client: AgentLifecycleClient<Channel>,
+    endpoints: Endpoints,
     token: AsciiMetadataValue,
     template_version: String,
     backoff: Backoff,
@@ -56,24 +58,37 @@ impl AgentClient {
     ///
     /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
+        Self::with_endpoints(Endpoints::from_channel(channel), token)
+    }
+
+    /// A client for a service with several endpoints (replicas): a
+    /// heartbeat that finds one unavailable moves the next try to the next
+    /// one, after the usual backoff.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
+    pub fn with_endpoints(endpoints: Endpoints, token: &str) -> Result<Self, Error> {
         let token = crate::token_metadata("", token)?;
         Ok(Self {
-            client: AgentLifecycleClient::new(channel),
+            endpoints,
             token,
             template_version: String::new(),
             backoff: Backoff::default(),
         })
     }
 
-    /// A client for the service at `endpoint`; connects on first use (see
-    /// [`crate::channel`]), so this does not fail when the service is down.
+    /// A client for the service at `endpoint`, or at each of a
+    /// comma-separated list of endpoints (see [`Endpoints::parse`]; plaintext
+    /// or `https` with the system's trust store); connects on first use, so
+    /// this does not fail when the service is down.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI,
     /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn connect(endpoint: &str, token: &str) -> Result<Self, Error> {
-        Self::new(crate::channel(endpoint)?, token)
+        Self::with_endpoints(Endpoints::parse(endpoint, None)?, token)
     }
 
     /// Reports this template version with every heartbeat.
@@ -103,9 +118,13 @@ impl AgentClient {
         request
             .metadata_mut()
             .insert(AGENT_TOKEN_HEADER, self.token.clone());
-        match self.client.heartbeat(request).await {
+        let (index, channel) = self.endpoints.pick();
+        match AgentLifecycleClient::new(channel).heartbeat(request).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(Error::from_status(status)),
+            Err(status) => {
+                self.endpoints.report(index, &status);
+                Err(Error::from_status(status))
+            }
         }
     }
 

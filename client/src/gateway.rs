@@ -36,6 +36,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
+use crate::Endpoints;
+
 use crate::gateway_command::Command;
 use crate::gateways_client::GatewaysClient;
 use crate::{
@@ -138,7 +140,7 @@ impl Ack {
 /// established stream, the first reconnect waits a random time up to 5 s.
 #[derive(Clone)]
 pub struct GatewayClient {
-    client: GatewaysClient<Channel>,
+    endpoints: Endpoints,
     token: AsciiMetadataValue,
     backoff: Backoff,
     reconnect_spread: Duration,
@@ -151,24 +153,37 @@ impl GatewayClient {
     ///
     /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn new(channel: Channel, token: &str) -> Result<Self, Error> {
+        Self::with_endpoints(Endpoints::from_channel(channel), token)
+    }
+
+    /// A client for a service with several endpoints (replicas): when a
+    /// connection attempt or an open stream fails because its endpoint
+    /// cannot serve, the reconnect (after the usual backoff or spread) goes
+    /// to the next one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
+    pub fn with_endpoints(endpoints: Endpoints, token: &str) -> Result<Self, Error> {
         let token = crate::token_metadata("", token)?;
         Ok(Self {
-            client: GatewaysClient::new(channel),
+            endpoints,
             token,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             reconnect_spread: Duration::from_secs(5),
         })
     }
 
-    /// A client for the service at `endpoint`; connects when the stream is
-    /// first polled (see [`crate::channel`]).
+    /// A client for the service at `endpoint`, or at each of a
+    /// comma-separated list of endpoints (see [`Endpoints::parse`]);
+    /// connects when the stream is first polled.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI,
     /// [`Error::InvalidToken`] if the token is empty or not printable ASCII.
     pub fn connect(endpoint: &str, token: &str) -> Result<Self, Error> {
-        Self::new(crate::channel(endpoint)?, token)
+        Self::with_endpoints(Endpoints::parse(endpoint, None)?, token)
     }
 
     /// Retry waits after failed connection attempts (default: 1 s first
@@ -235,13 +250,26 @@ impl GatewayClient {
     /// One connection. `Ok` when the consumer has gone; otherwise why it
     /// ended and whether it had been established.
     async fn session(&mut self, events: &mpsc::Sender<GatewayEvent>) -> Result<(), (Error, bool)> {
+        let (index, channel) = self.endpoints.pick();
+        let result = self.session_on(channel, events).await;
+        if let Err((Error::Status(status), _)) = &result {
+            self.endpoints.report(index, status);
+        }
+        result
+    }
+
+    async fn session_on(
+        &mut self,
+        channel: Channel,
+        events: &mpsc::Sender<GatewayEvent>,
+    ) -> Result<(), (Error, bool)> {
         let ended = SessionEnded::default();
         let (replies, outbound) = mpsc::channel(64);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
         request
             .metadata_mut()
             .insert(GATEWAY_TOKEN_HEADER, self.token.clone());
-        let mut inbound = match self.client.connect_gateway(request).await {
+        let mut inbound = match GatewaysClient::new(channel).connect_gateway(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => return Err((Error::from_status(status), false)),
         };

@@ -13,13 +13,16 @@
 
 pub mod agent;
 mod backoff;
+pub mod endpoints;
 mod error;
 pub mod gateway;
 pub mod operator;
 
 pub use backoff::Backoff;
+pub use endpoints::Endpoints;
 pub use error::Error;
 pub use mission_control_proto as proto;
+pub use mission_control_proto::tls::ClientTls;
 pub use mission_control_proto::v1::*;
 
 /// The metadata key an agent sends its token in.
@@ -46,24 +49,16 @@ pub(crate) fn token_metadata(
     Ok(value)
 }
 
-/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`; without a
-/// scheme, `http://` is assumed) that connects on first use and reconnects
-/// by itself: 5 s connect timeout, HTTP/2 keep-alive every 30 s.
+/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`, or `https://…`
+/// with the system's trust store) that connects on first use and reconnects
+/// by itself. For TLS settings or several endpoints, see [`Endpoints`].
 ///
 /// # Errors
 ///
 /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI.
 pub fn channel(endpoint: &str) -> Result<tonic::transport::Channel, Error> {
-    let endpoint = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
-    Ok(tonic::transport::Endpoint::from_shared(endpoint)
+    Ok(mission_control_proto::tls::endpoint(endpoint, None)
         .map_err(|e| Error::InvalidEndpoint(e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 

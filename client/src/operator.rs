@@ -1,9 +1,12 @@
 //! The operator side: provision, wake, delete, list, history and watch.
 
+use std::future::Future;
 use tonic::metadata::AsciiMetadataValue;
+
 use tonic::transport::Channel;
 use tonic::{Request, Streaming};
 
+use crate::Endpoints;
 use crate::agent_lifecycle_client::AgentLifecycleClient;
 use crate::gateways_client::GatewaysClient;
 use crate::{
@@ -18,8 +21,7 @@ use crate::{
 /// [`Error::TokenRejected`]. Cheap to clone: clones share the channel.
 #[derive(Clone)]
 pub struct OperatorClient {
-    lifecycle: AgentLifecycleClient<Channel>,
-    gateways: GatewaysClient<Channel>,
+    endpoints: Endpoints,
     /// `Bearer <token>`, sent as `authorization` on every call.
     authorization: Option<AsciiMetadataValue>,
 }
@@ -27,9 +29,15 @@ pub struct OperatorClient {
 impl OperatorClient {
     /// A client on an existing channel, without an operator token.
     pub fn new(channel: Channel) -> Self {
+        Self::with_endpoints(Endpoints::from_channel(channel))
+    }
+
+    /// A client for a service with several endpoints (replicas): a call
+    /// that finds its endpoint unavailable fails as before, and the next
+    /// call goes to the next endpoint.
+    pub fn with_endpoints(endpoints: Endpoints) -> Self {
         Self {
-            lifecycle: AgentLifecycleClient::new(channel.clone()),
-            gateways: GatewaysClient::new(channel),
+            endpoints,
             authorization: None,
         }
     }
@@ -56,25 +64,63 @@ impl OperatorClient {
         request
     }
 
-    /// A client for the service at `endpoint`; connects on first use (see
-    /// [`crate::channel`]).
+    /// A client for the service at `endpoint`, or at each of a
+    /// comma-separated list of endpoints (see [`Endpoints::parse`]);
+    /// connects on first use.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidEndpoint`] if `endpoint` is not a valid URI.
     pub fn connect(endpoint: &str) -> Result<Self, Error> {
-        Ok(Self::new(crate::channel(endpoint)?))
+        Ok(Self::with_endpoints(Endpoints::parse(endpoint, None)?))
+    }
+
+    /// The endpoints calls go to.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// One call with the lifecycle client on the current endpoint; a
+    /// failure that says the endpoint cannot serve moves the next call on.
+    async fn on_lifecycle<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(AgentLifecycleClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (index, channel) = self.endpoints.pick();
+        self.finish(index, call(AgentLifecycleClient::new(channel)).await)
+    }
+
+    /// As [`OperatorClient::on_lifecycle`], with the gateways client.
+    async fn on_gateways<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(GatewaysClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (index, channel) = self.endpoints.pick();
+        self.finish(index, call(GatewaysClient::new(channel)).await)
+    }
+
+    fn finish<T>(
+        &self,
+        index: usize,
+        result: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, Error> {
+        result.map(tonic::Response::into_inner).map_err(|status| {
+            self.endpoints.report(index, &status);
+            Error::from_status(status)
+        })
     }
 
     /// The generated lifecycle client, for calls the helpers do not cover
     /// (it does not add the operator token by itself).
     pub fn lifecycle(&self) -> AgentLifecycleClient<Channel> {
-        self.lifecycle.clone()
+        AgentLifecycleClient::new(self.endpoints.pick().1)
     }
 
     /// The generated gateways client (it does not add the operator token).
     pub fn gateways(&self) -> GatewaysClient<Channel> {
-        self.gateways.clone()
+        GatewaysClient::new(self.endpoints.pick().1)
     }
 
     /// Registers gateway `gateway_id`, or renames it (an empty `name` keeps
@@ -96,13 +142,8 @@ impl OperatorClient {
             name: name.into(),
             rotate_token,
         });
-        Ok(self
-            .gateways
-            .clone()
-            .register_gateway(request)
+        self.on_gateways(|mut client| async move { client.register_gateway(request).await })
             .await
-            .map_err(Error::from_status)?
-            .into_inner())
     }
 
     /// Every registered gateway, and whether each is connected.
@@ -114,12 +155,13 @@ impl OperatorClient {
     /// reached).
     pub async fn list_gateways(&self) -> Result<Vec<Gateway>, Error> {
         let reply = self
-            .gateways
-            .clone()
-            .list_gateways(self.request(ListGatewaysRequest {}))
-            .await
-            .map_err(Error::from_status)?;
-        Ok(reply.into_inner().gateways)
+            .on_gateways(|mut client| async move {
+                client
+                    .list_gateways(self.request(ListGatewaysRequest {}))
+                    .await
+            })
+            .await?;
+        Ok(reply.gateways)
     }
 
     /// Creates or updates an agent and wakes it. The reply carries the
@@ -132,13 +174,8 @@ impl OperatorClient {
     /// [`Error::Status`] for any other refusal, e.g. `INVALID_ARGUMENT` for bad input or
     /// `FAILED_PRECONDITION` for an unknown gateway.
     pub async fn provision(&self, request: ProvisionRequest) -> Result<ProvisionResponse, Error> {
-        Ok(self
-            .lifecycle
-            .clone()
-            .provision(self.request(request))
+        self.on_lifecycle(|mut client| async move { client.provision(self.request(request)).await })
             .await
-            .map_err(Error::from_status)?
-            .into_inner())
     }
 
     /// Operator recovery: starts a fresh cycle of wakes (attempt 1) and
@@ -154,12 +191,8 @@ impl OperatorClient {
             agent_id: agent_id.into(),
         });
         let reply = self
-            .lifecycle
-            .clone()
-            .wake_agent(request)
-            .await
-            .map_err(Error::from_status)?
-            .into_inner();
+            .on_lifecycle(|mut client| async move { client.wake_agent(request).await })
+            .await?;
         reply
             .agent
             .ok_or(Error::MalformedReply("WakeAgent reply without an agent"))
@@ -178,12 +211,8 @@ impl OperatorClient {
             agent_id: agent_id.into(),
         });
         let reply = self
-            .lifecycle
-            .clone()
-            .delete_agent(request)
-            .await
-            .map_err(Error::from_status)?
-            .into_inner();
+            .on_lifecycle(|mut client| async move { client.delete_agent(request).await })
+            .await?;
         reply
             .agent
             .ok_or(Error::MalformedReply("DeleteAgent reply without an agent"))
@@ -199,13 +228,8 @@ impl OperatorClient {
         let request = self.request(GetAgentRequest {
             agent_id: agent_id.into(),
         });
-        Ok(self
-            .lifecycle
-            .clone()
-            .get_agent(request)
+        self.on_lifecycle(|mut client| async move { client.get_agent(request).await })
             .await
-            .map_err(Error::from_status)?
-            .into_inner())
     }
 
     /// Every agent matching `filter` (its page fields are ignored), all pages.
@@ -225,12 +249,8 @@ impl OperatorClient {
                 ..filter.clone()
             });
             let page = self
-                .lifecycle
-                .clone()
-                .list_agents(request)
-                .await
-                .map_err(Error::from_status)?
-                .into_inner();
+                .on_lifecycle(|mut client| async move { client.list_agents(request).await })
+                .await?;
             agents.extend(page.agents);
             if page.next_page_token.is_empty() {
                 return Ok(agents);
@@ -255,12 +275,8 @@ impl OperatorClient {
                 page_token,
             });
             let page = self
-                .lifecycle
-                .clone()
-                .get_agent_history(request)
-                .await
-                .map_err(Error::from_status)?
-                .into_inner();
+                .on_lifecycle(|mut client| async move { client.get_agent_history(request).await })
+                .await?;
             events.extend(page.events);
             if page.next_page_token.is_empty() {
                 break;
@@ -283,12 +299,9 @@ impl OperatorClient {
         &self,
         request: WatchAgentRequest,
     ) -> Result<Streaming<WatchAgentResponse>, Error> {
-        Ok(self
-            .lifecycle
-            .clone()
-            .watch_agent(self.request(request))
-            .await
-            .map_err(Error::from_status)?
-            .into_inner())
+        self.on_lifecycle(
+            |mut client| async move { client.watch_agent(self.request(request)).await },
+        )
+        .await
     }
 }

@@ -22,6 +22,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot load the TLS files: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cannot start on the database: {0}")]
     Store(#[from] StoreError),
 }
@@ -44,11 +46,20 @@ impl App {
             config.metrics_listen,
             crate::edge::exposure::Protection {
                 operator_credentials: operators.required(),
-                client_certificates: false,
+                client_certificates: config.client_certificates_required(),
                 insecure_override: config.edge.insecure_allow_unauthenticated,
             },
         )
         .map_err(StartError::Config)?;
+        let open_file_limit = crate::net::raise_open_file_limit();
+        let connections = config
+            .connections(open_file_limit)
+            .map_err(StartError::Config)?;
+        let tls = config
+            .tls_files()
+            .map_err(StartError::Config)?
+            .map(crate::net::ReloadingTls::load)
+            .transpose()?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -79,14 +90,26 @@ impl App {
             config.advertise_address(addr),
             shutdown.clone(),
         );
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(config.tls_reload_interval, shutdown.clone());
+        }
+        tracing::info!(
+            %addr,
+            tls = tls.is_some(),
+            client_certificates = config.client_certificates_required(),
+            max_connections = connections.max_connections,
+            open_file_limit,
+            "listening"
+        );
+        let listener = crate::net::Listener::start(listener, tls, &connections, shutdown.clone());
         let server = tokio::spawn(crate::grpc::serve(
             lifecycle.clone(),
             forward,
             edge,
             listener,
+            connections,
             shutdown.clone().cancelled_owned(),
         ));
-        tracing::info!(%addr, "listening");
         let metrics_addr = match config.metrics_listen {
             Some(metrics_addr) => {
                 let listener =

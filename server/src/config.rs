@@ -1,11 +1,13 @@
 //! Command-line flags and environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use crate::engine::{Policy, policy::PolicyError};
+use crate::net::{ConnectionSettings, TlsFiles};
 use crate::runtime::Settings;
 use crate::store::PoolSettings;
 
@@ -142,6 +144,65 @@ pub struct Config {
     #[command(flatten)]
     pub edge: crate::edge::EdgeArgs,
 
+    /// Serve TLS with this certificate chain (PEM). Needs --tls-key. The
+    /// files are re-read every --tls-reload-interval and on SIGHUP; new
+    /// connections get the new certificate, a file that does not load keeps
+    /// the old one (and is logged).
+    #[arg(long, env = "MC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "MC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require every client to present a certificate signed by this CA
+    /// (PEM; mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "MC_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a change.
+    #[arg(long, env = "MC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Open client connections at most. Default: 10000, or less to stay
+    /// well below the open-file limit. At the cap, a new connection takes
+    /// the place of the oldest one that has not finished its handshake;
+    /// when none is left to replace, new connections are closed at once.
+    #[arg(long, env = "MC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// From accept to the end of the TLS handshake and the HTTP/2 preface;
+    /// a connection that has not spoken by then is closed.
+    #[arg(long, env = "MC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection with no call in flight for this long is closed
+    /// ("0s": never).
+    #[arg(long, env = "MC_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A connection older than this is asked to go (HTTP/2 GOAWAY; clients
+    /// reconnect, possibly to another replica) ("0s": never).
+    #[arg(long, env = "MC_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// After --max-connection-age, how long calls in flight (watch streams,
+    /// gateway streams) may go on before the connection is closed.
+    #[arg(long, env = "MC_MAX_CONNECTION_AGE_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// HTTP/2 PING to each client this often...
+    #[arg(long, env = "MC_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// ...and close the connection when no answer comes within this.
+    #[arg(long, env = "MC_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Concurrent calls (HTTP/2 streams) per connection.
+    #[arg(long, env = "MC_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
     /// Log format. Filter with RUST_LOG (default: info).
     #[arg(long, env = "MC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -218,6 +279,67 @@ impl Config {
         bound.to_string()
     }
 
+    /// The TLS files, when TLS is on; the flags must come together.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_some() => {
+                Err("--tls-client-ca needs --tls-cert and --tls-key".into())
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => Err("--tls-key needs --tls-cert".into()),
+        }
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Whether every client must present a certificate (mutual TLS).
+    pub fn client_certificates_required(&self) -> bool {
+        self.tls_enabled() && self.tls_client_ca.is_some()
+    }
+
+    /// How connections are held, checked. `open_file_limit` sizes the
+    /// default connection cap.
+    pub fn connections(&self, open_file_limit: Option<u64>) -> Result<ConnectionSettings, String> {
+        for (flag, value) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--http2-keepalive-interval", self.http2_keepalive_interval),
+            ("--http2-keepalive-timeout", self.http2_keepalive_timeout),
+            ("--tls-reload-interval", self.tls_reload_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than zero"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be at least 1".into());
+        }
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Ok(ConnectionSettings {
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| crate::net::default_max_connections(open_file_limit)),
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: nonzero(self.idle_timeout),
+            max_connection_age: nonzero(self.max_connection_age),
+            max_connection_age_grace: self.max_connection_age_grace,
+            keepalive_interval: self.http2_keepalive_interval,
+            keepalive_timeout: self.http2_keepalive_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+        })
+    }
+
     pub fn pool(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.database_connections.max(2),
@@ -266,5 +388,52 @@ mod tests {
             Config::try_parse_from(["mission-control", "--dev", "--checkin-deadline", "soon"])
                 .unwrap_err();
         assert_eq!(soon.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn tls_flags_come_together_and_connection_limits_are_checked() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["mission-control", "--dev"].iter().chain(args)).unwrap()
+        };
+        assert_eq!(parse(&[]).tls_files().unwrap().map(|f| f.cert), None);
+        assert_eq!(
+            parse(&["--tls-cert", "c.pem"]).tls_files().unwrap_err(),
+            "--tls-cert needs --tls-key"
+        );
+        assert_eq!(
+            parse(&["--tls-key", "c.key"]).tls_files().unwrap_err(),
+            "--tls-key needs --tls-cert"
+        );
+        let ca_only = parse(&["--tls-client-ca", "ca.pem"]);
+        assert!(ca_only.tls_files().unwrap_err().contains("--tls-client-ca"));
+        assert!(!ca_only.client_certificates_required());
+        let mutual = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "c.key",
+            "--tls-client-ca",
+            "ca.pem",
+        ]);
+        assert!(mutual.client_certificates_required());
+        assert!(mutual.tls_files().unwrap().unwrap().client_ca.is_some());
+
+        let defaults = parse(&[]).connections(Some(1024)).unwrap();
+        assert_eq!(defaults.max_connections, 768);
+        assert_eq!(
+            defaults.idle_timeout,
+            Some(std::time::Duration::from_secs(300))
+        );
+        let never = parse(&["--idle-timeout", "0s", "--max-connection-age", "0s"]);
+        let never = never.connections(None).unwrap();
+        assert_eq!((never.idle_timeout, never.max_connection_age), (None, None));
+        for bad in [
+            ["--max-connections", "0"],
+            ["--handshake-timeout", "0s"],
+            ["--max-concurrent-streams", "0"],
+        ] {
+            let error = parse(&bad).connections(None).unwrap_err();
+            assert!(error.contains(bad[0]), "{error}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod grpc;
 pub mod logging;
 pub mod metrics_http;
+pub mod net;
 pub mod runtime;
 pub mod store;
 pub mod testing;

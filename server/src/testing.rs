@@ -1,6 +1,8 @@
 //! Test support: a fresh, uniquely named Postgres database per test, dropped
 //! when the test is done, so tests never share state or depend on order.
 
+pub mod certs;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod cluster;

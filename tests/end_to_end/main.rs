@@ -1,6 +1,7 @@
 //! End to end: a real server on port 0, against a real Postgres database of
 //! its own, driven by the client library and by external clients.
 
+mod connections;
 mod drain;
 mod edge;
 mod grpcurl;
@@ -10,4 +11,5 @@ mod python;
 mod replicas;
 mod restart;
 mod support;
+mod tls;
 mod watch;

@@ -3,6 +3,8 @@ at run time: an agent checks in and a watcher sees it. Proves the protocol is
 usable outside Rust.
 
     python3 tests/python/interop.py --endpoint 127.0.0.1:50051
+    python3 tests/python/interop.py --endpoint localhost:50051 --cacert ca.pem \
+        [--cert client.pem --key client.key]
 
 Needs: pip install grpcio grpcio-tools. Exits non-zero on any failure.
 """
@@ -49,11 +51,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--endpoint", default="127.0.0.1:50051")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--cacert", help="use TLS, trusting this CA (PEM)")
+    parser.add_argument("--cert", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--key", help="client key (PEM), for mutual TLS")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as out_dir:
         lc, lc_grpc, gw, gw_grpc = generate_stubs(out_dir)
-        channel = grpc.insecure_channel(args.endpoint)
+        if args.cacert:
+            read = lambda path: pathlib.Path(path).read_bytes() if path else None
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(args.cacert),
+                private_key=read(args.key),
+                certificate_chain=read(args.cert),
+            )
+            channel = grpc.secure_channel(args.endpoint, credentials)
+        else:
+            channel = grpc.insecure_channel(args.endpoint)
         grpc.channel_ready_future(channel).result(timeout=args.timeout)
         lifecycle = lc_grpc.AgentLifecycleStub(channel)
         gateways = gw_grpc.GatewaysStub(channel)

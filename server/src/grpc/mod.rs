@@ -10,17 +10,15 @@ mod page_token;
 mod validate;
 
 use std::future::Future;
-use std::time::Duration;
 
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycleServer;
 use mission_control_proto::v1::gateways_server::GatewaysServer;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::edge::EdgeLayer;
 use crate::edge::methods::{MAX_GATEWAY_MESSAGE, MAX_OPEN_MESSAGE, MAX_UNARY_REQUEST};
+use crate::net::{ConnectionSettings, Incoming, Listener};
 use crate::runtime::Lifecycle;
 
 pub use forward::{FORWARDED_HEADER, ForwardLayer};
@@ -28,13 +26,15 @@ pub use mission_control_proto::metadata::{
     AGENT_TOKEN as AGENT_TOKEN_HEADER, GATEWAY_TOKEN as GATEWAY_TOKEN_HEADER,
 };
 
-/// Serves every service on `listener` until `shutdown` completes, then
-/// stops accepting and waits for calls in flight.
+/// Serves every service on `listener`'s connections (plaintext or TLS)
+/// until `shutdown` completes, then stops accepting and waits for calls in
+/// flight.
 pub async fn serve(
     lifecycle: Lifecycle,
     forward: ForwardLayer,
     edge: EdgeLayer,
-    listener: TcpListener,
+    listener: Listener,
+    connections: ConnectionSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -67,9 +67,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_OPEN_MESSAGE);
     let health = health.max_decoding_message_size(MAX_OPEN_MESSAGE);
 
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let router = connections
+        .server_builder()
+        // Idle tracking outermost: it sees every call, refused or not.
+        .layer(listener.track_calls)
         // A follower forwards to the leader first: the leader authenticates.
         .layer(forward)
         // Authentication and size limits before any body is read.
@@ -84,9 +85,19 @@ pub async fn serve(
         .add_service(
             GatewaysServer::new(gateways::GatewayService::new(lifecycle))
                 .max_decoding_message_size(MAX_GATEWAY_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        );
+    match listener.incoming {
+        Incoming::Plain(incoming) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Incoming::Tls(incoming) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }
 
 /// The health "service" that is `SERVING` on the leader only, for a load

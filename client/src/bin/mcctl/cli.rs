@@ -1,5 +1,7 @@
 //! The command line: flags, subcommands and the values they take.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mission_control_client::{AgentRole, AgentStatus};
 
@@ -10,14 +12,31 @@ use crate::simulate::SimulateArgs;
 #[derive(Debug, Parser)]
 #[command(name = "mcctl", version)]
 pub struct Cli {
-    /// The service to talk to.
+    /// The service to talk to: one endpoint, or several replicas separated
+    /// by commas (a call that finds one unavailable is tried on the next).
+    /// `https://` endpoints use TLS.
     #[arg(
         long,
+        visible_alias = "endpoints",
         global = true,
         env = "MC_ENDPOINT",
         default_value = "http://127.0.0.1:50051"
     )]
     pub endpoint: String,
+
+    /// For `https://` endpoints: trust this CA (PEM) instead of the
+    /// system's trust store.
+    #[arg(long, global = true, env = "MC_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// For `https://` endpoints: present this client certificate (PEM), for
+    /// a service that requires one (mutual TLS). Needs --key.
+    #[arg(long, global = true, env = "MC_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key for --cert (PEM).
+    #[arg(long, global = true, env = "MC_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 
     /// The service's `--operator-token`, if it runs with one (sent as
     /// `authorization: Bearer <token>`).
@@ -73,7 +92,7 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum GatewayCommand {
     /// Register a gateway (or rename one); prints its token once.
     Register {
@@ -89,7 +108,7 @@ pub enum GatewayCommand {
     List,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProvisionArgs {
     pub agent_id: String,
     /// The registered gateway that hosts the agent.
@@ -201,6 +220,24 @@ mod tests {
         let cli = parse(&["list", "--output", "json", "--endpoint", "http://h:1"]).unwrap();
         assert_eq!(cli.output, Output::Json);
         assert_eq!(cli.endpoint, "http://h:1");
+        let cli = parse(&[
+            "list",
+            "--endpoints",
+            "https://a:1,https://b:2",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "c.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.endpoint, "https://a:1,https://b:2");
+        assert_eq!(cli.cacert.unwrap().to_str(), Some("ca.pem"));
+        assert!(
+            parse(&["list", "--cert", "c.pem"]).is_err(),
+            "--cert needs --key"
+        );
     }
 
     #[test]

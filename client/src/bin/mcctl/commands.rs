@@ -2,11 +2,11 @@
 
 use std::time::SystemTime;
 
+use mission_control_client::Endpoints;
 use mission_control_client::agent::AgentClient;
 use mission_control_client::operator::OperatorClient;
 use mission_control_client::{Agent, ListAgentsRequest, ProvisionRequest};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::cli::{Filters, GatewayCommand, Output, ProvisionArgs};
 use crate::failure::Failure;
@@ -15,7 +15,7 @@ use crate::{json, names, stdout, table};
 
 /// What every command needs: where the service is and how to print.
 pub struct Context {
-    pub channel: Channel,
+    pub endpoints: Endpoints,
     pub operator: OperatorClient,
     pub output: Output,
 }
@@ -163,7 +163,7 @@ pub async fn history(ctx: &Context, agent_id: &str, limit: usize) -> Result<(), 
 }
 
 pub async fn heartbeat(ctx: &Context, token: &str) -> Result<(), Failure> {
-    let mut agent = AgentClient::new(ctx.channel.clone(), token)?;
+    let mut agent = AgentClient::with_endpoints(ctx.endpoints.clone(), token)?;
     let reply = agent.heartbeat().await?;
     ctx.print(
         || json::heartbeat_reply(&reply),

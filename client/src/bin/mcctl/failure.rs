@@ -48,6 +48,15 @@ impl Failure {
         }
     }
 
+    /// Whether the endpoint could not serve (so another one might).
+    pub fn endpoint_unavailable(&self) -> bool {
+        let status = match self {
+            Failure::Rpc(Error::Status(status)) | Failure::Stream { status, .. } => status,
+            _ => return false,
+        };
+        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+    }
+
     /// 2 for bad usage (as clap does), 1 for everything else.
     pub fn exit_code(&self) -> ExitCode {
         match self {

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mission_control_client::operator::OperatorClient;
+use mission_control_client::{ClientTls, Endpoints};
 
 use cli::{Cli, Command};
 use commands::Context;
@@ -34,26 +35,50 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let channel = mission_control_client::channel(&cli.endpoint)?;
-    let mut operator = OperatorClient::new(channel.clone());
+    let tls = ClientTls::from_files(
+        cli.cacert.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let endpoints = Endpoints::parse(&cli.endpoint, Some(&tls))?;
+    let mut operator = OperatorClient::with_endpoints(endpoints.clone());
     if let Some(token) = &cli.operator_token {
         operator = operator.with_operator_token(token)?;
     }
     let ctx = Context {
         operator,
-        channel,
+        endpoints,
         output: cli.output,
     };
+    // A one-shot command that finds its endpoint unavailable is tried on
+    // the next one, once per endpoint (the client moves on by itself).
+    if !matches!(cli.command, Command::Watch(_) | Command::Simulate(_)) {
+        let mut tries = ctx.endpoints.len();
+        loop {
+            match one_shot(&ctx, &cli.command).await {
+                Err(failure) if tries > 1 && failure.endpoint_unavailable() => tries -= 1,
+                result => return result,
+            }
+        }
+    }
     match cli.command {
-        Command::Gateway(command) => commands::gateway(&ctx, command).await,
-        Command::Provision(args) => commands::provision(&ctx, args).await,
-        Command::Get { agent_id } => commands::get(&ctx, &agent_id).await,
-        Command::List(filters) => commands::list(&ctx, &filters).await,
-        Command::Wake { agent_id } => commands::wake(&ctx, &agent_id).await,
-        Command::Delete { agent_id } => commands::delete(&ctx, &agent_id).await,
-        Command::History { agent_id, limit } => commands::history(&ctx, &agent_id, limit).await,
-        Command::Heartbeat { token } => commands::heartbeat(&ctx, &token).await,
         Command::Watch(args) => watch::run(&ctx, args).await,
         Command::Simulate(args) => simulate::run(&ctx, args).await,
+        _ => unreachable!("one-shot commands are run above"),
+    }
+}
+
+async fn one_shot(ctx: &Context, command: &Command) -> Result<(), Failure> {
+    match command {
+        Command::Gateway(command) => commands::gateway(ctx, command.clone()).await,
+        Command::Provision(args) => commands::provision(ctx, args.clone()).await,
+        Command::Get { agent_id } => commands::get(ctx, agent_id).await,
+        Command::List(filters) => commands::list(ctx, filters).await,
+        Command::Wake { agent_id } => commands::wake(ctx, agent_id).await,
+        Command::Delete { agent_id } => commands::delete(ctx, agent_id).await,
+        Command::History { agent_id, limit } => commands::history(ctx, agent_id, *limit).await,
+        Command::Heartbeat { token } => commands::heartbeat(ctx, token).await,
+        Command::Watch(_) | Command::Simulate(_) => unreachable!("not one-shot"),
     }
 }

@@ -37,7 +37,7 @@ pub async fn drive(
     fleet: &mut Fleet,
     mut reports: mpsc::UnboundedReceiver<AgentReport>,
 ) -> Result<Ending, Failure> {
-    let mut commands = GatewayClient::new(ctx.channel.clone(), token)?
+    let mut commands = GatewayClient::with_endpoints(ctx.endpoints.clone(), token)?
         .with_backoff(Backoff::new(
             Duration::from_millis(100),
             Duration::from_secs(2),

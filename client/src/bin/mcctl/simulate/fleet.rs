@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use mission_control_client::Endpoints;
 use mission_control_client::agent::AgentClient;
 use mission_control_client::watch_agent_response::Kind;
 use mission_control_client::{
@@ -12,7 +13,6 @@ use mission_control_client::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::agent::{self, AgentReport, Launch};
 use super::plan::Behaviour;
@@ -41,7 +41,7 @@ struct SimAgent {
 }
 
 pub struct Settings {
-    pub channel: Channel,
+    pub endpoints: Endpoints,
     pub startup_delay: Duration,
     pub flaky_beats: u32,
     pub rng: fastrand::Rng,
@@ -173,7 +173,7 @@ impl Fleet {
             return;
         };
         agent.started = true;
-        let client = match AgentClient::new(self.settings.channel.clone(), token) {
+        let client = match AgentClient::with_endpoints(self.settings.endpoints.clone(), token) {
             Ok(client) => client.with_backoff(Backoff::new(
                 Duration::from_millis(100),
                 Duration::from_secs(2),

@@ -118,7 +118,7 @@ pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
         None => gateway_token(ctx, &args.gateway, args.take_over).await?,
     };
     let settings = Settings {
-        channel: ctx.channel.clone(),
+        endpoints: ctx.endpoints.clone(),
         startup_delay: args.startup_delay,
         flaky_beats: args.flaky_beats.max(1),
         rng,

@@ -1,0 +1,223 @@
+//! The accept loop: admits connections under the cap, gives each one
+//! deadline for its TLS handshake and HTTP/2 preface, and backs off when the
+//! process runs out of file descriptors instead of spinning.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::Conn;
+use super::idle::Connections;
+use super::limit::{Admission, ConnectionLimit, Pending, Slot};
+use super::tls::ReloadingTls;
+
+/// At most one log line per kind of trouble per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+pub(super) struct Acceptor {
+    pub listener: TcpListener,
+    pub limit: ConnectionLimit,
+    pub connections: Connections,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub stop: CancellationToken,
+}
+
+/// An admitted connection, before its handshake.
+struct Admitted {
+    tcp: TcpStream,
+    slot: Slot,
+    pending: Pending,
+    deadline: Instant,
+    peer: std::net::SocketAddr,
+}
+
+impl Acceptor {
+    pub async fn run_plain(self, tx: mpsc::Sender<io::Result<Conn<TcpStream>>>) {
+        let connections = self.connections.clone();
+        let idle_timeout = self.idle_timeout;
+        self.run(&tx, |admitted| {
+            let idle = connections.timer(Some(admitted.peer), idle_timeout);
+            let conn = Conn::new(
+                admitted.tcp,
+                admitted.slot,
+                admitted.pending,
+                admitted.deadline,
+                idle,
+            );
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Ok(conn)).await;
+            }
+        })
+        .await
+    }
+
+    pub async fn run_tls(
+        self,
+        tls: Arc<ReloadingTls>,
+        tx: mpsc::Sender<io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>>>,
+    ) {
+        let connections = self.connections.clone();
+        let idle_timeout = self.idle_timeout;
+        self.run(&tx, |admitted| {
+            // The configuration current at the accept: rotated files reach
+            // new connections.
+            let acceptor = tls.acceptor();
+            let connections = connections.clone();
+            let tx = tx.clone();
+            // Each handshake in its own task, so a slow one holds up nobody.
+            tokio::spawn(async move {
+                let Admitted {
+                    tcp,
+                    slot,
+                    pending,
+                    deadline,
+                    peer,
+                } = admitted;
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    result = handshake => match result {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "tls handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = pending.evicted() => return,
+                };
+                let idle = connections.timer(Some(peer), idle_timeout);
+                let conn = Conn::new(stream, slot, pending, deadline, idle);
+                let _ = tx.send(Ok(conn)).await;
+            });
+            std::future::ready(())
+        })
+        .await
+    }
+
+    async fn run<T, F, Fut>(self, tx: &mpsc::Sender<T>, mut admit: F)
+    where
+        F: FnMut(Admitted) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut backoff = BACKOFF_START;
+        let mut out_of_files = Throttled::default();
+        let mut refused = Throttled::default();
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tx.closed() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff = BACKOFF_START;
+                    accepted
+                }
+                Err(error) if is_resource_exhaustion(&error) => {
+                    if let Some(times) = out_of_files.note() {
+                        tracing::warn!(%error, times, open = self.limit.open(),
+                            "cannot accept connections: out of file descriptors or memory; backing off");
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+                Err(error) => {
+                    // The peer gave up before the accept (ECONNABORTED and
+                    // the like): nothing to do but take the next one.
+                    tracing::debug!(%error, "accept failed");
+                    continue;
+                }
+            };
+            let (slot, pending) = match self.limit.admit() {
+                Admission::Admitted(slot, pending) | Admission::Replaced(slot, pending) => {
+                    (slot, pending)
+                }
+                Admission::Refused => {
+                    if let Some(times) = refused.note() {
+                        tracing::warn!(%peer, times, max = self.limit.max(),
+                            "connection cap reached; refusing new connections");
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let deadline = Instant::now() + self.handshake_timeout;
+            admit(Admitted {
+                tcp,
+                slot,
+                pending,
+                deadline,
+                peer,
+            })
+            .await;
+        }
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of
+/// something; accepting again at once would fail again at once.
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
+/// Counts occurrences and says when to log: at most once per interval,
+/// with how many happened since the last line.
+#[derive(Default)]
+struct Throttled {
+    last_logged: Option<Instant>,
+    since: u64,
+}
+
+impl Throttled {
+    fn note(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn trouble_is_logged_at_most_once_per_interval_with_a_count() {
+        let mut throttled = Throttled::default();
+        assert_eq!(throttled.note(), Some(1));
+        assert_eq!(throttled.note(), None);
+        assert_eq!(throttled.note(), None);
+        tokio::time::advance(LOG_INTERVAL).await;
+        assert_eq!(throttled.note(), Some(3));
+    }
+
+    #[test]
+    fn out_of_descriptors_is_told_apart_from_a_peer_that_gave_up() {
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(24)));
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(23)));
+        assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(103)));
+    }
+}
