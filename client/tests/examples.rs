@@ -19,19 +19,25 @@ const PATIENCE: Duration = Duration::from_secs(300);
 /// Builds the examples (a no-op when `cargo test` already has) and returns
 /// the directory they are in.
 async fn built_examples() -> PathBuf {
-    let build = Command::new(env!("CARGO"))
+    // This test runs from target/<profile>/deps; examples live beside it,
+    // built with the same profile.
+    let deps = std::env::current_exe().unwrap();
+    let profile_dir = deps.parent().unwrap().parent().unwrap().to_owned();
+    let mut build = Command::new(env!("CARGO"));
+    build
         .args(["build", "--quiet", "--locked", "--examples", "--package"])
         .arg(env!("CARGO_PKG_NAME"))
-        .kill_on_drop(true)
-        .status();
+        .kill_on_drop(true);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let build = build.status();
     let status = tokio::time::timeout(PATIENCE, build)
         .await
         .expect("the examples build in time")
         .expect("cargo runs");
     assert!(status.success(), "the examples build");
-    // This test runs from target/<profile>/deps; examples live beside it.
-    let deps = std::env::current_exe().unwrap();
-    deps.parent().unwrap().parent().unwrap().join("examples")
+    profile_dir.join("examples")
 }
 
 struct Example {
