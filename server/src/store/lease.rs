@@ -12,7 +12,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
+
+use super::tls::Database;
 
 use super::postgres::classify;
 use super::{Candidate, StoreError};
@@ -42,7 +44,7 @@ const RELEASE: &str = "UPDATE leader_lease
      WHERE epoch = $1";
 
 pub struct PgLease {
-    config: Config,
+    database: Database,
     /// A connection of its own, so a busy pool never delays a renewal.
     client: Mutex<Option<Client>>,
     /// The epoch this replica leads with; 0 while it does not lead.
@@ -50,9 +52,9 @@ pub struct PgLease {
 }
 
 impl PgLease {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(database: &Database) -> Self {
         Self {
-            config: config.clone(),
+            database: database.clone(),
             client: Mutex::new(None),
             epoch: AtomicI64::new(0),
         }
@@ -130,7 +132,12 @@ impl PgLease {
     async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, StoreError> {
         let mut client = self.client.lock().await;
         if client.as_ref().is_none_or(Client::is_closed) {
-            let (new, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+            let (new, connection) = self
+                .database
+                .config
+                .connect(self.database.tls.clone())
+                .await
+                .map_err(classify)?;
             tokio::spawn(connection);
             // A takeover never waits long behind a stalled transaction.
             new.batch_execute("SET lock_timeout = '1s'; SET statement_timeout = '10s'")

@@ -8,18 +8,20 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
+
+use super::tls::Database;
 
 const LISTEN: &str = "LISTEN mc_agent_events";
 
 /// Listens until `stop`, reconnecting after a lost connection.
-pub async fn listen(config: Config, notify: Arc<Notify>, stop: CancellationToken) {
+pub async fn listen(database: Database, notify: Arc<Notify>, stop: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            result = listen_once(&config, &notify) => {
+            result = listen_once(&database, &notify) => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "event listener connection lost; reconnecting");
                 }
@@ -35,8 +37,8 @@ pub async fn listen(config: Config, notify: Arc<Notify>, stop: CancellationToken
     }
 }
 
-async fn listen_once(config: &Config, notify: &Notify) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen_once(database: &Database, notify: &Notify) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = database.config.connect(database.tls.clone()).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listening = client.batch_execute(LISTEN);
     // The connection must be polled for the LISTEN to be answered.

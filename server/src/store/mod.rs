@@ -10,6 +10,7 @@ mod listen;
 mod memory;
 mod migrations;
 mod postgres;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

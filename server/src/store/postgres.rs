@@ -4,7 +4,6 @@
 //! write is a single statement over arrays (`unnest`), so a batch costs the
 //! same few round trips whether it holds one transition or a thousand.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,9 +11,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::future::try_join_all;
 use tokio::sync::Notify;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{self, PgLease};
@@ -55,8 +54,8 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects and applies pending migrations.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
+        let mut database = super::tls::Database::parse(url).map_err(StoreError::Other)?;
+        let config = &mut database.config;
         config.connect_timeout(settings.timeout);
         // The URL's own application_name wins: replicas can be told apart.
         if config.get_application_name().is_none() {
@@ -71,8 +70,8 @@ impl PostgresStore {
         };
         config.options(&options);
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            database.config.clone(),
+            database.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -96,13 +95,13 @@ impl PostgresStore {
         let notifications = Arc::new(Notify::new());
         let listener_stop = CancellationToken::new();
         tokio::spawn(super::listen::listen(
-            config.clone(),
+            database.clone(),
             notifications.clone(),
             listener_stop.clone(),
         ));
         Ok(Self {
             pool,
-            lease: PgLease::new(&config),
+            lease: PgLease::new(&database),
             notifications,
             listener_stop,
         })

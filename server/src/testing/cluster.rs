@@ -52,8 +52,13 @@ impl PostgresCluster {
     /// on a free port of the range. Postgres refuses to run as root, so as
     /// root every command runs as the `postgres` user.
     pub fn start() -> Self {
-        static NEXT: AtomicU16 = AtomicU16::new(0);
         let (first, last) = port_range();
+        Self::start_in(first, last)
+    }
+
+    /// As [`PostgresCluster::start`], on a free port in `first..=last`.
+    pub fn start_in(first: u16, last: u16) -> Self {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
         let span = last - first + 1;
         let port = (0..span)
             .map(|_| first + NEXT.fetch_add(1, Ordering::Relaxed) % span)
@@ -151,6 +156,24 @@ impl PostgresCluster {
                 "start",
             ],
         )
+    }
+
+    /// Serves TLS (`ssl = on`) with this certificate and key, and restarts.
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = PathBuf::from(self.data());
+        std::fs::write(data.join("server.crt"), cert_pem).expect("write server.crt");
+        let key = data.join("server.key");
+        std::fs::write(&key, key_pem).expect("write server.key");
+        // Postgres refuses a key others can read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("read conf");
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).expect("write conf");
+        self.chown();
+        self.stop();
+        self.start_again();
     }
 
     fn data(&self) -> &str {
