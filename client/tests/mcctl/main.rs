@@ -4,4 +4,5 @@
 mod operator;
 mod simulate;
 mod support;
+mod tls;
 mod watch;

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::store::{PoolSettings, PostgresStore};
-use crate::testing::certs::TestPki;
 use crate::testing::PostgresCluster;
+use crate::testing::certs::TestPki;
 
 #[test]
 fn tls_parameters_leave_the_url_and_pick_the_mode() {
