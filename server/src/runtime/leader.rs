@@ -134,7 +134,9 @@ impl Leadership {
 }
 
 /// Acquires the lease when it is free and renews it while held, every third
-/// of its TTL. Runs until `stop`; the lease is released by the store's close.
+/// of its TTL. A follower tries every `retry`, and also right at the expiry
+/// the store last reported, so a lease that is not renewed is taken over as
+/// soon as the store's clock lets it. Runs until `stop`; the lease is released by the store's close.
 pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
     let leadership = &shared.leadership;
     let candidate = leadership.candidate().clone();
@@ -158,7 +160,13 @@ pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
                     leadership.granted(epoch, leadership.proven_until(started));
                     started + ttl / 3
                 }
-                Ok(Ok(None)) => started + retry,
+                // Held: try again right when it expires, if that is sooner.
+                Ok(Ok(None)) => match shared.store.leadership_free_in() {
+                    Some(left) => {
+                        (Instant::now() + left.max(Duration::from_millis(1))).min(started + retry)
+                    }
+                    None => started + retry,
+                },
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "leader lease not acquired");
                     started + retry

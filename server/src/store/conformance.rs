@@ -396,6 +396,8 @@ pub async fn leadership_is_exclusive_expires_and_fences(first: &dyn Store, secon
     assert_eq!(first.leader().await.unwrap(), None);
     let first_epoch = first.acquire_leadership(&a).await.unwrap().expect("free");
     assert_eq!(second.acquire_leadership(&b).await.unwrap(), None, "held");
+    let left = second.leadership_free_in().expect("a refusal says when");
+    assert!(left > Duration::ZERO && left <= ttl, "{left:?} of {ttl:?}");
     let leader = first.leader().await.unwrap().expect("a leads");
     assert_eq!((leader.holder.as_str(), leader.epoch), ("a", first_epoch));
     assert_eq!(leader.address, "a.example:50051");
@@ -418,10 +420,17 @@ pub async fn leadership_is_exclusive_expires_and_fences(first: &dyn Store, secon
         if second_epoch.is_some() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Waits for the expiry the refusal reported (bounded by the loop).
+        let left = second.leadership_free_in().expect("a refusal says when");
+        tokio::time::sleep(left.max(Duration::from_millis(10))).await;
     }
-    let second_epoch = second_epoch.expect("the lease expired within 10 s");
+    let second_epoch = second_epoch.expect("the lease expired within the loop's bound");
     assert!(second_epoch > first_epoch);
+    assert_eq!(
+        second.leadership_free_in(),
+        None,
+        "acquired: nothing to wait for"
+    );
     assert!(!first.renew_leadership(&a).await.unwrap(), "a lost it");
     let deposed = first.commit(&writes.engine.begin(at(1))).await;
     assert!(

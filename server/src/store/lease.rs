@@ -9,7 +9,9 @@
 //! open transaction cannot hold the row forever: the store's sessions end
 //! transactions left idle for longer than the lease.
 
+use std::sync::Mutex as SyncMutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::Client;
@@ -35,6 +37,12 @@ const ACQUIRE: &str = "UPDATE leader_lease
      WHERE expires_at <= clock_timestamp()
      RETURNING epoch";
 
+/// What is left of the lease, in seconds (0 once expired or released).
+const LEFT: &str = "SELECT GREATEST(
+         EXTRACT(EPOCH FROM expires_at)::float8
+         - EXTRACT(EPOCH FROM clock_timestamp())::float8, 0)
+     FROM leader_lease";
+
 const RENEW: &str = "UPDATE leader_lease
      SET expires_at = clock_timestamp() + make_interval(secs => $2)
      WHERE epoch = $1 AND expires_at > clock_timestamp()";
@@ -49,6 +57,8 @@ pub struct PgLease {
     client: Mutex<Option<Client>>,
     /// The epoch this replica leads with; 0 while it does not lead.
     epoch: AtomicI64,
+    /// What the last refused acquisition saw left of the lease.
+    free_in: SyncMutex<Option<Duration>>,
 }
 
 impl PgLease {
@@ -57,6 +67,7 @@ impl PgLease {
             database: database.clone(),
             client: Mutex::new(None),
             epoch: AtomicI64::new(0),
+            free_in: SyncMutex::new(None),
         }
     }
 
@@ -78,18 +89,36 @@ impl PgLease {
             let row = tx
                 .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
                 .await?;
+            // Held: when it expires, by the same clock that decides.
+            let left = match row {
+                Some(_) => None,
+                None => Some(tx.query_one(LEFT, &[]).await?.get::<_, f64>(0)),
+            };
             tx.commit().await?;
-            Ok(row)
+            Ok((row, left))
         };
-        let row = match acquired.await.map_err(classify) {
+        let (row, left) = match acquired.await.map_err(classify) {
             // The old leader's last transaction still holds the row.
-            Err(StoreError::Unavailable(_)) if !client.is_closed() => return Ok(None),
-            other => other?,
+            Err(StoreError::Unavailable(_)) if !client.is_closed() => (None, None),
+            Err(error) => {
+                self.set_free_in(None);
+                return Err(error);
+            }
+            Ok(acquired) => acquired,
         };
+        self.set_free_in(left.map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 1e9))));
         let Some(row) = row else { return Ok(None) };
         let epoch: i64 = row.get(0);
         self.epoch.store(epoch, Ordering::SeqCst);
         Ok(Some(epoch as u64))
+    }
+
+    pub fn free_in(&self) -> Option<Duration> {
+        *self.free_in.lock().expect("free_in lock")
+    }
+
+    fn set_free_in(&self, left: Option<Duration>) {
+        *self.free_in.lock().expect("free_in lock") = left;
     }
 
     pub async fn renew(&self, candidate: &Candidate) -> Result<bool, StoreError> {

@@ -25,6 +25,8 @@ pub struct MemoryStore {
     /// While set, this handle's lease calls fail, as for a replica cut off
     /// from the database (or stalled).
     lease_cut_off: AtomicBool,
+    /// What the last refused acquisition saw left of the lease.
+    free_in: Mutex<Option<std::time::Duration>>,
     notify: Arc<Notify>,
     /// While set, this handle's notifications are lost.
     muted: Arc<AtomicBool>,
@@ -304,8 +306,12 @@ impl Store for MemoryStore {
         self.lease_reachable()?;
         let mut state = self.available()?;
         if state.lease.held() {
+            let expires_at = state.lease.expires_at.expect("held");
+            *self.free_in.lock().expect("free_in lock") =
+                Some(expires_at.saturating_duration_since(Instant::now()));
             return Ok(None);
         }
+        *self.free_in.lock().expect("free_in lock") = None;
         let epoch = state.lease.epoch + 1;
         state.lease = Lease {
             epoch,
@@ -315,6 +321,10 @@ impl Store for MemoryStore {
         };
         self.epoch.store(epoch, Ordering::SeqCst);
         Ok(Some(epoch))
+    }
+
+    fn leadership_free_in(&self) -> Option<std::time::Duration> {
+        *self.free_in.lock().expect("free_in lock")
     }
 
     async fn renew_leadership(&self, candidate: &Candidate) -> Result<bool, StoreError> {

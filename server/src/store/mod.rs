@@ -107,6 +107,14 @@ pub trait Store: Send + Sync + 'static {
     /// store's clock.
     async fn acquire_leadership(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError>;
 
+    /// How long the lease another replica holds had left, by the store's
+    /// clock, when `acquire_leadership` last found it held: a follower
+    /// tries again at that instant instead of polling for the expiry.
+    /// `None` when unknown (never asked, acquired, or the row was locked).
+    fn leadership_free_in(&self) -> Option<Duration> {
+        None
+    }
+
     /// Extends this replica's lease by its TTL from the store's now.
     /// `Ok(false)`: the lease is lost (expired, or another replica took it);
     /// this replica is a follower from then on.

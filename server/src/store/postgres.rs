@@ -682,6 +682,10 @@ impl Store for PostgresStore {
         self.lease.acquire(candidate).await
     }
 
+    fn leadership_free_in(&self) -> Option<std::time::Duration> {
+        self.lease.free_in()
+    }
+
     async fn renew_leadership(&self, candidate: &Candidate) -> Result<bool, StoreError> {
         self.lease.renew(candidate).await
     }

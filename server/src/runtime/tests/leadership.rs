@@ -109,6 +109,31 @@ async fn a_stalled_leader_is_replaced_within_one_lease_and_acts_no_more() {
     b.provision(spec("next")).await.unwrap();
 }
 
+/// The follower's polls (every 500 ms from its start at 0.25 s) straddle
+/// the expiry at 5 s: it tries at the expiry the store reported instead.
+#[tokio::test(start_paused = true)]
+async fn a_follower_tries_right_when_the_lease_it_read_expires() {
+    let a = start(settings()).await;
+    a.store.set_lease_cut_off(true);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (b, _) = follower(&a).await;
+    let mut roles = b.roles();
+    let mut waited = 0;
+    while *roles.borrow_and_update() == ReplicaRole::Follower && waited < 100 {
+        tokio::time::timeout(Duration::from_millis(100), roles.changed())
+            .await
+            .ok();
+        waited += 1;
+    }
+    assert_ne!(b.role(), ReplicaRole::Follower);
+    // The old lease was renewed at start (0 s): free at 5 s, not at 5.25 s.
+    assert!(
+        (4.99..5.01).contains(&a.elapsed()),
+        "took over at {} s",
+        a.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_takeover_extends_leases_over_the_gap() {
     let a = start(settings()).await;
