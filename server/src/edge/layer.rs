@@ -50,11 +50,6 @@ impl EdgeLayer {
             }),
         }
     }
-
-    /// Health watches open now.
-    pub fn health_watches(&self) -> usize {
-        self.gate.max_health_watches - self.gate.health_watches.available_permits()
-    }
 }
 
 impl<S> Layer<S> for EdgeLayer {
