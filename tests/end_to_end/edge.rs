@@ -801,3 +801,57 @@ async fn health_watches_are_capped() {
     }
     assert!(reopened, "the closed watch's slot was never freed");
 }
+
+#[tokio::test]
+async fn a_client_certificates_subject_maps_to_a_role() {
+    use mission_control_client::operator::OperatorClient;
+    use mission_control_client::{ClientTls, Endpoints};
+    use mission_control_server::testing::certs::TestPki;
+
+    let pki = TestPki::new("mission-control edge test ca");
+    let ca = pki.write_ca();
+    let (server_cert, server_key) =
+        pki.write_pair("server", &pki.server("server", &["localhost", "127.0.0.1"]));
+    let (robot_cert, robot_key) = pki.write_pair("robot", &pki.client("robot"));
+    let (stranger_cert, stranger_key) = pki.write_pair("stranger", &pki.client("stranger"));
+    let roles = RolesFile::new(&format!(
+        "{}robot viewer subject:CN=robot\n",
+        standard_roles()
+    ));
+    let db = database().await;
+    let mut flags = with_roles(db.url(), &roles);
+    for (flag, file) in [
+        ("--tls-cert", &server_cert),
+        ("--tls-key", &server_key),
+        ("--tls-client-ca", &ca),
+    ] {
+        flags.extend([flag.to_owned(), file.display().to_string()]);
+    }
+    let app = spawn_app(flags).await;
+    let endpoint = format!("https://localhost:{}", app.app.addr().port());
+    let operator = |cert: &std::path::Path, key: &std::path::Path| {
+        let tls = ClientTls::from_files(Some(&ca), Some(cert), Some(key)).unwrap();
+        OperatorClient::with_endpoints(Endpoints::new([endpoint.clone()], Some(&tls)).unwrap())
+    };
+
+    // The robot's certificate alone makes it a viewer.
+    let robot = operator(&robot_cert, &robot_key);
+    assert!(robot.list_gateways().await.unwrap().is_empty());
+    let refused = robot.register_gateway("gw", "", false).await.unwrap_err();
+    assert!(
+        matches!(&refused, mission_control_client::Error::Status(s) if s.code() == Code::PermissionDenied),
+        "{refused}"
+    );
+    // A bearer token wins over the certificate.
+    let robot_as_admin = robot.clone().with_operator_token(ADMIN_TOKEN).unwrap();
+    robot_as_admin
+        .register_gateway("gw", "", false)
+        .await
+        .unwrap();
+    // A trusted certificate that is no operator's is refused.
+    let stranger = operator(&stranger_cert, &stranger_key);
+    assert!(matches!(
+        stranger.list_gateways().await,
+        Err(mission_control_client::Error::TokenRejected(_))
+    ));
+}

@@ -87,7 +87,14 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let method = methods::method(request.uri().path());
-        if let Err(status) = self.gate.admit(method, request.headers(), None) {
+        let subject = match method.access {
+            Access::Operator(_) => peer_subject(&request),
+            _ => None,
+        };
+        if let Err(status) = self
+            .gate
+            .admit(method, request.headers(), subject.as_deref())
+        {
             return refuse(status);
         }
         let permit = if method.health_watch {
@@ -143,6 +150,17 @@ where
             })
         })
     }
+}
+
+/// The subject of the client certificate the connection was made with
+/// (mutual TLS: verified against `--tls-client-ca` by then).
+fn peer_subject(request: &http::Request<Body>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certificates = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    super::subject::subject(certificates.first()?.as_ref())
 }
 
 fn refuse<E: Send + 'static>(status: Status) -> BoxFuture<http::Response<Body>, E> {
