@@ -18,11 +18,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
+use mission_control_proto::tls::{ClientTls, endpoint};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower::{Layer, Service};
 
 use crate::runtime::Lifecycle;
@@ -41,6 +42,8 @@ const LOCAL_PREFIXES: [&str; 3] = [
 struct Directory {
     lifecycle: Lifecycle,
     own_address: String,
+    /// TLS to the leader, when this server speaks TLS itself.
+    peer_tls: Option<ClientTls>,
     leader: Mutex<Option<Leader>>,
     /// Whether a leader other than this replica is known (for health).
     known: watch::Sender<bool>,
@@ -59,10 +62,16 @@ pub struct ForwardLayer {
 
 impl ForwardLayer {
     /// Starts following the lease; stops with `stop`.
-    pub fn new(lifecycle: Lifecycle, own_address: String, stop: CancellationToken) -> Self {
+    pub fn new(
+        lifecycle: Lifecycle,
+        own_address: String,
+        peer_tls: Option<ClientTls>,
+        stop: CancellationToken,
+    ) -> Self {
         let directory = Arc::new(Directory {
             lifecycle,
             own_address,
+            peer_tls,
             leader: Mutex::new(None),
             known: watch::channel(false).0,
         });
@@ -116,7 +125,12 @@ impl Directory {
         if leader.as_ref().is_some_and(|l| l.address == address) {
             return;
         }
-        match Endpoint::from_shared(format!("http://{address}")) {
+        let scheme = if self.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        match endpoint(&format!("{scheme}://{address}"), self.peer_tls.as_ref()) {
             Ok(endpoint) => {
                 let channel = endpoint
                     .connect_timeout(Duration::from_secs(2))
