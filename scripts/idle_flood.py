@@ -1,0 +1,121 @@
+"""Idle-connection flood against a running server (used by scripts/idle-flood).
+
+Opens CONNECTIONS TCP connections that never send a byte (from several
+worker processes, each under its own open-file limit), and meanwhile checks
+health on a NEW connection every 200 ms with grpcio, timing each check. Then
+waits until the server has closed every idle connection. Prints the figures.
+"""
+
+import argparse
+import multiprocessing
+import selectors
+import socket
+import statistics
+import sys
+import time
+
+import grpc
+
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def hold(addr, count, opened, result):
+    """Opens `count` silent connections; reports when each is closed."""
+    sockets = []
+    for _ in range(count):
+        try:
+            sockets.append(socket.create_connection(addr, timeout=10))
+        except OSError:
+            break
+    opened.put(len(sockets))
+    start = time.monotonic()
+    selector = selectors.DefaultSelector()
+    for s in sockets:
+        s.setblocking(False)
+        selector.register(s, selectors.EVENT_READ)
+    open_count = len(sockets)
+    last_close = None
+    deadline = start + 120
+    while open_count and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1):
+            try:
+                data = key.fileobj.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(key.fileobj)
+                key.fileobj.close()
+                open_count -= 1
+                last_close = time.monotonic()
+    result.put((len(sockets), open_count, last_close))
+
+
+def health_once(target):
+    started = time.monotonic()
+    channel = grpc.insecure_channel(target)
+    try:
+        call = channel.unary_unary(HEALTH, request_serializer=lambda _: b"",
+                                   response_deserializer=lambda b: b)
+        reply = call(None, timeout=5)
+        ok = reply == b"\x08\x01"  # status: SERVING
+    except grpc.RpcError:
+        ok = False
+    finally:
+        channel.close()
+    return ok, (time.monotonic() - started) * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--connections", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--checks", type=int, default=50)
+    args = parser.parse_args()
+    addr = ("127.0.0.1", args.port)
+    target = f"127.0.0.1:{args.port}"
+
+    opened, results = multiprocessing.Queue(), multiprocessing.Queue()
+    per = args.connections // args.workers
+    started = time.monotonic()
+    workers = [multiprocessing.Process(target=hold, args=(addr, per, opened, results))
+               for _ in range(args.workers)]
+    for w in workers:
+        w.start()
+    latencies, failures = [], 0
+    total_opened = 0
+    reported = 0
+    checks = 0
+    while checks < args.checks:
+        ok, ms = health_once(target)
+        checks += 1
+        latencies.append(ms)
+        failures += not ok
+        while not opened.empty():
+            total_opened += opened.get()
+            reported += 1
+        time.sleep(0.2)
+    while reported < args.workers:
+        total_opened += opened.get()
+        reported += 1
+    opened_in = time.monotonic() - started
+    closed_all, still_open, last = True, 0, started
+    for _ in workers:
+        count, left, last_close = results.get()
+        still_open += left
+        if last_close:
+            last = max(last, last_close)
+    for w in workers:
+        w.join()
+    latencies.sort()
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    print(f"idle connections opened: {total_opened} (in {opened_in:.1f} s, while checking health)")
+    print(f"health checks on new connections meanwhile: {checks}, failed: {failures}, "
+          f"latency ms p50 {p(0.5):.1f} p99 {p(0.99):.1f} max {latencies[-1]:.1f}")
+    print(f"idle connections still open at the end: {still_open}; "
+          f"the last one closed {last - started:.1f} s after the flood began")
+    sys.exit(1 if failures or still_open else 0)
+
+
+if __name__ == "__main__":
+    main()
