@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,26 @@ use tokio_util::sync::CancellationToken;
 pub use conn::Conn;
 pub use idle::TrackCallsLayer;
 pub use tls::{ReloadingTls, TlsFiles};
+
+/// Connections the kernel queues before they are accepted. tokio's default
+/// (1,024) overflows under a flood of silent connections, and a health check
+/// whose SYN is dropped waits a second to resend it; the kernel caps this at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` with a deep accept backlog.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's bind does on Unix: a restarted server can take its port back
+    // while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How connections are held; the defaults are the flags' defaults.
 #[derive(Debug, Clone)]
