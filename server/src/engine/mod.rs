@@ -278,27 +278,41 @@ impl Engine {
     /// The heartbeat fast path: a steady-state heartbeat of an online agent
     /// renews its lease in memory. Anything else needs a committed batch.
     /// The agent holding this token, if any.
-    pub fn agent_by_token(&self, token: &TokenHash) -> Option<&Agent> {
-        self.agents.get(self.agent_tokens.get(token)?)
-    }
-
     pub fn renew_lease(
         &mut self,
         token: &TokenHash,
         reported_template: Option<&str>,
         now: Timestamp,
     ) -> Renewal {
+        let admit_all = |_: &AgentId, _: bool| Ok::<(), std::convert::Infallible>(());
+        match self.renew_lease_admitted(token, reported_template, now, admit_all) {
+            Ok(renewal) => renewal,
+        }
+    }
+
+    /// `renew_lease`, once `admit` accepts the agent and whether it reports
+    /// a new template version (a per-agent budget): the token is looked up
+    /// once, and a refused heartbeat changes nothing.
+    pub fn renew_lease_admitted<E>(
+        &mut self,
+        token: &TokenHash,
+        reported_template: Option<&str>,
+        now: Timestamp,
+        admit: impl FnOnce(&AgentId, bool) -> Result<(), E>,
+    ) -> Result<Renewal, E> {
         let Some(id) = self.agent_tokens.get(token) else {
-            return Renewal::UnknownToken;
+            return Ok(Renewal::UnknownToken);
         };
         let agent = self
             .agents
             .get_mut(id)
             .expect("the token index names only known agents");
+        let new_template = reported_template.is_some_and(|v| v != agent.reported_template_version);
+        admit(id, new_template)?;
         let steady = agent.status == Status::Online
             && !agent.awaiting_checkin()
             && !self.in_flight.contains(id)
-            && reported_template.is_none_or(|v| v == agent.reported_template_version);
+            && !new_template;
         if !steady {
             // Recorded now, under the lock the writer fires timers under: the
             // heartbeat is judged by when it arrived, not when it is dequeued.
@@ -309,7 +323,7 @@ impl Engine {
                     token: *token,
                     reported_template: reported_template.map(str::to_owned),
                 });
-            return Renewal::NeedsCommit(id.clone());
+            return Ok(Renewal::NeedsCommit(id.clone()));
         }
         let time_left = agent
             .lease_expires_at
@@ -317,7 +331,7 @@ impl Engine {
         agent.last_seen_at = Some(now);
         agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
         self.dirty_leases.insert(id.clone());
-        Renewal::Renewed(LeaseState::of(agent, time_left))
+        Ok(Renewal::Renewed(LeaseState::of(agent, time_left)))
     }
 
     /// Leases renewed (or extended) in memory and not yet checkpointed.

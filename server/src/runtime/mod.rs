@@ -553,19 +553,17 @@ impl Lifecycle {
         self.ensure_leader()?;
         let hash = tokens::hash(token);
         let now = self.shared.clock.now();
-        let renewal = {
-            let mut engine = self.shared.engine();
-            if let Some(agent) = engine.agent_by_token(&hash) {
-                let new_template = reported_template
-                    .as_deref()
-                    .is_some_and(|v| v != agent.reported_template_version);
-                self.shared
-                    .limits
-                    .admit(&agent.id, new_template)
-                    .map_err(|refused| throttled(&agent.id, refused))?;
-            }
-            engine.renew_lease(&hash, reported_template.as_deref(), now)
-        };
+        let limits = &self.shared.limits;
+        let renewal = self.shared.engine().renew_lease_admitted(
+            &hash,
+            reported_template.as_deref(),
+            now,
+            |agent_id, new_template| {
+                limits
+                    .admit(agent_id, new_template)
+                    .map_err(|refused| throttled(agent_id, refused))
+            },
+        )?;
         let metrics = &self.shared.metrics;
         let (agent_id, status, generation, lease_expires_at) = match renewal {
             Renewal::Renewed(lease) => {

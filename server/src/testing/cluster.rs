@@ -210,16 +210,23 @@ impl PostgresCluster {
         }
     }
 
-    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
+    /// One of the cluster's tools, run as the postgres user (Postgres
+    /// refuses to run as root).
+    fn command(&self, tool: &str) -> Command {
         let program = self.bin.join(tool);
-        let mut command = if Self::as_root() {
+        if Self::as_root() {
             let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
+            command.args(["-u", "postgres", "--"]).arg(program);
             command
         } else {
-            Command::new(&program)
-        };
-        let output = command
+            Command::new(program)
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
+        let program = self.bin.join(tool);
+        let output = self
+            .command(tool)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -237,15 +244,8 @@ impl PostgresCluster {
 
 impl Drop for PostgresCluster {
     fn drop(&mut self) {
-        let program = self.bin.join("pg_ctl");
-        let mut command = if Self::as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let _ = command
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &self.data, "-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
