@@ -1,11 +1,11 @@
 //! The real binary at its edge: closed by default beyond loopback, the
-//! `hash-token` helper, and no token material in its logs even at
-//! `RUST_LOG=trace`.
+//! `hash-token` helper, no token material in its logs even at
+//! `RUST_LOG=trace`, and the roles file reloaded on SIGHUP.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient;
@@ -18,111 +18,7 @@ use mission_control_server::edge::hash_line;
 use mission_control_server::testing::TestDatabase;
 use tonic::transport::Channel;
 
-/// Only a guard against hanging, never a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
-const BINARY: &str = env!("CARGO_BIN_EXE_mission-control");
-
-/// A running binary whose output is collected; killed on drop.
-struct Running {
-    child: Child,
-    output: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let output: Arc<Mutex<Vec<String>>> = Arc::default();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sink = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    sink.lock().unwrap().push(line);
-                }
-            });
-        }
-        Self { child, output }
-    }
-
-    fn text(&self) -> String {
-        self.output.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a line containing `needle`, or for the process to exit.
-    async fn wait_for(&mut self, needle: &str) -> bool {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::time::Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            if self.child.try_wait().unwrap().is_some() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return self.text().contains(needle);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    /// Waits for the process to exit; its exit status.
-    async fn exit(&mut self) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain the pipes.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "still running");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "mc-edge-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+use support::*;
 
 #[tokio::test]
 async fn beyond_loopback_it_refuses_to_start_unless_something_authenticates() {
@@ -333,4 +229,90 @@ async fn no_token_or_token_hash_is_logged_even_at_trace() {
             assert!(!logs.contains(&form), "{form} is in the logs");
         }
     }
+}
+
+/// ListAgents with `token` as an operator's bearer token: its status code.
+async fn list_with(lifecycle: &mut AgentLifecycleClient<Channel>, token: &str) -> tonic::Code {
+    let request = bearer(
+        ListAgentsRequest::default(),
+        "authorization",
+        &format!("Bearer {token}"),
+    );
+    match lifecycle.list_agents(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_roles_file_at_once() {
+    let db = TestDatabase::create().await;
+    let (old, new) = ("old-viewer-tok-2b71", "new-viewer-tok-c94e");
+    let roles = TempFile::new(&format!("dash viewer {}\n", hash_line(old)));
+    let port = free_port();
+    // The file is polled only once an hour: only the signal can reload it.
+    let mut server = Running::spawn(
+        Command::new(BINARY)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", db.url()])
+            .args(["--roles-file", roles.path()])
+            .args(["--roles-reload-interval", "1h"]),
+    );
+    assert!(server.wait_for("\"listening\"").await, "{}", server.text());
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_lazy();
+    let mut lifecycle = AgentLifecycleClient::new(channel);
+    assert_eq!(list_with(&mut lifecycle, old).await, tonic::Code::Ok);
+    assert_eq!(
+        list_with(&mut lifecycle, new).await,
+        tonic::Code::Unauthenticated
+    );
+
+    // Rotate: the new token replaces the old one. Without the signal nothing
+    // changes (the next poll is an hour away).
+    std::fs::write(&roles.0, format!("dash viewer {}\n", hash_line(new))).unwrap();
+    assert_eq!(
+        list_with(&mut lifecycle, new).await,
+        tonic::Code::Unauthenticated
+    );
+    let sent = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(
+        server
+            .wait_for("SIGHUP: reloading operator credentials")
+            .await,
+        "{}",
+        server.text()
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while list_with(&mut lifecycle, new).await != tonic::Code::Ok {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new token never worked: {}",
+            server.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        list_with(&mut lifecycle, old).await,
+        tonic::Code::Unauthenticated
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the server"
+    );
+
+    // A file that does not parse, then SIGHUP: the credentials in force stay.
+    std::fs::write(&roles.0, "dash emperor sha256:00\n").unwrap();
+    let sent = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(server.wait_for("NOT reloaded").await, "{}", server.text());
+    assert_eq!(list_with(&mut lifecycle, new).await, tonic::Code::Ok);
 }
