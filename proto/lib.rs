@@ -17,7 +17,7 @@ pub mod tls;
 pub use prost_types;
 pub use v1::*;
 
-/// The metadata keys that carry credentials, shared by the server and the
+/// The metadata keys that carry credentials (and the forwarding mark), shared by the server and the
 /// client library so the two cannot drift apart.
 pub mod metadata {
     /// An agent's token, on `Heartbeat`.
@@ -26,6 +26,10 @@ pub mod metadata {
     pub const GATEWAY_TOKEN: &str = "x-gateway-token";
     /// `Bearer <operator token>`, on every operator call.
     pub const AUTHORIZATION: &str = "authorization";
+    /// Set by a replica on a call it forwards to the leader (its value: the
+    /// forwarding replica's address). The leader then judges the call by the
+    /// tokens it carries only, never by the forwarding replica's certificate.
+    pub const FORWARDED_BY: &str = "x-mc-forwarded-by";
 }
 
 impl v1::ProvisionRequest {

@@ -82,14 +82,27 @@ impl App {
             config.edge.max_health_watches,
             config.edge.request_timeout,
         );
+        let peer_tls = config
+            .peer_tls_files()
+            .map_err(StartError::Config)?
+            .map(crate::net::PeerTls::load)
+            .transpose()
+            .map_err(|e| StartError::Config(format!("tls files for calls to other replicas: {e}")))?
+            .map(Arc::new);
         let forward = crate::grpc::ForwardLayer::new(
             lifecycle.clone(),
             config.advertise_address(addr),
-            peer_tls(config)?,
+            peer_tls,
             shutdown.clone(),
         );
         if let Some(tls) = &tls {
             tls.spawn_reloader(config.tls_reload_interval, shutdown.clone());
+            let forward = forward.clone();
+            crate::net::tls::spawn_reload_loop(
+                config.tls_reload_interval,
+                shutdown.clone(),
+                move || forward.reload_peer_tls(),
+            );
         }
         tracing::info!(
             %addr,
@@ -208,23 +221,6 @@ impl App {
         self.lifecycle.stop_by(end - reserve / 4, reserve / 4).await;
         tracing::info!(took = ?started.elapsed(), "stopped");
     }
-}
-
-/// How this replica reaches the leader when it speaks TLS itself: trusting
-/// `--tls-client-ca` (one internal CA for replicas and clients; the system's
-/// roots without it) and presenting its own `--tls-cert`, which under mutual
-/// TLS must then allow client authentication too.
-fn peer_tls(config: &Config) -> Result<Option<mission_control_proto::tls::ClientTls>, StartError> {
-    let Some(files) = config.tls_files().map_err(StartError::Config)? else {
-        return Ok(None);
-    };
-    mission_control_proto::tls::ClientTls::from_files(
-        files.client_ca.as_deref(),
-        Some(&files.cert),
-        Some(&files.key),
-    )
-    .map(Some)
-    .map_err(|e| StartError::Config(format!("tls files for calls to other replicas: {e}")))
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {

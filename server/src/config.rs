@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::engine::{Policy, policy::PolicyError};
-use crate::net::{ConnectionSettings, TlsFiles};
+use crate::net::{ConnectionSettings, PeerTlsFiles, TlsFiles};
 use crate::runtime::Settings;
 use crate::store::PoolSettings;
 
@@ -160,6 +160,13 @@ pub struct Config {
     #[arg(long, env = "MC_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// The CA that signs the other replicas' certificates, trusted when
+    /// this replica forwards calls to the leader over TLS (PEM). Default:
+    /// --tls-client-ca, else the system's roots. Needs --tls-cert; re-read
+    /// with the other TLS files.
+    #[arg(long, env = "MC_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+
     /// How often the TLS files are checked for a change.
     #[arg(long, env = "MC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
@@ -296,6 +303,24 @@ impl Config {
         }
     }
 
+    /// How this replica reaches the leader when it speaks TLS itself:
+    /// trusting `--peer-ca` (else `--tls-client-ca`, else the system's
+    /// roots) and presenting its own `--tls-cert`, which under mutual TLS
+    /// must then allow client authentication too.
+    pub fn peer_tls_files(&self) -> Result<Option<PeerTlsFiles>, String> {
+        let Some(files) = self.tls_files()? else {
+            return match self.peer_ca {
+                Some(_) => Err("--peer-ca needs --tls-cert and --tls-key".into()),
+                None => Ok(None),
+            };
+        };
+        Ok(Some(PeerTlsFiles {
+            ca: self.peer_ca.clone().or(files.client_ca),
+            cert: files.cert,
+            key: files.key,
+        }))
+    }
+
     /// Whether the server speaks TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some()
@@ -417,6 +442,24 @@ mod tests {
         ]);
         assert!(mutual.client_certificates_required());
         assert!(mutual.tls_files().unwrap().unwrap().client_ca.is_some());
+
+        // Replicas trust --peer-ca, else the client CA, else the system.
+        let peer_ca = |args: &[&str]| {
+            let mut all = vec!["--tls-cert", "c.pem", "--tls-key", "c.key"];
+            all.extend(args);
+            let files = parse(&all).peer_tls_files().unwrap().unwrap();
+            files.ca.map(|p| p.to_str().unwrap().to_owned())
+        };
+        assert_eq!(peer_ca(&[]), None);
+        assert_eq!(
+            peer_ca(&["--tls-client-ca", "ca.pem"]).as_deref(),
+            Some("ca.pem")
+        );
+        let both = ["--tls-client-ca", "ca.pem", "--peer-ca", "peers.pem"];
+        assert_eq!(peer_ca(&both).as_deref(), Some("peers.pem"));
+        assert!(parse(&[]).peer_tls_files().unwrap().is_none());
+        let alone = parse(&["--peer-ca", "peers.pem"]).peer_tls_files();
+        assert!(alone.unwrap_err().contains("--peer-ca needs --tls-cert"));
 
         let defaults = parse(&[]).connections(Some(1024)).unwrap();
         assert_eq!(defaults.max_connections, 768);

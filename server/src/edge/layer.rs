@@ -88,7 +88,12 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let method = methods::method(request.uri().path());
         let subject = match method.access {
-            Access::Operator(_) => peer_subject(&request),
+            // A forwarded call comes over the forwarding replica's
+            // connection: that certificate is the replica's, not the
+            // caller's, and grants nothing.
+            Access::Operator(_) if !request.headers().contains_key(metadata::FORWARDED_BY) => {
+                peer_subject(&request)
+            }
             _ => None,
         };
         if let Err(status) = self
@@ -206,6 +211,13 @@ impl Gate {
             (None, Some(subject)) => self.operators.by_subject(subject).ok_or_else(|| {
                 Status::unauthenticated("this client certificate is not an operator")
             })?,
+            (None, None) if headers.contains_key(metadata::FORWARDED_BY) => {
+                return Err(Status::unauthenticated(
+                    "this call was forwarded by another replica and needs \
+                     `authorization: Bearer <token>` (a client certificate's role counts \
+                     only on the replica it connects to)",
+                ));
+            }
             (None, None) => {
                 return Err(Status::unauthenticated(
                     "this call needs operator credentials: `authorization: Bearer <token>`",

@@ -6,7 +6,11 @@
 //! and judges it itself: a heartbeat is acknowledged by the leader only.
 //!
 //! This layer sits in front of authentication: a follower holds no
-//! credentials of its own and checks none for calls it forwards.
+//! credentials of its own and checks none for calls it forwards. Under
+//! mutual TLS the follower connects with its own certificate, but the
+//! leader judges a forwarded call by the credentials it carries (tokens)
+//! only, never by the certificate of the replica that forwarded it (see
+//! `edge::layer`): a replica's identity grants nothing.
 //! A forwarded call carries `FORWARDED_HEADER`; a replica that receives one
 //! and does not lead refuses it (`UNAVAILABLE`) rather than forward again,
 //! so a call is never passed around a ring while leadership changes.
@@ -18,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
-use mission_control_proto::tls::{ClientTls, endpoint};
+use mission_control_proto::tls::endpoint;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -26,10 +30,10 @@ use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::{Layer, Service};
 
+use crate::net::PeerTls;
 use crate::runtime::Lifecycle;
 
-/// Set on calls a follower forwards; its value is the follower's address.
-pub const FORWARDED_HEADER: &str = "x-mc-forwarded-by";
+pub use mission_control_proto::metadata::FORWARDED_BY as FORWARDED_HEADER;
 
 /// Paths every replica answers itself.
 const LOCAL_PREFIXES: [&str; 3] = [
@@ -43,7 +47,7 @@ struct Directory {
     lifecycle: Lifecycle,
     own_address: String,
     /// TLS to the leader, when this server speaks TLS itself.
-    peer_tls: Option<ClientTls>,
+    peer_tls: Option<Arc<PeerTls>>,
     leader: Mutex<Option<Leader>>,
     /// Whether a leader other than this replica is known (for health).
     known: watch::Sender<bool>,
@@ -52,6 +56,8 @@ struct Directory {
 #[derive(Clone)]
 struct Leader {
     address: String,
+    /// The peer TLS settings' version the channel was made with.
+    tls_version: u64,
     channel: Channel,
 }
 
@@ -65,7 +71,7 @@ impl ForwardLayer {
     pub fn new(
         lifecycle: Lifecycle,
         own_address: String,
-        peer_tls: Option<ClientTls>,
+        peer_tls: Option<Arc<PeerTls>>,
         stop: CancellationToken,
     ) -> Self {
         let directory = Arc::new(Directory {
@@ -83,6 +89,19 @@ impl ForwardLayer {
     /// can serve (by forwarding).
     pub fn leader_known(&self) -> watch::Receiver<bool> {
         self.directory.known.subscribe()
+    }
+
+    /// Re-reads the peer TLS files; when they changed, calls from now on
+    /// reach the leader over a new connection made with them.
+    pub fn reload_peer_tls(&self) {
+        let Some(peer_tls) = &self.directory.peer_tls else {
+            return;
+        };
+        if peer_tls.reload()
+            && let Some(leader) = self.directory.leader()
+        {
+            self.directory.remember(&leader.address);
+        }
     }
 }
 
@@ -121,16 +140,22 @@ async fn refresh(directory: Arc<Directory>, stop: CancellationToken) {
 
 impl Directory {
     fn remember(&self, address: &str) {
+        let (tls_version, tls) = match &self.peer_tls {
+            Some(peer_tls) => {
+                let (version, tls) = peer_tls.current();
+                (version, Some(tls))
+            }
+            None => (0, None),
+        };
         let mut leader = self.leader.lock().expect("directory lock");
-        if leader.as_ref().is_some_and(|l| l.address == address) {
+        if leader
+            .as_ref()
+            .is_some_and(|l| l.address == address && l.tls_version == tls_version)
+        {
             return;
         }
-        let scheme = if self.peer_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        match endpoint(&format!("{scheme}://{address}"), self.peer_tls.as_ref()) {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match endpoint(&format!("{scheme}://{address}"), tls.as_ref()) {
             Ok(endpoint) => {
                 let channel = endpoint
                     .connect_timeout(Duration::from_secs(2))
@@ -140,6 +165,7 @@ impl Directory {
                 tracing::info!(leader = %address, "forwarding calls to the leader");
                 *leader = Some(Leader {
                     address: address.to_owned(),
+                    tls_version,
                     channel,
                 });
             }
@@ -214,6 +240,7 @@ where
             let Leader {
                 address,
                 mut channel,
+                ..
             } = leader;
             let ready = std::future::poll_fn(|cx| channel.poll_ready(cx)).await;
             let answered = match ready {

@@ -7,6 +7,7 @@ mod accept;
 mod conn;
 mod idle;
 mod limit;
+pub mod peer;
 pub mod tls;
 
 use std::io;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use conn::Conn;
 pub use idle::TrackCallsLayer;
+pub use peer::{PeerTls, PeerTlsFiles};
 pub use tls::{ReloadingTls, TlsFiles};
 
 /// Connections the kernel queues before they are accepted. tokio's default

@@ -30,7 +30,7 @@ pub struct TlsFiles {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub struct TlsError(pub(super) String);
 
 /// The file contents a configuration was built from, to notice a change.
 type Contents = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
@@ -101,21 +101,32 @@ impl ReloadingTls {
     /// Reloads every `interval` and on SIGHUP until `stop`.
     pub fn spawn_reloader(self: &Arc<Self>, interval: Duration, stop: CancellationToken) {
         let tls = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut hangup = sighup();
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                    _ = next_hangup(&mut hangup) => {}
-                }
-                tls.reload();
-            }
+        spawn_reload_loop(interval, stop, move || {
+            tls.reload();
         });
     }
+}
+
+/// Calls `reload` every `interval` and on SIGHUP, until `stop`.
+pub fn spawn_reload_loop(
+    interval: Duration,
+    stop: CancellationToken,
+    reload: impl Fn() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut hangup = sighup();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = next_hangup(&mut hangup) => {}
+            }
+            reload();
+        }
+    });
 }
 
 #[cfg(unix)]

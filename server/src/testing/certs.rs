@@ -54,21 +54,33 @@ impl TestPki {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, common_name: &str, names: &[&str]) -> CertKey {
-        self.issue(common_name, names, ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(common_name, names, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     /// A client certificate whose subject CN is `common_name`.
     pub fn client(&self, common_name: &str) -> CertKey {
-        self.issue(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(common_name, &[], &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 
-    fn issue(&self, common_name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> CertKey {
+    /// A replica's certificate under mutual TLS: it serves, and it is the
+    /// client certificate the replica presents when it forwards a call.
+    pub fn replica(&self, common_name: &str, names: &[&str]) -> CertKey {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        self.issue(common_name, names, &[ServerAuth, ClientAuth])
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> CertKey {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("valid names");
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("a key");
         let cert = params
