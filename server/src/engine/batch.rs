@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use super::model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
-    Status, Timestamp,
+    RolloutId, Status, Timestamp,
 };
+use super::rollout::Rollout;
 use super::timers::Timer;
 
 /// Something to do once the batch is committed.
@@ -114,6 +115,8 @@ pub struct Batch {
     pub(super) tombstones: Vec<(AgentId, u64)>,
     /// Recorded heartbeats this batch handled, put back if it is aborted.
     pub(super) applied_checkins: Vec<(AgentId, super::PendingCheckIn)>,
+    /// The final state of each rollout this batch changed.
+    pub(super) rollouts: BTreeMap<RolloutId, Rollout>,
 }
 
 impl Batch {
@@ -132,6 +135,7 @@ impl Batch {
             retires_done: Vec::new(),
             tombstones: Vec::new(),
             applied_checkins: Vec::new(),
+            rollouts: BTreeMap::new(),
         }
     }
 
@@ -146,7 +150,12 @@ impl Batch {
             && self.events.is_empty()
             && self.retires_added.is_empty()
             && self.retires_done.is_empty()
-            && self.tombstones.is_empty())
+            && self.tombstones.is_empty()
+            && self.rollouts.is_empty())
+    }
+
+    pub fn rollout_writes(&self) -> impl Iterator<Item = &Rollout> {
+        self.rollouts.values()
     }
 
     pub fn agent_writes(&self) -> impl Iterator<Item = (&AgentId, Option<&Agent>)> {
@@ -206,6 +215,7 @@ impl Batch {
             attempt: change.attempt,
             error: change.error,
             at: self.now,
+            rollout_id: change.rollout_id,
         });
         let staged = (change.kind != EventKind::Deleted).then(|| after.clone());
         self.agents.insert(after.id.clone(), staged);
@@ -222,6 +232,7 @@ pub(super) struct Change {
     pub reason: Reason,
     pub attempt: u32,
     pub error: Option<String>,
+    pub rollout_id: Option<RolloutId>,
 }
 
 impl Change {
@@ -233,6 +244,7 @@ impl Change {
             reason,
             attempt,
             error: None,
+            rollout_id: None,
         }
     }
 
@@ -248,4 +260,6 @@ pub struct Committed {
     pub events: Vec<Event>,
     pub effects: Vec<Effect>,
     pub notes: Vec<Note>,
+    /// Rollouts as this batch left them.
+    pub rollouts: Vec<Rollout>,
 }

@@ -93,6 +93,7 @@ impl Engine {
                     reason: Reason::Provisioned,
                     attempt: 1,
                     error: None,
+                    rollout_id: None,
                 };
                 (agent, change, true)
             }
@@ -273,6 +274,7 @@ impl Engine {
             reason: Reason::Deleted,
             attempt: 0,
             error: None,
+            rollout_id: None,
         };
         Ok(self.stage(batch, change, agent))
     }
@@ -364,7 +366,7 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    fn gateway_in(&self, batch: &Batch, id: &GatewayId) -> Option<Gateway> {
+    pub(super) fn gateway_in(&self, batch: &Batch, id: &GatewayId) -> Option<Gateway> {
         batch
             .gateways
             .get(id)

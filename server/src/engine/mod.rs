@@ -9,10 +9,12 @@
 
 mod batch;
 mod commands;
+mod drift;
 pub mod model;
 pub mod policy;
 mod reconcile;
 mod restore;
+pub mod rollout;
 pub mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -20,9 +22,10 @@ use std::time::Duration;
 
 pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
+pub use drift::{DriftCount, DriftReport};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
-    Status, Timestamp, TokenHash,
+    RolloutId, Status, Timestamp, TokenHash,
 };
 pub use policy::Policy;
 pub use restore::StoredState;
@@ -49,6 +52,9 @@ pub struct AgentFilter {
     pub gateway_id: Option<GatewayId>,
     pub board_id: Option<BoardId>,
     pub statuses: Vec<Status>,
+    /// Only agents whose reported template version differs from the desired
+    /// one, or that never reported one (see [`Agent::drifted`]).
+    pub drifted: bool,
 }
 
 impl AgentFilter {
@@ -58,7 +64,7 @@ impl AgentFilter {
             &agent.gateway_id,
             agent.board_id.as_ref(),
             agent.status,
-        )
+        ) && (!self.drifted || agent.drifted())
     }
 
     pub fn matches_parts(
@@ -75,7 +81,10 @@ impl AgentFilter {
     }
 
     /// An event matches when its agent matches before or after the change,
-    /// so a watcher on a status or a board also sees agents leave it.
+    /// so a watcher on a status or a board also sees agents leave it. Events
+    /// do not record whether the agent drifted before, so a drift filter
+    /// also passes every change that can end a drift (a check-in, a reported
+    /// version, a new desired version): a watcher sees agents leave it too.
     pub fn matches_event(&self, event: &Event) -> bool {
         let agent = &event.agent;
         self.matches(agent)
@@ -85,7 +94,7 @@ impl AgentFilter {
                     &agent.gateway_id,
                     event.previous_board_id.as_ref(),
                     previous,
-                )
+                ) && (!self.drifted || event.reason.may_change_drift())
             })
     }
 }
@@ -163,6 +172,9 @@ pub struct Engine {
     dirty_leases: HashSet<AgentId>,
     /// The last committed revision.
     revision: u64,
+    rollouts: BTreeMap<RolloutId, rollout::Rollout>,
+    /// The active rollout of each agent in one.
+    rollout_index: HashMap<AgentId, RolloutId>,
 }
 
 impl Engine {
@@ -180,6 +192,8 @@ impl Engine {
             pending_checkins: HashMap::new(),
             dirty_leases: HashSet::new(),
             revision: 0,
+            rollouts: BTreeMap::new(),
+            rollout_index: HashMap::new(),
         }
     }
 
@@ -430,11 +444,16 @@ impl Engine {
         for timer in batch.timers_to_arm {
             self.timers.arm(timer);
         }
+        let rollouts: Vec<rollout::Rollout> = batch.rollouts.into_values().collect();
+        for rollout in &rollouts {
+            self.commit_rollout(rollout.clone());
+        }
         self.revision = batch.next_revision - 1;
         Committed {
             events: batch.events,
             effects: batch.effects,
             notes: batch.notes,
+            rollouts,
         }
     }
 

@@ -86,6 +86,10 @@ id_type!(
     /// The board an agent works on.
     BoardId
 );
+id_type!(
+    /// A template rollout, named by the service when it starts.
+    RolloutId
+);
 
 /// Wall-clock time in microseconds since the Unix epoch: Postgres's own
 /// precision, so a stored timestamp round-trips exactly.
@@ -255,6 +259,13 @@ impl Agent {
     pub fn awaiting_checkin(&self) -> bool {
         self.checkin_deadline_at.is_some()
     }
+
+    /// Whether the agent runs another template than it should: it reports
+    /// a version other than the desired one, or has never reported one.
+    pub fn drifted(&self) -> bool {
+        self.reported_template_version.is_empty()
+            || self.reported_template_version != self.desired_template_version
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,10 +323,12 @@ pub enum Reason {
     RestartGrace,
     TemplateReported,
     Deleted,
+    /// A rollout re-provisioned the agent with its template version.
+    RolloutUpdate,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Provisioned,
         Reason::Updated,
         Reason::Woken,
@@ -327,6 +340,7 @@ impl Reason {
         Reason::RestartGrace,
         Reason::TemplateReported,
         Reason::Deleted,
+        Reason::RolloutUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -342,11 +356,26 @@ impl Reason {
             Reason::RestartGrace => "restart_grace",
             Reason::TemplateReported => "template_reported",
             Reason::Deleted => "deleted",
+            Reason::RolloutUpdate => "rollout_update",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether a transition for this reason can change an agent's drift:
+    /// what it reports, or what it should run.
+    pub fn may_change_drift(self) -> bool {
+        matches!(
+            self,
+            Reason::Provisioned
+                | Reason::Updated
+                | Reason::CheckedIn
+                | Reason::TemplateReported
+                | Reason::RolloutUpdate
+                | Reason::Deleted
+        )
     }
 }
 
@@ -364,6 +393,8 @@ pub struct Event {
     pub attempt: u32,
     pub error: Option<String>,
     pub at: Timestamp,
+    /// The rollout that caused this transition, if one did.
+    pub rollout_id: Option<RolloutId>,
 }
 
 impl Event {
@@ -385,6 +416,13 @@ impl Event {
             Reason::RestartGrace => "deadline extended after a service restart".to_owned(),
             Reason::TemplateReported => "reported a new template version".to_owned(),
             Reason::Deleted => "deleted".to_owned(),
+            Reason::RolloutUpdate => {
+                let rollout = self.rollout_id.as_ref().map_or("?", RolloutId::as_str);
+                format!(
+                    "updated to template version {} by rollout {rollout}, woken attempt 1",
+                    self.agent.desired_template_version
+                )
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ impl Engine {
             }
         }
         batch.fired.extend(due);
+        self.advance_rollouts(batch);
     }
 
     fn checkin_deadline(

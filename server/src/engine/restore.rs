@@ -20,6 +20,8 @@ pub struct StoredState {
     pub tombstones: Vec<(AgentId, u64)>,
     /// The last committed revision.
     pub revision: u64,
+    /// Every rollout, finished ones included.
+    pub rollouts: Vec<super::rollout::Rollout>,
 }
 
 impl StoredState {
@@ -104,6 +106,9 @@ impl Engine {
             engine.gateways.insert(gateway.id.clone(), gateway);
         }
         engine.pending_retires.extend(state.pending_retires);
+        for rollout in state.rollouts {
+            engine.commit_rollout(rollout);
+        }
         engine.tombstones.extend(state.tombstones);
         for agent in &state.agents {
             engine

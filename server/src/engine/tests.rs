@@ -625,6 +625,7 @@ fn a_re_created_agent_starts_above_the_generation_its_earlier_self_reached() {
         pending_retires: vec![],
         tombstones: h.engine.tombstones(),
         revision: h.engine.revision(),
+        rollouts: vec![],
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(5));
     engine.commit(batch);
@@ -705,6 +706,7 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
         pending_retires: vec![],
         tombstones: vec![],
         revision: h.engine.revision(),
+        rollouts: vec![],
     };
     let grace = Duration::from_secs(10);
     let policy = Policy {
@@ -781,6 +783,7 @@ fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
         pending_retires: vec![],
         tombstones: vec![],
         revision: h.engine.revision(),
+        rollouts: vec![],
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
     engine.commit(batch);
@@ -945,3 +948,6 @@ fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
         assert_eq!(agent.last_seen_at, Some(t(29)), "{name}: judged by arrival");
     }
 }
+
+mod drift;
+mod rollout;

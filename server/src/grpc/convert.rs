@@ -105,6 +105,7 @@ fn reason(r: Reason) -> pb::TransitionReason {
         Reason::RestartGrace => T::RestartGrace,
         Reason::TemplateReported => T::TemplateReported,
         Reason::Deleted => T::Deleted,
+        Reason::RolloutUpdate => T::RolloutUpdate,
     }
 }
 
@@ -127,6 +128,11 @@ pub fn event(e: &Event) -> pb::AgentEvent {
         attempt: e.attempt,
         error: e.error.clone().unwrap_or_default(),
         at: Some(timestamp(e.at)),
+        rollout_id: e
+            .rollout_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -142,6 +148,7 @@ pub fn snapshot_event(a: &Agent) -> pb::AgentEvent {
         attempt: a.wake_attempts,
         error: a.last_provision_error.clone().unwrap_or_default(),
         at: Some(timestamp(a.updated_at)),
+        rollout_id: String::new(),
     }
 }
 

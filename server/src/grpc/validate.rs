@@ -211,6 +211,7 @@ pub fn list(request: &pb::ListAgentsRequest) -> Result<(AgentFilter, Option<Agen
         gateway_id: optional(&request.gateway_id, |v| gateway_id("gateway_id", v))?,
         board_id: board_id(&request.board_id)?,
         statuses: statuses(&request.statuses)?,
+        drifted: request.drifted,
     };
     let after = optional(&request.page_token, |v| page_token::decode(v, &filter))?;
     Ok((filter, after, page_size(request.page_size)))
@@ -237,6 +238,7 @@ pub fn watch(request: &pb::WatchAgentRequest) -> Result<WatchRequest> {
             gateway_id: optional(&request.gateway_id, |v| gateway_id("gateway_id", v))?,
             board_id: board_id(&request.board_id)?,
             statuses: statuses(&request.statuses)?,
+            drifted: request.drifted,
         },
         start_revision: request.start_revision,
         include_heartbeats: request.include_heartbeats,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::engine::{Reason, Status};
+use crate::engine::{DriftReport, Reason, Status};
 
 /// Upper bounds (seconds) of the check-in latency buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
@@ -65,6 +65,7 @@ pub(super) struct Gauges {
     pub watches_open: usize,
     pub database_reachable: bool,
     pub timers: usize,
+    pub drift: DriftReport,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
@@ -195,13 +196,36 @@ impl Metrics {
             "1 while the database answers.",
             usize::from(gauges.database_reachable),
         );
+        render_drift(&mut out, &gauges.drift);
         out
+    }
+}
+
+/// Drifted agents per gateway and per board (ids are `[A-Za-z0-9._-]`, so
+/// they need no escaping as label values).
+fn render_drift(out: &mut String, drift: &DriftReport) {
+    let name = "mission_control_agents_drifted";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Agents whose reported template version differs from the desired one, or never reported, per gateway.\n# TYPE {name} gauge"
+    );
+    for (gateway, count) in &drift.gateways {
+        let _ = writeln!(out, "{name}{{gateway=\"{gateway}\"}} {}", count.drifted);
+    }
+    let name = "mission_control_board_agents_drifted";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Drifted agents per board.\n# TYPE {name} gauge"
+    );
+    for (board, count) in &drift.boards {
+        let _ = writeln!(out, "{name}{{board=\"{board}\"}} {}", count.drifted);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{BoardId, DriftCount, GatewayId};
 
     #[test]
     fn renders_counters_gauges_and_a_cumulative_histogram() {
@@ -223,7 +247,27 @@ mod tests {
             watches_open: 0,
             database_reachable: true,
             timers: 3,
+            drift: DriftReport {
+                gateways: [(
+                    GatewayId::parse("gw-1").unwrap(),
+                    DriftCount {
+                        agents: 3,
+                        drifted: 2,
+                    },
+                )]
+                .into(),
+                boards: [(
+                    BoardId::parse("b-1").unwrap(),
+                    DriftCount {
+                        agents: 1,
+                        drifted: 1,
+                    },
+                )]
+                .into(),
+            },
         });
+        assert!(text.contains("mission_control_agents_drifted{gateway=\"gw-1\"} 2"));
+        assert!(text.contains("mission_control_board_agents_drifted{board=\"b-1\"} 1"));
         assert!(text.contains("mission_control_transitions_total{reason=\"checked_in\"} 2"));
         assert!(text.contains("mission_control_agents{status=\"online\"} 2"));
         assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));

@@ -640,6 +640,7 @@ impl Lifecycle {
                 status: agent.status,
                 last_seen_at: agent.last_seen_at.unwrap_or(agent.updated_at),
                 lease_expires_at: agent.lease_expires_at,
+                drifted: agent.drifted(),
             }
         };
         let _ = self.shared.heartbeats.send(seen);
@@ -787,7 +788,7 @@ impl Lifecycle {
 
     /// The service's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        let (agents, timers) = {
+        let (agents, timers, drift) = {
             let engine = self.shared.engine();
             let mut agents = Status::ALL.map(|status| (status, 0usize));
             for agent in engine.agents() {
@@ -795,7 +796,7 @@ impl Lifecycle {
                     slot.1 += 1;
                 }
             }
-            (agents, engine.timer_count())
+            (agents, engine.timer_count(), engine.drift())
         };
         self.shared.metrics.render(&metrics::Gauges {
             agents,
@@ -806,6 +807,7 @@ impl Lifecycle {
                 .load(std::sync::atomic::Ordering::Relaxed),
             database_reachable: *self.shared.database_reachable.borrow(),
             timers,
+            drift,
         })
     }
 

@@ -51,6 +51,7 @@ pub struct HeartbeatSeen {
     pub status: Status,
     pub last_seen_at: Timestamp,
     pub lease_expires_at: Option<Timestamp>,
+    pub drifted: bool,
 }
 
 impl HeartbeatSeen {
@@ -60,7 +61,7 @@ impl HeartbeatSeen {
             &self.gateway_id,
             self.board_id.as_ref(),
             self.status,
-        )
+        ) && (!filter.drifted || self.drifted)
     }
 }
 

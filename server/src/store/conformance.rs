@@ -23,6 +23,7 @@ macro_rules! store_conformance_tests {
             checkpoints_only_move_online_leases_forward,
             compaction_drops_old_events_and_keeps_the_revision,
             ping_answers,
+            rollouts_round_trip_with_their_events,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -138,6 +139,7 @@ impl<'a> Fixture<'a> {
             pending_retires: self.engine.pending_retires(&gateway()),
             tombstones: self.engine.tombstones(),
             revision: self.engine.revision(),
+            rollouts: self.engine.rollouts().into_iter().cloned().collect(),
         }
     }
 }
@@ -364,6 +366,52 @@ pub async fn compaction_drops_old_events_and_keeps_the_revision(store: &dyn Stor
     // Compacting everything keeps the last revision known.
     assert_eq!(store.compact(at(10_000)).await.unwrap(), 4);
     assert_eq!(store.load().await.unwrap().revision, 4);
+}
+
+pub async fn rollouts_round_trip_with_their_events(store: &dyn Store) {
+    use crate::engine::RolloutId;
+    use crate::engine::rollout::{Limit, RolloutSpec, RolloutState, Selection};
+    let mut f = Fixture::new(store).await;
+    for agent in ["a", "b", "c"] {
+        f.provision(at(1), agent).await;
+        f.check_in(at(2), agent).await;
+    }
+    let rollout = RolloutId::parse("r-1").unwrap();
+    let spec = RolloutSpec {
+        template_version: "2026.12".into(),
+        selection: Selection::Fleet {
+            gateway_id: Some(gateway()),
+            board_id: None,
+        },
+        max_in_flight: Limit::Count(2),
+        failure_budget: Limit::Percent(10),
+    };
+    f.run(at(3), |engine, batch| {
+        engine.start_rollout(batch, rollout.clone(), spec).unwrap();
+    })
+    .await
+    .unwrap();
+    let started = f.engine.rollout(&rollout).unwrap().clone();
+    assert_eq!(started.state, RolloutState::Running);
+    assert_eq!(f.store.load().await.unwrap(), f.state());
+
+    // A change rewrites it: the store holds the latest state only.
+    f.run(at(4), |engine, batch| {
+        engine.pause_rollout(batch, &rollout).unwrap();
+    })
+    .await
+    .unwrap();
+    let loaded = f.store.load().await.unwrap();
+    assert_eq!(loaded.rollouts.len(), 1);
+    assert_eq!(loaded.rollouts[0].state, RolloutState::Paused);
+    assert_eq!(loaded, f.state());
+
+    // The agent's history names the rollout that re-provisioned it.
+    let history = f.store.agent_history(&id("a"), None, 1).await.unwrap();
+    assert_eq!(history[0].reason, Reason::RolloutUpdate);
+    assert_eq!(history[0].rollout_id, Some(rollout));
+    let untouched = f.store.agent_history(&id("c"), None, 1).await.unwrap();
+    assert_eq!(untouched[0].rollout_id, None);
 }
 
 pub async fn ping_answers(store: &dyn Store) {

@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Candidate, LeaderInfo, Store, StoreError};
+use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, Status,
-    StoredState, Timestamp,
+    Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, RolloutId,
+    Status, StoredState, Timestamp,
 };
 
 /// One replica's handle on the in-memory data; [`MemoryStore::replica`]
@@ -53,6 +54,7 @@ struct State {
     gateways: BTreeMap<GatewayId, Gateway>,
     retires: BTreeSet<PendingRetire>,
     tombstones: BTreeMap<AgentId, u64>,
+    rollouts: BTreeMap<RolloutId, Rollout>,
     events: BTreeMap<u64, Event>,
     last_revision: u64,
     compacted_revision: u64,
@@ -173,6 +175,7 @@ impl Store for MemoryStore {
                 .map(|(id, g)| (id.clone(), *g))
                 .collect(),
             revision: state.last_revision,
+            rollouts: state.rollouts.values().cloned().collect(),
         })
     }
 
@@ -215,6 +218,9 @@ impl Store for MemoryStore {
         for (id, generation) in batch.tombstones() {
             let reached = state.tombstones.entry(id.clone()).or_default();
             *reached = (*reached).max(*generation);
+        }
+        for rollout in batch.rollout_writes() {
+            state.rollouts.insert(rollout.id.clone(), rollout.clone());
         }
         for event in batch.events() {
             state.last_revision = event.revision;

@@ -18,6 +18,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_leader_lease",
         include_str!("../../../migrations/0003_leader_lease.sql"),
     ),
+    (
+        "0004_rollouts",
+        include_str!("../../../migrations/0004_rollouts.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::{self, PgLease};
 use super::{Candidate, LeaderInfo, Store, StoreError, migrations};
+use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
-    PendingRetire, Reason, Role, Status, StoredState, Timestamp, TokenHash,
+    PendingRetire, Reason, Role, RolloutId, Status, StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -237,10 +238,15 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
         attempt: row.get::<_, i32>("attempt") as u32,
         error: row.get("error"),
         at: Timestamp::from_system_time(row.get("at")),
+        rollout_id: row
+            .get::<_, Option<String>>("rollout_id")
+            .map(RolloutId::parse)
+            .transpose()
+            .map_err(|e| corrupt("rollout id", &e.to_string()))?,
     })
 }
 
-const EVENT_COLUMNS: &str = "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent, previous_board_id";
+const EVENT_COLUMNS: &str = "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent, previous_board_id, rollout_id";
 
 const UPSERT_AGENTS: &str = "
 INSERT INTO agents (id, name, gateway_id, board_id, role, status, generation, wake_attempts,
@@ -381,6 +387,10 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(classify)?;
+        let rollouts = tx
+            .query("SELECT body FROM rollouts ORDER BY id", &[])
+            .await
+            .map_err(classify)?;
         let revision: i64 = tx
             .query_one(
                 "SELECT GREATEST((SELECT compacted_revision FROM event_history),
@@ -430,6 +440,13 @@ impl Store for PostgresStore {
                 })
                 .collect::<Result<_, StoreError>>()?,
             revision: revision as u64,
+            rollouts: rollouts
+                .iter()
+                .map(|row| {
+                    serde_json::from_value(row.get(0))
+                        .map_err(|e| StoreError::Corrupt(format!("rollout: {e}")))
+                })
+                .collect::<Result<_, StoreError>>()?,
         })
     }
 
@@ -464,6 +481,20 @@ impl Store for PostgresStore {
             .iter()
             .map(|e| e.previous_board_id.as_ref().map(BoardId::as_str))
             .collect();
+        let ev_rollout: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.rollout_id.as_ref().map(RolloutId::as_str))
+            .collect();
+        let rollouts: Vec<&Rollout> = batch.rollout_writes().collect();
+        let ro_id: Vec<&str> = rollouts.iter().map(|r| r.id.as_str()).collect();
+        let ro_state: Vec<&str> = rollouts.iter().map(|r| r.state.as_str()).collect();
+        let ro_created: Vec<SystemTime> = rollouts.iter().map(|r| time(r.created_at)).collect();
+        let ro_updated: Vec<SystemTime> = rollouts.iter().map(|r| time(r.updated_at)).collect();
+        let ro_body: Vec<serde_json::Value> = rollouts
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Other(format!("encoding a rollout: {e}")))?;
         let ev_agent: Vec<serde_json::Value> = events
             .iter()
             .map(|e| serde_json::to_value(&e.agent))
@@ -493,7 +524,7 @@ impl Store for PostgresStore {
             "INSERT INTO agent_events ({EVENT_COLUMNS})
              SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::int4[], $7::text[], $8::timestamptz[], $9::jsonb[],
-                                  $10::text[])"
+                                  $10::text[], $11::text[])"
         );
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
         // First: this replica must still be the leader.
@@ -527,7 +558,18 @@ impl Store for PostgresStore {
                     &ev_at,
                     &ev_agent,
                     &ev_previous_board,
+                    &ev_rollout,
                 ],
+            ));
+        }
+        if !rollouts.is_empty() {
+            statements.push((
+                "INSERT INTO rollouts (id, state, created_at, updated_at, body)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
+                                      $4::timestamptz[], $5::jsonb[])
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
+                     updated_at = EXCLUDED.updated_at, body = EXCLUDED.body",
+                vec![&ro_id, &ro_state, &ro_created, &ro_updated, &ro_body],
             ));
         }
         if !added.0.is_empty() {

@@ -142,6 +142,10 @@ pub struct Filters {
     /// Any of these statuses (repeat the flag or separate with commas).
     #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
     pub status: Vec<Status>,
+    /// Only agents whose reported template version differs from the desired
+    /// one, or that never reported one.
+    #[arg(long)]
+    pub drifted: bool,
 }
 
 #[derive(Debug, Args)]

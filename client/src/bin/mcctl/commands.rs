@@ -113,6 +113,7 @@ pub async fn list(ctx: &Context, filters: &Filters) -> Result<(), Failure> {
         gateway_id: filters.gateway.clone(),
         board_id: filters.board.clone(),
         statuses: filters.statuses(),
+        drifted: filters.drifted,
         ..ListAgentsRequest::default()
     };
     let agents = ctx.operator.list(request).await?;

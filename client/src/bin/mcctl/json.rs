@@ -55,6 +55,7 @@ pub fn event(event: &AgentEvent) -> Value {
         "error": event.error,
         "previous_status": names::status(event.previous_status),
         "at": rfc3339_or_null(&event.at),
+        "rollout_id": event.rollout_id,
         "agent": event.agent.as_ref().map_or(Value::Null, agent),
     })
 }

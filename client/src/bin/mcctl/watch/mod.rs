@@ -41,6 +41,7 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> Result<(), Failure> {
         agent_id: args.agent,
         gateway_id: args.filters.gateway,
         board_id: args.filters.board,
+        drifted: args.filters.drifted,
         start_revision: args.since,
         // The table's LAST SEEN column needs them; lines only on request.
         include_heartbeats: args.heartbeats || live_table,

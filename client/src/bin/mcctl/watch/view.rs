@@ -21,6 +21,7 @@ pub struct Filter {
     gateway_id: String,
     board_id: String,
     statuses: Vec<i32>,
+    drifted: bool,
 }
 
 impl Filter {
@@ -30,6 +31,7 @@ impl Filter {
             gateway_id: request.gateway_id.clone(),
             board_id: request.board_id.clone(),
             statuses: request.statuses.clone(),
+            drifted: request.drifted,
         }
     }
 
@@ -39,7 +41,14 @@ impl Filter {
             && field(&self.gateway_id, &agent.gateway_id)
             && field(&self.board_id, &agent.board_id)
             && (self.statuses.is_empty() || self.statuses.contains(&agent.status))
+            && (!self.drifted || drifted(agent))
     }
+}
+
+/// As the service judges drift: another version reported, or none.
+fn drifted(agent: &Agent) -> bool {
+    agent.reported_template_version.is_empty()
+        || agent.reported_template_version != agent.desired_template_version
 }
 
 /// The agents currently matching the watch, kept up to date by its messages.

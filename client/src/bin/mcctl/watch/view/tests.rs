@@ -102,6 +102,33 @@ fn agents_leaving_the_status_filter_leave_the_table() {
 }
 
 #[test]
+fn agents_that_catch_up_leave_a_drift_table() {
+    let filter = Filter::of(&WatchAgentRequest {
+        drifted: true,
+        ..Default::default()
+    });
+    let mut fleet = Fleet::new(filter, 4);
+    let mut stale = agent("a", AgentStatus::Online);
+    stale.desired_template_version = "v2".into();
+    stale.reported_template_version = "v1".into();
+    fleet.apply(&event(
+        5,
+        EventType::Changed,
+        TransitionReason::Updated,
+        stale.clone(),
+    ));
+    assert_eq!(ids(&fleet), ["a"]);
+    stale.reported_template_version = "v2".into();
+    fleet.apply(&event(
+        6,
+        EventType::Changed,
+        TransitionReason::CheckedIn,
+        stale,
+    ));
+    assert!(ids(&fleet).is_empty());
+}
+
+#[test]
 fn heartbeats_refresh_last_seen() {
     let mut fleet = Fleet::new(Filter::default(), 1);
     fleet.apply(&event(
@@ -147,6 +174,7 @@ fn lines_show_transitions_attempts_and_errors() {
             nanos: 0,
         }),
         agent: Some(agent("sim-0001", AgentStatus::Offline)),
+        rollout_id: String::new(),
     };
     assert_eq!(
         line(&message(Kind::Event(missed.clone()))).unwrap(),

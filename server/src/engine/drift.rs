@@ -1,0 +1,54 @@
+//! Template drift: agents that run another template than they should.
+
+use std::collections::BTreeMap;
+
+use super::Engine;
+use super::model::{BoardId, GatewayId};
+
+/// How many agents a gateway or board holds, and how many of them drifted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriftCount {
+    pub agents: usize,
+    pub drifted: usize,
+}
+
+/// Drift counts per gateway and per board (agents without a board count
+/// for their gateway only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftReport {
+    pub gateways: BTreeMap<GatewayId, DriftCount>,
+    pub boards: BTreeMap<BoardId, DriftCount>,
+}
+
+impl DriftReport {
+    pub fn drifted(&self) -> usize {
+        self.gateways.values().map(|count| count.drifted).sum()
+    }
+}
+
+impl Engine {
+    /// Counts drifted agents per gateway and board. Registered gateways
+    /// without agents are listed with zero counts.
+    pub fn drift(&self) -> DriftReport {
+        let mut report = DriftReport {
+            gateways: self
+                .gateways
+                .keys()
+                .map(|id| (id.clone(), DriftCount::default()))
+                .collect(),
+            boards: BTreeMap::new(),
+        };
+        for agent in self.agents.values() {
+            let drifted = usize::from(agent.drifted());
+            let count = |slot: &mut DriftCount| {
+                slot.agents += 1;
+                slot.drifted += drifted;
+            };
+            count(report.gateways.entry(agent.gateway_id.clone()).or_default());
+            if let Some(board) = &agent.board_id {
+                count(report.boards.entry(board.clone()).or_default());
+            }
+        }
+        report
+    }
+}
