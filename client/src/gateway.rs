@@ -24,9 +24,18 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! The service sends a command again, with the same command id, when it was
+//! not acknowledged: on the next stream after a reconnect, or on the same
+//! stream after its acknowledgement timeout. The stream shows each command
+//! id once; a copy of a command already acknowledged is answered again with
+//! the same outcome by this library, and a copy of one still being handled
+//! is dropped. Acknowledge every command (an [`Ack`] dropped unanswered
+//! leaves later copies dropped until the service gives up on it).
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -86,6 +95,8 @@ pub struct Ack {
     /// Set when the session the command came on has ended, before the
     /// stream reports it, so an ack after `Disconnected` always fails.
     session_ended: Arc<AtomicBool>,
+    /// Where the outcome is remembered, to answer copies of the command.
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Ack {
@@ -113,22 +124,79 @@ impl Ack {
     }
 
     async fn send(self, outcome: AckOutcome, error: String) -> Result<(), Error> {
+        // Remembered even if this stream is gone: the copy the service
+        // sends on the next one is answered with it.
+        self.seen
+            .lock()
+            .expect("seen commands lock")
+            .answered(&self.command_id, outcome, &error);
         if self.session_ended.load(Ordering::Acquire) {
             return Err(Error::AckNotSent);
         }
-        let message = GatewayMessage {
-            message: Some(gateway_message::Message::Ack(CommandAck {
-                command_id: self.command_id,
-                outcome: outcome.into(),
-                error,
-            })),
-        };
+        let message = ack_message(self.command_id, outcome, error);
         // If the connection is gone, so is the command: the service's
         // deadlines cover it, but the caller may want to know.
         self.replies
             .send(message)
             .await
             .map_err(|_| Error::AckNotSent)
+    }
+}
+
+fn ack_message(command_id: String, outcome: AckOutcome, error: String) -> GatewayMessage {
+    GatewayMessage {
+        message: Some(gateway_message::Message::Ack(CommandAck {
+            command_id,
+            outcome: outcome.into(),
+            error,
+        })),
+    }
+}
+
+/// Command ids this many commands back are forgotten: twice as many as the
+/// service keeps unacknowledged for one gateway (8192), so any copy it can
+/// still send is recognised.
+const REMEMBERED_COMMANDS: usize = 16_384;
+
+/// Command ids seen lately, across reconnects, with the outcome sent for
+/// each (`None`: the application is still handling it).
+#[derive(Debug, Default)]
+struct Seen {
+    outcomes: HashMap<String, Option<(AckOutcome, String)>>,
+    order: VecDeque<String>,
+}
+
+/// What to do with a command that arrived.
+enum Arrival {
+    New,
+    /// A copy of one already answered: answer it again.
+    Answered(AckOutcome, String),
+    /// A copy of one the application is still handling.
+    InHand,
+}
+
+impl Seen {
+    fn arrived(&mut self, command_id: &str) -> Arrival {
+        match self.outcomes.get(command_id) {
+            Some(Some((outcome, error))) => Arrival::Answered(*outcome, error.clone()),
+            Some(None) => Arrival::InHand,
+            None => {
+                if self.order.len() >= REMEMBERED_COMMANDS
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.outcomes.remove(&oldest);
+                }
+                self.order.push_back(command_id.to_owned());
+                self.outcomes.insert(command_id.to_owned(), None);
+                Arrival::New
+            }
+        }
+    }
+
+    fn answered(&mut self, command_id: &str, outcome: AckOutcome, error: &str) {
+        if let Some(slot) = self.outcomes.get_mut(command_id) {
+            *slot = Some((outcome, error.to_owned()));
+        }
     }
 }
 
@@ -221,8 +289,11 @@ impl GatewayClient {
     }
 
     async fn run(mut self, events: mpsc::Sender<GatewayEvent>) {
+        // One memory of command ids per stream of events, kept across its
+        // reconnects.
+        let seen = Arc::new(Mutex::new(Seen::default()));
         loop {
-            let (error, was_connected) = match self.session(&events).await {
+            let (error, was_connected) = match self.session(&events, &seen).await {
                 Ok(()) => return, // the consumer went away
                 Err(failure) => failure,
             };
@@ -249,9 +320,13 @@ impl GatewayClient {
 
     /// One connection. `Ok` when the consumer has gone; otherwise why it
     /// ended and whether it had been established.
-    async fn session(&mut self, events: &mpsc::Sender<GatewayEvent>) -> Result<(), (Error, bool)> {
+    async fn session(
+        &mut self,
+        events: &mpsc::Sender<GatewayEvent>,
+        seen: &Arc<Mutex<Seen>>,
+    ) -> Result<(), (Error, bool)> {
         let (index, channel) = self.endpoints.pick();
-        let result = self.session_on(channel, events).await;
+        let result = self.session_on(channel, events, seen).await;
         if let Err((Error::Status(status), _)) = &result {
             self.endpoints.report(index, status);
         }
@@ -262,6 +337,7 @@ impl GatewayClient {
         &mut self,
         channel: Channel,
         events: &mpsc::Sender<GatewayEvent>,
+        seen: &Arc<Mutex<Seen>>,
     ) -> Result<(), (Error, bool)> {
         let ended = SessionEnded::default();
         let (replies, outbound) = mpsc::channel(64);
@@ -283,10 +359,27 @@ impl GatewayClient {
                     return Err((Error::Status(closed), connected));
                 }
             };
+            if matches!(message.command, Some(Command::Wake(_) | Command::Retire(_))) {
+                let arrival = seen
+                    .lock()
+                    .expect("seen commands lock")
+                    .arrived(&message.command_id);
+                match arrival {
+                    Arrival::New => {}
+                    Arrival::InHand => continue,
+                    Arrival::Answered(outcome, error) => {
+                        let again = ack_message(message.command_id, outcome, error);
+                        // If the stream is gone, the next one gets a copy.
+                        let _ = replies.send(again).await;
+                        continue;
+                    }
+                }
+            }
             let ack = Ack {
                 command_id: message.command_id,
                 replies: replies.clone(),
                 session_ended: ended.0.clone(),
+                seen: seen.clone(),
             };
             let event = match message.command {
                 Some(Command::Connected(hello)) => {

@@ -24,7 +24,11 @@ async fn server() -> (App, OperatorClient) {
 }
 
 async fn server_with_lease(lease_ttl: &str) -> (App, OperatorClient) {
-    let config = Config::parse_from([
+    server_with(lease_ttl, &[]).await
+}
+
+async fn server_with(lease_ttl: &str, flags: &[&str]) -> (App, OperatorClient) {
+    let defaults = [
         "mission-control",
         "--dev",
         "--listen",
@@ -35,7 +39,8 @@ async fn server_with_lease(lease_ttl: &str) -> (App, OperatorClient) {
         lease_ttl,
         "--drain-timeout",
         "1s",
-    ]);
+    ];
+    let config = Config::parse_from(defaults.iter().chain(flags));
     let app = App::start(&config).await.expect("the server starts");
     let operator = OperatorClient::connect(&format!("http://{}", app.addr())).unwrap();
     (app, operator)
@@ -381,5 +386,91 @@ async fn a_failed_ack_is_recorded_and_an_ack_on_a_lost_stream_says_so() {
     }
     let sent = ack.delivered().await;
     assert!(matches!(sent, Err(Error::AckNotSent)), "{sent:?}");
+    app.shutdown().await;
+}
+
+/// Polls a server metric until `holds` accepts its value, bounded.
+async fn metric_reaches(app: &App, name: &str, holds: impl Fn(u64) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = app.lifecycle().render_metrics();
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+        if value.is_some_and(&holds) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stuck at {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_command_are_shown_once_and_answered_with_the_outcome_given() {
+    let (app, operator) = server_with("5s", &["--gateway-ack-timeout", "200ms"]).await;
+    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let mut proxy = Proxy::start(app.addr()).await;
+    let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
+        .unwrap()
+        .with_backoff(fast_backoff())
+        .with_reconnect_spread(Duration::from_millis(5))
+        .events();
+    assert!(matches!(
+        next_event(&mut events).await,
+        GatewayEvent::Connected { .. }
+    ));
+
+    // Unanswered past the ack timeout: the service sends copies on the open
+    // stream; the application sees the command once.
+    operator.wake("a1").await.unwrap();
+    let GatewayEvent::Wake { command, ack } = next_event(&mut events).await else {
+        panic!("expected the wake");
+    };
+    metric_reaches(&app, "mission_control_gateway_commands_resent_total", |n| {
+        n >= 2
+    })
+    .await;
+    ack.delivered().await.expect("ack sent");
+    metric_reaches(&app, "mission_control_gateway_commands_pending", |n| n == 0).await;
+
+    // Answered on a stream that is gone: the copy on the next stream is
+    // answered by the library with the same outcome, not shown.
+    operator.wake("a1").await.unwrap();
+    let GatewayEvent::Wake {
+        command: second,
+        ack,
+    } = next_event(&mut events).await
+    else {
+        panic!("expected the second wake");
+    };
+    assert_eq!(second.generation, command.generation + 1);
+    proxy.cut().await;
+    loop {
+        if let GatewayEvent::Disconnected { .. } = next_event(&mut events).await {
+            break;
+        }
+    }
+    assert!(matches!(ack.delivered().await, Err(Error::AckNotSent)));
+    proxy.restore().await;
+    loop {
+        match next_event(&mut events).await {
+            GatewayEvent::Connected { .. } => break,
+            GatewayEvent::Disconnected { .. } => {}
+            other => panic!("no command is shown twice: {other:?}"),
+        }
+    }
+    metric_reaches(&app, "mission_control_gateway_commands_pending", |n| n == 0).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
+        "the copy was answered, not shown"
+    );
+    let agent = operator.get("a1").await.unwrap();
+    assert_eq!(agent.wake_attempts, 1, "delivered, not failed: {agent:?}");
+    assert_eq!(agent.last_provision_error, "");
     app.shutdown().await;
 }

@@ -14,7 +14,7 @@ use crate::store::PoolSettings;
 /// A batch holds at most `max_batch` commands and as many timers and
 /// recorded heartbeats together, one event each (wake failures are commands
 /// too): a watcher's buffer must hold a whole batch.
-const MIN_WATCH_BUFFER: usize = 2 * 512;
+const MIN_WATCH_BUFFER: usize = 2 * crate::runtime::MAX_BATCH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -52,26 +52,33 @@ pub struct Config {
     #[arg(long)]
     pub dev: bool,
 
+    // The policy's defaults come from `Policy::DEFAULT`, their one source.
     /// How long an agent has to check in after each wake.
-    #[arg(long, env = "MC_CHECKIN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub checkin_deadline: Duration,
+    #[arg(long, env = "MC_CHECKIN_DEADLINE", default_value_t = Policy::DEFAULT.checkin_deadline.into())]
+    pub checkin_deadline: humantime::Duration,
 
     /// Wakes without a check-in before the agent is marked offline.
-    #[arg(long, env = "MC_MAX_WAKE_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "MC_MAX_WAKE_ATTEMPTS", default_value_t = Policy::DEFAULT.max_wake_attempts)]
     pub max_wake_attempts: u32,
 
-    /// How often an online agent is told to heartbeat (jittered down by up to 20%).
-    #[arg(long, env = "MC_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Duration,
+    /// How often an online agent is told to heartbeat (jittered down by up
+    /// to --heartbeat-jitter of it).
+    #[arg(long, env = "MC_HEARTBEAT_INTERVAL", default_value_t = Policy::DEFAULT.heartbeat_interval.into())]
+    pub heartbeat_interval: humantime::Duration,
+
+    /// The share of the heartbeat interval taken off at random (0.0-1.0
+    /// exclusive), so a fleet woken together does not beat together.
+    #[arg(long, env = "MC_HEARTBEAT_JITTER", default_value_t = Policy::DEFAULT.heartbeat_jitter)]
+    pub heartbeat_jitter: f64,
 
     /// An online agent without a heartbeat for this long goes offline ("lease expired").
-    #[arg(long, env = "MC_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: Duration,
+    #[arg(long, env = "MC_LEASE_TTL", default_value_t = Policy::DEFAULT.lease_ttl.into())]
+    pub lease_ttl: humantime::Duration,
 
     /// Deadlines that passed while the service was down move this far past
     /// the start, plus a spread of up to the same again.
-    #[arg(long, env = "MC_RESTART_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub restart_grace: Duration,
+    #[arg(long, env = "MC_RESTART_GRACE", default_value_t = Policy::DEFAULT.restart_grace.into())]
+    pub restart_grace: humantime::Duration,
 
     /// Start a wake cycle when an online agent's lease expires.
     #[arg(long, env = "MC_WAKE_ON_LEASE_EXPIRY")]
@@ -101,6 +108,13 @@ pub struct Config {
     /// How often an idle watch stream gets a bookmark.
     #[arg(long, env = "MC_WATCH_BOOKMARK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub watch_bookmark_interval: Duration,
+
+    /// A command (wake, retire) a gateway has not acknowledged within this
+    /// is sent again on its open stream, with the same command id (a new
+    /// stream gets it at once). A third of the default check-in deadline: a
+    /// lost wake still reaches the agent well before its deadline.
+    #[arg(long, env = "MC_GATEWAY_ACK_TIMEOUT", default_value_t = crate::runtime::GATEWAY_ACK_TIMEOUT.into())]
+    pub gateway_ack_timeout: humantime::Duration,
 
     /// Postgres connections in the pool.
     #[arg(long, env = "MC_DATABASE_CONNECTIONS", default_value_t = 16)]
@@ -223,13 +237,13 @@ impl Config {
 
     pub fn policy(&self) -> Result<Policy, PolicyError> {
         let policy = Policy {
-            checkin_deadline: self.checkin_deadline,
+            checkin_deadline: self.checkin_deadline.into(),
             max_wake_attempts: self.max_wake_attempts,
-            heartbeat_interval: self.heartbeat_interval,
-            lease_ttl: self.lease_ttl,
-            restart_grace: self.restart_grace,
+            heartbeat_interval: self.heartbeat_interval.into(),
+            heartbeat_jitter: self.heartbeat_jitter,
+            lease_ttl: self.lease_ttl.into(),
+            restart_grace: self.restart_grace.into(),
             wake_on_lease_expiry: self.wake_on_lease_expiry,
-            ..Policy::default()
         };
         policy.validate()?;
         Ok(policy)
@@ -241,6 +255,7 @@ impl Config {
             ("--checkpoint-interval", self.checkpoint_interval),
             ("--compaction-interval", self.compaction_interval),
             ("--watch-bookmark-interval", self.watch_bookmark_interval),
+            ("--gateway-ack-timeout", self.gateway_ack_timeout.into()),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be greater than zero"));
@@ -270,6 +285,7 @@ impl Config {
             bookmark_interval: self.watch_bookmark_interval,
             max_watches: self.max_watches,
             leader_lease: self.leader_lease,
+            gateway_ack_timeout: self.gateway_ack_timeout.into(),
             ..Settings::default()
         })
     }
@@ -379,12 +395,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_the_reference_policy() {
+    fn the_flags_default_to_the_policy_and_override_it() {
         let config = Config::dev();
-        let policy = config.policy().unwrap();
-        assert_eq!(policy.checkin_deadline, Duration::from_secs(30));
-        assert_eq!(policy.max_wake_attempts, 3);
+        assert_eq!(config.policy().unwrap(), Policy::DEFAULT);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.max_batch, crate::runtime::MAX_BATCH);
+
+        let set = Config::try_parse_from([
+            "mission-control",
+            "--dev",
+            "--checkin-deadline",
+            "45s",
+            "--heartbeat-jitter",
+            "0.5",
+        ])
+        .unwrap()
+        .policy()
+        .unwrap();
+        assert_eq!(set.checkin_deadline, Duration::from_secs(45));
+        assert_eq!(set.heartbeat_jitter, 0.5);
+        assert_eq!(set.max_wake_attempts, Policy::DEFAULT.max_wake_attempts);
+        let bad = Config::try_parse_from(["mission-control", "--dev", "--heartbeat-jitter", "1.5"]);
+        assert_eq!(bad.unwrap().policy().unwrap_err(), PolicyError::Jitter);
     }
 
     #[test]

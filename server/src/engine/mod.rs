@@ -262,6 +262,11 @@ impl Engine {
             .collect()
     }
 
+    /// Whether the gateway still has to retire this agent.
+    pub fn retire_pending(&self, retire: &PendingRetire) -> bool {
+        self.pending_retires.contains(retire)
+    }
+
     /// Deleted agent ids and the generation each reached, in id order.
     pub fn tombstones(&self) -> Vec<(AgentId, u64)> {
         let mut tombstones: Vec<_> = self

@@ -1,5 +1,7 @@
 //! The convergence policy: how long an agent has to check in, how often it is
-//! woken, how long its lease lasts. Defaults are the reference's numbers.
+//! woken, how long its lease lasts. [`Policy::DEFAULT`] is the one place its
+//! defaults live (the seed system's numbers): the binary's flags take their
+//! defaults from it and only override them.
 
 use std::time::Duration;
 
@@ -24,17 +26,24 @@ pub struct Policy {
     pub heartbeat_jitter: f64,
 }
 
+impl Policy {
+    /// The defaults: 30 s to check in after each wake, 3 wakes, as the seed
+    /// system does; a 10 s heartbeat with up to 20% jitter and a 30 s lease
+    /// (three missed beats), a 30 s restart grace.
+    pub const DEFAULT: Policy = Policy {
+        checkin_deadline: Duration::from_secs(30),
+        max_wake_attempts: 3,
+        heartbeat_interval: Duration::from_secs(10),
+        lease_ttl: Duration::from_secs(30),
+        restart_grace: Duration::from_secs(30),
+        wake_on_lease_expiry: false,
+        heartbeat_jitter: 0.2,
+    };
+}
+
 impl Default for Policy {
     fn default() -> Self {
-        Self {
-            checkin_deadline: Duration::from_secs(30),
-            max_wake_attempts: 3,
-            heartbeat_interval: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(30),
-            restart_grace: Duration::from_secs(30),
-            wake_on_lease_expiry: false,
-            heartbeat_jitter: 0.2,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -87,5 +96,26 @@ impl Policy {
     /// does not fire the whole fleet at once.
     pub fn grace_offset(&self, unit: f64) -> Duration {
         self.restart_grace + self.restart_grace.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed system's policy. Changing a default is a decision: this
+    /// test says which numbers operators get unless they set a flag.
+    #[test]
+    fn the_defaults_are_pinned() {
+        let policy = Policy::default();
+        assert_eq!(policy, Policy::DEFAULT);
+        assert_eq!(policy.checkin_deadline, Duration::from_secs(30));
+        assert_eq!(policy.max_wake_attempts, 3);
+        assert_eq!(policy.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(policy.lease_ttl, Duration::from_secs(30));
+        assert_eq!(policy.restart_grace, Duration::from_secs(30));
+        assert!(!policy.wake_on_lease_expiry);
+        assert_eq!(policy.heartbeat_jitter, 0.2);
+        assert_eq!(policy.validate(), Ok(()));
     }
 }

@@ -39,8 +39,11 @@ impl Engine {
         generation: u64,
         attempt: u32,
     ) {
-        // Notes name the task as it was armed, like the reference's queue.
-        let note = |batch: &mut Batch, kind, deadline| {
+        // A skip names the task as it was armed; every other note names the
+        // agent as the decision left it, so `retriggered` and
+        // `queue.worker.success` carry the new attempt with its own deadline,
+        // as the transition logged beside them does.
+        let note = |batch: &mut Batch, kind, attempt, deadline| {
             batch.notes.push(Note {
                 kind,
                 agent_id: timer.agent_id.clone(),
@@ -50,11 +53,17 @@ impl Engine {
             })
         };
         let Some(agent) = self.current(batch, &timer.agent_id) else {
-            note(batch, NoteKind::SkipMissingAgent, Some(timer.at));
+            note(batch, NoteKind::SkipMissingAgent, attempt, Some(timer.at));
             return;
         };
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);
-        note(batch, verdict, agent.checkin_deadline_at.or(Some(timer.at)));
+        let verdict_at = batch.notes.len();
+        note(
+            batch,
+            verdict,
+            attempt,
+            agent.checkin_deadline_at.or(Some(timer.at)),
+        );
         let after = match verdict {
             NoteKind::Deferred => {
                 let at = agent
@@ -69,6 +78,9 @@ impl Engine {
             NoteKind::Retriggered => {
                 let mut next = agent.clone();
                 self.send_wake(batch, &mut next);
+                let retriggered = &mut batch.notes[verdict_at];
+                retriggered.attempt = next.wake_attempts;
+                retriggered.deadline = next.checkin_deadline_at;
                 let change = Change::changed(&agent, Reason::DeadlineMissed, next.wake_attempts);
                 self.stage(batch, change, next)
             }
@@ -82,7 +94,17 @@ impl Engine {
             }
             _ => agent,
         };
-        note(batch, NoteKind::WorkerSuccess, after.checkin_deadline_at);
+        let attempt = if after.generation == generation {
+            after.wake_attempts
+        } else {
+            attempt
+        };
+        note(
+            batch,
+            NoteKind::WorkerSuccess,
+            attempt,
+            after.checkin_deadline_at,
+        );
     }
 
     /// Decides what a fired check-in timer means for the agent as it is now.

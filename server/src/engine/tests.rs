@@ -165,6 +165,21 @@ fn three_missed_deadlines_mean_three_wakes_then_offline_at_the_right_instants() 
     );
     assert_eq!(h.agent("a").checkin_deadline_at, Some(t(60)));
     assert_eq!(h.agent("a").status, Status::Provisioning);
+    // Every note agrees with the transition: attempt 2, its own deadline.
+    let fields: Vec<_> = second
+        .notes
+        .iter()
+        .map(|n| (n.kind, n.attempt, n.deadline))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (NoteKind::Retriggered, 2, Some(t(60))),
+            (NoteKind::Enqueued, 2, Some(t(60))),
+            (NoteKind::WorkerSuccess, 2, Some(t(60))),
+        ]
+    );
+    assert_eq!(second.events[0].attempt, 2);
 
     let third = h.advance_to(t(60));
     assert_eq!(wakes(&third), [("a".into(), 1, 3)]);

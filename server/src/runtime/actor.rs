@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::gateways::{CloseReason, GatewayCommand};
+use super::gateways::{CloseReason, Delivery, GatewayCommand};
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
 use crate::engine::{
-    Agent, AgentId, Batch, Effect, Engine, EngineError, GatewayRegistered, GatewaySpec, Note,
-    NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, Timestamp, TokenHash,
+    Agent, AgentId, Batch, Effect, Engine, EngineError, EventKind, GatewayRegistered, GatewaySpec,
+    Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, Timestamp, TokenHash,
 };
 use crate::store::StoreError;
 
@@ -359,7 +359,10 @@ impl Actor {
                 attempt = event.attempt,
                 revision = event.revision,
                 from = event.previous_status.map(|s| s.as_str()),
-                to = event.agent.status.as_str(),
+                to = match event.kind {
+                    EventKind::Deleted => "deleted",
+                    _ => event.agent.status.as_str(),
+                },
                 reason = event.reason.as_str(),
                 error = event.error.as_deref(),
                 "lifecycle.transition"
@@ -377,22 +380,33 @@ impl Actor {
                     let gateway = order.gateway_id.clone();
                     let (agent_id, generation, attempt) =
                         (order.agent_id.clone(), order.generation, order.attempt);
-                    match self.shared.hub.send(&gateway, GatewayCommand::Wake(order)) {
-                        Ok(()) => {
+                    let now = Instant::now();
+                    let delivery = self
+                        .shared
+                        .hub
+                        .send(&gateway, GatewayCommand::Wake(order), now);
+                    let error = match delivery {
+                        Ok(Delivery::Sent(command_id)) => {
                             Metrics::add(&self.shared.metrics.wakes_sent);
-                            tracing::debug!(%agent_id, generation, attempt, "lifecycle.wake.sent")
+                            tracing::debug!(%agent_id, generation, attempt, command_id, "lifecycle.wake.sent");
+                            continue;
                         }
-                        Err(error) => {
-                            Metrics::add(&self.shared.metrics.wakes_failed);
-                            tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
-                            self.followups.push(Command::WakeFailed {
-                                agent_id,
-                                generation,
-                                attempt,
-                                error: error.to_string(),
-                            });
+                        Ok(Delivery::Held(command_id)) => {
+                            // Not held for a later stream: the wake counts
+                            // as failed, as the policy says.
+                            self.shared.hub.forget(&gateway, command_id);
+                            format!("gateway {gateway} is not connected")
                         }
-                    }
+                        Err(error) => error.to_string(),
+                    };
+                    Metrics::add(&self.shared.metrics.wakes_failed);
+                    tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
+                    self.followups.push(Command::WakeFailed {
+                        agent_id,
+                        generation,
+                        attempt,
+                        error,
+                    });
                 }
                 Effect::DisconnectGateway(gateway) => {
                     self.shared.hub.evict(&gateway, CloseReason::TokenRotated);
@@ -400,12 +414,15 @@ impl Actor {
                 }
                 Effect::Retire(retire) => {
                     let gateway = retire.gateway_id.clone();
-                    if let Err(error) = self
-                        .shared
-                        .hub
-                        .send(&gateway, GatewayCommand::Retire(retire))
-                    {
-                        tracing::info!(%error, "retire command kept until the gateway connects");
+                    let retire = GatewayCommand::Retire(retire);
+                    match self.shared.hub.send(&gateway, retire, Instant::now()) {
+                        Ok(Delivery::Sent(_)) => {}
+                        Ok(Delivery::Held(_)) => {
+                            tracing::info!(gateway_id = %gateway, "retire command kept until the gateway connects")
+                        }
+                        Err(error) => {
+                            tracing::info!(%error, "retire command kept until the gateway connects again")
+                        }
                     }
                 }
             }

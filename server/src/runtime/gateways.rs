@@ -1,23 +1,35 @@
-//! Connected gateways: one command stream each, and the commands each has
-//! been sent but not yet acknowledged.
+//! Connected gateways: one command stream each, and each gateway's outbox
+//! of commands given and not yet acknowledged (see the `outbox` module).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::engine::{AgentId, GatewayId, PendingRetire, Timestamp, WakeOrder};
+use super::outbox::{Commands, Outbox, Outgoing};
+use crate::engine::{GatewayId, PendingRetire, Timestamp, WakeOrder};
 
-/// Commands queued for one gateway beyond this are refused: the gateway is
+/// Commands queued for one stream beyond this are refused: the gateway is
 /// not keeping up, and the wake counts as failed.
 const QUEUE: usize = 1024;
-/// Unacknowledged commands beyond this are refused likewise.
+/// Unacknowledged commands per gateway beyond this are refused likewise.
 const MAX_UNACKED: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayCommand {
     Wake(WakeOrder),
     Retire(PendingRetire),
+}
+
+impl GatewayCommand {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayCommand::Wake(_) => "wake",
+            GatewayCommand::Retire(_) => "retire",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -40,141 +52,300 @@ pub enum CloseReason {
     NotLeader,
 }
 
-/// What a sent command was, for matching its acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sent {
-    Wake {
-        agent_id: AgentId,
-        generation: u64,
-        attempt: u32,
-    },
-    Retire(PendingRetire),
+/// Where a command given to a gateway went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Out on the gateway's stream, awaiting its acknowledgement.
+    Sent(u64),
+    /// The gateway is not connected: kept, and sent when it connects.
+    Held(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    #[error("gateway {0} is not connected")]
-    NotConnected(GatewayId),
     #[error("gateway {0} is not keeping up with its commands")]
     Backlogged(GatewayId),
+}
+
+/// A newly opened stream.
+pub struct Connection {
+    pub session: u64,
+    pub commands: mpsc::Receiver<Outbound>,
+    /// The session this one replaced, if the gateway was still connected.
+    pub replaced: Option<u64>,
 }
 
 struct Session {
     id: u64,
     tx: mpsc::Sender<Outbound>,
     connected_since: Timestamp,
-    unacked: HashMap<u64, Sent>,
 }
 
-#[derive(Default)]
+struct State {
+    sessions: HashMap<GatewayId, Session>,
+    outboxes: HashMap<GatewayId, Outbox>,
+    /// Command and session ids; see [`GatewayHub::new`].
+    next_id: u64,
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
 pub struct GatewayHub {
-    sessions: Mutex<HashMap<GatewayId, Session>>,
-    next_id: Mutex<u64>,
+    state: Mutex<State>,
+}
+
+impl Default for GatewayHub {
+    fn default() -> Self {
+        let now = Timestamp::from_system_time(std::time::SystemTime::now());
+        Self::new(now.as_micros().max(0) as u64)
+    }
 }
 
 impl GatewayHub {
-    fn next_id(&self) -> u64 {
-        let mut next = self.next_id.lock().expect("gateway hub lock");
-        *next += 1;
-        *next
+    /// Ids count up from `first_id`. The default starts at the wall clock's
+    /// microseconds, so a restarted or new leader never reuses a command id
+    /// a gateway has seen (gateways drop commands whose id they know).
+    pub fn new(first_id: u64) -> Self {
+        Self {
+            state: Mutex::new(State {
+                sessions: HashMap::new(),
+                outboxes: HashMap::new(),
+                next_id: first_id,
+            }),
+        }
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<GatewayId, Session>> {
-        self.sessions.lock().expect("gateway hub lock")
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("gateway hub lock")
     }
 
-    /// Opens a session, replacing (and ending) any older one.
-    pub fn connect(&self, gateway: &GatewayId, now: Timestamp) -> (u64, mpsc::Receiver<Outbound>) {
+    /// Opens a session, replacing (and ending) any older one. Pending
+    /// commands are not sent here: see [`GatewayHub::redeliver`].
+    pub fn connect(&self, gateway: &GatewayId, now: Timestamp) -> Connection {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let id = self.next_id();
+        let mut state = self.state();
+        let id = state.next_id();
         let session = Session {
             id,
             tx,
             connected_since: now,
-            unacked: HashMap::new(),
         };
-        if let Some(old) = self.sessions().insert(gateway.clone(), session) {
+        let replaced = state.sessions.insert(gateway.clone(), session).map(|old| {
             // Best effort: if its queue is full, dropping the sender ends it.
             let _ = old.tx.try_send(Outbound::Closed(CloseReason::Superseded));
+            old.id
+        });
+        Connection {
+            session: id,
+            commands: rx,
+            replaced,
         }
-        (id, rx)
     }
 
     /// Ends the gateway's session, whatever it is.
     pub fn evict(&self, gateway: &GatewayId, reason: CloseReason) {
-        if let Some(old) = self.sessions().remove(gateway) {
+        if let Some(old) = self.state().sessions.remove(gateway) {
             // Best effort: if its queue is full, dropping the sender ends it.
             let _ = old.tx.try_send(Outbound::Closed(reason));
         }
     }
 
-    /// Closes a session, unless a newer one has replaced it.
-    /// Ends every session, telling each gateway why.
+    /// Ends every session, telling each gateway why. The outboxes go too:
+    /// this replica no longer leads, and the next leader derives them anew.
     pub fn evict_all(&self, reason: CloseReason) {
-        for (_, old) in std::mem::take(&mut *self.sessions()) {
+        let mut state = self.state();
+        state.outboxes.clear();
+        for (_, old) in std::mem::take(&mut state.sessions) {
             let _ = old.tx.try_send(Outbound::Closed(reason));
         }
     }
 
-    pub fn disconnect(&self, gateway: &GatewayId, session: u64) {
-        let mut sessions = self.sessions();
-        if sessions.get(gateway).is_some_and(|s| s.id == session) {
-            sessions.remove(gateway);
+    /// Closes a session, unless a newer one has replaced it. Whether it was
+    /// the gateway's current session.
+    pub fn disconnect(&self, gateway: &GatewayId, session: u64) -> bool {
+        let mut state = self.state();
+        let current = state.sessions.get(gateway).is_some_and(|s| s.id == session);
+        if current {
+            state.sessions.remove(gateway);
         }
+        current
     }
 
-    pub fn send(&self, gateway: &GatewayId, command: GatewayCommand) -> Result<(), SendError> {
-        let command_id = self.next_id();
-        let mut sessions = self.sessions();
-        let session = sessions
-            .get_mut(gateway)
-            .ok_or_else(|| SendError::NotConnected(gateway.clone()))?;
-        if session.unacked.len() >= MAX_UNACKED {
+    /// Gives the gateway a command: kept in its outbox until acknowledged,
+    /// and sent at once if it is connected.
+    pub fn send(
+        &self,
+        gateway: &GatewayId,
+        command: GatewayCommand,
+        now: Instant,
+    ) -> Result<Delivery, SendError> {
+        let mut state = self.state();
+        let command_id = state.next_id();
+        let State {
+            sessions, outboxes, ..
+        } = &mut *state;
+        let outbox = outboxes.entry(gateway.clone()).or_default();
+        if outbox.len() >= MAX_UNACKED {
             return Err(SendError::Backlogged(gateway.clone()));
         }
-        let sent = match &command {
-            GatewayCommand::Wake(order) => Sent::Wake {
-                agent_id: order.agent_id.clone(),
-                generation: order.generation,
-                attempt: order.attempt,
-            },
-            GatewayCommand::Retire(retire) => Sent::Retire(retire.clone()),
+        outbox.add(command_id, command.clone());
+        let Some(session) = sessions.get(gateway) else {
+            return Ok(Delivery::Held(command_id));
         };
         match session.tx.try_send(Outbound::Command {
             command_id,
             command,
         }) {
             Ok(()) => {
-                session.unacked.insert(command_id, sent);
-                Ok(())
+                outbox.mark_sent(command_id, now);
+                Ok(Delivery::Sent(command_id))
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Backlogged(gateway.clone())),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                outbox.remove(command_id);
+                Err(SendError::Backlogged(gateway.clone()))
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 sessions.remove(gateway);
-                Err(SendError::NotConnected(gateway.clone()))
+                Ok(Delivery::Held(command_id))
             }
         }
     }
 
-    /// Matches an acknowledgement to the command it answers, once.
-    pub fn acknowledge(&self, gateway: &GatewayId, session: u64, command_id: u64) -> Option<Sent> {
-        let mut sessions = self.sessions();
-        let current = sessions.get_mut(gateway).filter(|s| s.id == session)?;
-        current.unacked.remove(&command_id)
+    /// Keeps a command for the gateway's next stream (unless an equal one
+    /// is already pending) without sending it.
+    pub fn hold(&self, gateway: &GatewayId, command: GatewayCommand) -> u64 {
+        let mut state = self.state();
+        let command_id = state.next_id();
+        let outbox = state.outboxes.entry(gateway.clone()).or_default();
+        if let Some(existing) = outbox.find(&command) {
+            return existing;
+        }
+        outbox.add(command_id, command);
+        command_id
+    }
+
+    /// Drops a pending command (a wake given up on).
+    pub fn forget(&self, gateway: &GatewayId, command_id: u64) {
+        if let Some(outbox) = self.state().outboxes.get_mut(gateway) {
+            outbox.remove(command_id);
+        }
+    }
+
+    /// Sends the gateway's pending commands again, same ids, in the order
+    /// they were given: all of them (`sent_before` is `None`: a new stream),
+    /// or those sent at or before `sent_before` (no acknowledgement in
+    /// time). Commands `wanted` refuses are dropped; returned apart.
+    pub fn redeliver(
+        &self,
+        gateway: &GatewayId,
+        sent_before: Option<Instant>,
+        now: Instant,
+        wanted: impl Fn(&GatewayCommand) -> bool,
+    ) -> Redelivered {
+        let mut redelivered = Redelivered::default();
+        let mut state = self.state();
+        let State {
+            sessions, outboxes, ..
+        } = &mut *state;
+        let (Some(session), Some(outbox)) = (sessions.get(gateway), outboxes.get_mut(gateway))
+        else {
+            return redelivered;
+        };
+        let (due, dropped) = outbox.due(sent_before, wanted);
+        redelivered.dropped = dropped;
+        for (command_id, command) in due {
+            let outbound = Outbound::Command {
+                command_id,
+                command: command.clone(),
+            };
+            match session.tx.try_send(outbound) {
+                Ok(()) => {
+                    let sends = outbox.mark_sent(command_id, now).unwrap_or(1);
+                    redelivered.resent.push(Outgoing {
+                        command_id,
+                        command,
+                        sends,
+                    });
+                }
+                // The rest waits for the next round (or the next stream).
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    sessions.remove(gateway);
+                    break;
+                }
+            }
+        }
+        redelivered
+    }
+
+    /// Gateways with commands waiting for an acknowledgement.
+    pub fn gateways_with_pending(&self) -> Vec<GatewayId> {
+        let state = self.state();
+        state
+            .outboxes
+            .iter()
+            .filter(|(_, outbox)| !outbox.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Commands given to the gateway and not acknowledged yet.
+    #[cfg(test)]
+    pub fn pending_count(&self, gateway: &GatewayId) -> usize {
+        self.state().outboxes.get(gateway).map_or(0, Outbox::len)
+    }
+
+    /// Matches an acknowledgement to the command it answers, once. Only the
+    /// gateway's current stream counts: a replaced one (or one opened with
+    /// a rotated token) changes nothing, and what it did not acknowledge in
+    /// time went out again on the current one.
+    pub fn acknowledge(
+        &self,
+        gateway: &GatewayId,
+        session: u64,
+        command_id: u64,
+    ) -> Option<GatewayCommand> {
+        let mut state = self.state();
+        if state.sessions.get(gateway).is_none_or(|s| s.id != session) {
+            return None;
+        }
+        state.outboxes.get_mut(gateway)?.remove(command_id)
+    }
+
+    /// Commands given to gateways and not acknowledged yet, all together.
+    pub fn pending_total(&self) -> usize {
+        self.state().outboxes.values().map(Outbox::len).sum()
     }
 
     pub fn connected_count(&self) -> usize {
-        self.sessions().len()
+        self.state().sessions.len()
     }
 
     pub fn connected_since(&self, gateway: &GatewayId) -> Option<Timestamp> {
-        self.sessions().get(gateway).map(|s| s.connected_since)
+        self.state()
+            .sessions
+            .get(gateway)
+            .map(|s| s.connected_since)
     }
+}
+
+/// What [`GatewayHub::redeliver`] did.
+#[derive(Debug, Default)]
+pub struct Redelivered {
+    pub resent: Vec<Outgoing>,
+    /// No longer wanted: removed unsent.
+    pub dropped: Commands,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::AgentId;
 
     fn gw() -> GatewayId {
         GatewayId::parse("gw").unwrap()
@@ -188,48 +359,75 @@ mod tests {
         })
     }
 
-    #[test]
-    fn commands_reach_the_current_session_and_acks_match_once() {
-        let hub = GatewayHub::default();
-        assert_eq!(
-            hub.send(&gw(), retire(1)),
-            Err(SendError::NotConnected(gw()))
-        );
-
-        let (session, mut rx) = hub.connect(&gw(), Timestamp::from_micros(5));
-        hub.send(&gw(), retire(1)).unwrap();
-        let Some(Outbound::Command { command_id, .. }) = rx.try_recv().ok() else {
-            panic!("expected a command");
-        };
-        assert!(matches!(
-            hub.acknowledge(&gw(), session, command_id),
-            Some(Sent::Retire(_))
-        ));
-        assert_eq!(hub.acknowledge(&gw(), session, command_id), None);
+    fn sent_id(rx: &mut mpsc::Receiver<Outbound>) -> u64 {
+        match rx.try_recv() {
+            Ok(Outbound::Command { command_id, .. }) => command_id,
+            other => panic!("expected a command, got {other:?}"),
+        }
     }
 
-    #[test]
-    fn a_new_connection_supersedes_the_old_one() {
-        let hub = GatewayHub::default();
-        let (old, mut old_rx) = hub.connect(&gw(), Timestamp::from_micros(1));
-        let (new, _new_rx) = hub.connect(&gw(), Timestamp::from_micros(2));
+    #[tokio::test(start_paused = true)]
+    async fn commands_reach_the_current_session_and_acks_match_once() {
+        let hub = GatewayHub::new(100);
+        let now = Instant::now();
+        assert_eq!(hub.send(&gw(), retire(1), now), Ok(Delivery::Held(101)));
+
+        let mut conn = hub.connect(&gw(), Timestamp::from_micros(5));
+        assert_eq!(conn.replaced, None);
+        // The held command goes out on the new stream, same id.
+        let again = hub.redeliver(&gw(), None, now, |_| true);
+        assert_eq!(again.resent.len(), 1);
+        assert_eq!(sent_id(&mut conn.commands), 101);
+
+        let Delivery::Sent(id) = hub.send(&gw(), retire(2), now).unwrap() else {
+            panic!("connected: sent at once");
+        };
+        assert_eq!(sent_id(&mut conn.commands), id);
+        assert_eq!(hub.acknowledge(&gw(), conn.session + 1, id), None);
+        assert_eq!(hub.acknowledge(&gw(), conn.session, id), Some(retire(2)));
+        assert_eq!(hub.acknowledge(&gw(), conn.session, id), None);
+        assert_eq!(hub.pending_count(&gw()), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_supersedes_the_old_one_and_gets_its_unacknowledged_commands() {
+        let hub = GatewayHub::new(0);
+        let now = Instant::now();
+        let mut old = hub.connect(&gw(), Timestamp::from_micros(1));
+        let Delivery::Sent(id) = hub.send(&gw(), retire(1), now).unwrap() else {
+            panic!("sent");
+        };
+        assert_eq!(sent_id(&mut old.commands), id);
+
+        let mut new = hub.connect(&gw(), Timestamp::from_micros(2));
+        assert_eq!(new.replaced, Some(old.session));
         assert!(matches!(
-            old_rx.try_recv(),
+            old.commands.try_recv(),
             Ok(Outbound::Closed(CloseReason::Superseded))
         ));
-        hub.disconnect(&gw(), old);
+        let again = hub.redeliver(&gw(), None, now, |_| true);
+        assert_eq!(again.resent[0].command_id, id);
+        assert_eq!(again.resent[0].sends, 2);
+        assert_eq!(sent_id(&mut new.commands), id);
+
+        assert_eq!(hub.acknowledge(&gw(), old.session, id), None, "replaced");
+        assert!(!hub.disconnect(&gw(), old.session), "already replaced");
         assert_eq!(hub.connected_since(&gw()), Some(Timestamp::from_micros(2)));
-        hub.disconnect(&gw(), new);
+        assert!(hub.disconnect(&gw(), new.session));
         assert_eq!(hub.connected_since(&gw()), None);
     }
 
-    #[test]
-    fn a_gateway_that_stops_reading_is_backlogged() {
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_that_stops_reading_is_backlogged() {
         let hub = GatewayHub::default();
-        let (_session, _rx) = hub.connect(&gw(), Timestamp::from_micros(1));
+        let _conn = hub.connect(&gw(), Timestamp::from_micros(1));
         for n in 0..QUEUE as u64 {
-            hub.send(&gw(), retire(n)).unwrap();
+            hub.send(&gw(), retire(n), Instant::now()).unwrap();
         }
-        assert_eq!(hub.send(&gw(), retire(0)), Err(SendError::Backlogged(gw())));
+        assert_eq!(
+            hub.send(&gw(), retire(0), Instant::now()),
+            Err(SendError::Backlogged(gw()))
+        );
+        assert_eq!(hub.pending_count(&gw()), QUEUE);
     }
 }

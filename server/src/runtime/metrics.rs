@@ -49,6 +49,7 @@ pub(super) struct Metrics {
     transitions: [AtomicU64; Reason::ALL.len()],
     pub wakes_sent: AtomicU64,
     pub wakes_failed: AtomicU64,
+    pub commands_resent: AtomicU64,
     pub heartbeats_in_memory: AtomicU64,
     pub heartbeats_committed: AtomicU64,
     pub heartbeats_rejected: AtomicU64,
@@ -62,6 +63,7 @@ pub(super) struct Metrics {
 pub(super) struct Gauges {
     pub agents: [(Status, usize); 4],
     pub gateways_connected: usize,
+    pub commands_pending: usize,
     pub watches_open: usize,
     pub database_reachable: bool,
     pub timers: usize,
@@ -134,6 +136,12 @@ impl Metrics {
             "Wakes not delivered (gateway away, backlogged, or reported failure).",
             &self.wakes_failed,
         );
+        counter(
+            &mut out,
+            "mission_control_gateway_commands_resent_total",
+            "Commands sent again with the same id: on a gateway's new stream, or after no acknowledgement in time.",
+            &self.commands_resent,
+        );
         let name = "mission_control_heartbeats_total";
         let _ = writeln!(
             out,
@@ -177,6 +185,12 @@ impl Metrics {
             "mission_control_gateways_connected",
             "Gateways with an open stream.",
             gauges.gateways_connected,
+        );
+        gauge(
+            &mut out,
+            "mission_control_gateway_commands_pending",
+            "Commands given to gateways and not acknowledged yet.",
+            gauges.commands_pending,
         );
         gauge(
             &mut out,
@@ -244,6 +258,7 @@ mod tests {
                 (Status::Offline, 0),
             ],
             gateways_connected: 1,
+            commands_pending: 4,
             watches_open: 0,
             database_reachable: true,
             timers: 3,
@@ -270,6 +285,7 @@ mod tests {
         assert!(text.contains("mission_control_board_agents_drifted{board=\"b-1\"} 1"));
         assert!(text.contains("mission_control_transitions_total{reason=\"checked_in\"} 2"));
         assert!(text.contains("mission_control_agents{status=\"online\"} 2"));
+        assert!(text.contains("mission_control_gateway_commands_pending 4"));
         assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"0.5\"} 0"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));

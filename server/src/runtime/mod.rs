@@ -7,11 +7,13 @@
 
 mod actor;
 mod clock;
+mod delivery;
 mod error;
 mod gateways;
 mod leader;
 mod limits;
 mod metrics;
+mod outbox;
 mod tasks;
 pub mod tokens;
 mod watch;
@@ -25,18 +27,25 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, Policy,
-    ProvisionSpec, Renewal, Status, Timestamp,
+    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewaySpec, Policy, ProvisionSpec,
+    Renewal, Status, Timestamp,
 };
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
 use leader::Leadership;
 
 pub use clock::Clock;
+pub use delivery::GatewaySession;
 pub use error::LifecycleError;
 pub use gateways::{CloseReason, GatewayCommand, Outbound};
 pub use leader::ReplicaRole;
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
+
+/// Commands (and, separately, due timers) per committed batch, by default.
+pub const MAX_BATCH: usize = 512;
+
+/// How long a gateway has to acknowledge a command before it is resent.
+pub const GATEWAY_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runtime settings beyond the policy. Defaults suit production.
 #[derive(Debug, Clone)]
@@ -62,6 +71,9 @@ pub struct Settings {
     pub leader_lease: Duration,
     /// Where other replicas reach this one, published while it leads.
     pub advertise_address: String,
+    /// A command a gateway has not acknowledged within this goes out again
+    /// on its open stream (same command id).
+    pub gateway_ack_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -75,10 +87,11 @@ impl Default for Settings {
             bookmark_interval: Duration::from_secs(15),
             heartbeat_event_interval: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(2),
-            max_batch: 512,
+            max_batch: MAX_BATCH,
             max_watches: 1024,
             leader_lease: Duration::from_secs(5),
             advertise_address: String::new(),
+            gateway_ack_timeout: GATEWAY_ACK_TIMEOUT,
         }
     }
 }
@@ -182,87 +195,6 @@ pub struct HeartbeatAck {
     pub next_heartbeat_in: Duration,
 }
 
-/// An authenticated gateway's connection. Dropping it disconnects.
-pub struct GatewaySession {
-    gateway_id: GatewayId,
-    session: u64,
-    shared: Arc<Shared>,
-}
-
-impl GatewaySession {
-    pub fn gateway_id(&self) -> &GatewayId {
-        &self.gateway_id
-    }
-
-    /// Handles the gateway's acknowledgement of a command.
-    pub fn acknowledge(
-        &self,
-        command_id: u64,
-        outcome: Result<(), String>,
-    ) -> Result<(), LifecycleError> {
-        let sent = self
-            .shared
-            .hub
-            .acknowledge(&self.gateway_id, self.session, command_id)
-            .ok_or_else(|| {
-                LifecycleError::invalid(
-                    "command_id",
-                    format!("no unacknowledged command {command_id}"),
-                )
-            })?;
-        let followup = match (sent, outcome) {
-            (
-                gateways::Sent::Wake {
-                    agent_id,
-                    generation,
-                    attempt,
-                },
-                Err(error),
-            ) => {
-                metrics::Metrics::add(&self.shared.metrics.wakes_failed);
-                tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
-                Some(Command::WakeFailed {
-                    agent_id,
-                    generation,
-                    attempt,
-                    error: format!("gateway reported: {error}"),
-                })
-            }
-            (
-                gateways::Sent::Wake {
-                    agent_id,
-                    generation,
-                    attempt,
-                },
-                Ok(()),
-            ) => {
-                tracing::info!(%agent_id, generation, attempt, "lifecycle.wake.delivered");
-                None
-            }
-            (gateways::Sent::Retire(retire), Ok(())) => Some(Command::RetireDelivered(retire)),
-            (gateways::Sent::Retire(retire), Err(error)) => {
-                tracing::warn!(agent_id = %retire.agent_id, %error, "retire failed; resent on the next connection");
-                None
-            }
-        };
-        if let Some(command) = followup
-            && self.shared.commands.try_send(command).is_err()
-        {
-            // The deadline timers still cover the wake; the retire is resent
-            // on the next connection.
-            tracing::warn!(gateway_id = %self.gateway_id, "writer queue full; acknowledgement dropped");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for GatewaySession {
-    fn drop(&mut self) {
-        self.shared.hub.disconnect(&self.gateway_id, self.session);
-        tracing::info!(gateway_id = %self.gateway_id, "gateway disconnected");
-    }
-}
-
 /// The handle the transport layer uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Lifecycle {
@@ -360,6 +292,10 @@ impl Lifecycle {
             tokio::spawn(tasks::checkpoint_leases(shared.clone(), tasks_stop.clone())),
             tokio::spawn(tasks::compact_history(shared.clone(), tasks_stop.clone())),
             tokio::spawn(tasks::probe_database(shared.clone(), tasks_stop.clone())),
+            tokio::spawn(delivery::resend_unacknowledged(
+                shared.clone(),
+                tasks_stop.clone(),
+            )),
         ];
         Ok(Self {
             shared,
@@ -724,40 +660,6 @@ impl Lifecycle {
         }
     }
 
-    /// Authenticates a gateway and opens its command stream, replacing any
-    /// older stream of the same gateway. Retires it has not acknowledged
-    /// are queued first.
-    pub fn connect_gateway(
-        &self,
-        token: &str,
-    ) -> Result<(GatewaySession, mpsc::Receiver<Outbound>), LifecycleError> {
-        self.ensure_leader()?;
-        let hash = tokens::hash(token);
-        let engine = self.shared.engine();
-        let gateway_id = engine
-            .authenticate_gateway(&hash)
-            .cloned()
-            .ok_or_else(|| LifecycleError::Unauthenticated("invalid gateway token".into()))?;
-        let (session, commands) = self
-            .shared
-            .hub
-            .connect(&gateway_id, self.shared.clock.now());
-        for retire in engine.pending_retires(&gateway_id) {
-            let _ = self
-                .shared
-                .hub
-                .send(&gateway_id, GatewayCommand::Retire(retire));
-        }
-        drop(engine);
-        tracing::info!(%gateway_id, "gateway connected");
-        let session = GatewaySession {
-            gateway_id,
-            session,
-            shared: self.shared.clone(),
-        };
-        Ok((session, commands))
-    }
-
     /// A stream of the matching agents' snapshot and changes.
     pub async fn watch(
         &self,
@@ -801,6 +703,7 @@ impl Lifecycle {
         self.shared.metrics.render(&metrics::Gauges {
             agents,
             gateways_connected: self.shared.hub.connected_count(),
+            commands_pending: self.shared.hub.pending_total(),
             watches_open: self
                 .shared
                 .open_watches

@@ -171,10 +171,13 @@ async fn a_failed_acknowledgement_is_recorded_and_a_stale_one_is_ignored() {
     let (second, order) = next_wake(&mut commands, LONG).await.unwrap();
     assert_eq!(order.attempt, 2);
 
-    // The first wake's failure arrives late: attempt 1 is over.
-    session
-        .acknowledge(first, Err("agent image missing".into()))
-        .unwrap();
+    // The first wake's failure arrives late: attempt 1 is over, and its
+    // command was superseded by attempt 2's.
+    assert!(
+        session
+            .acknowledge(first, Err("agent image missing".into()))
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(f.agent("a").last_provision_error, None);
 
@@ -184,7 +187,7 @@ async fn a_failed_acknowledgement_is_recorded_and_a_stale_one_is_ignored() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(
         f.agent("a").last_provision_error.as_deref(),
-        Some("wake attempt 2 failed: gateway reported: agent image missing")
+        Some("wake attempt 2 failed: gateway gw-1 reported: agent image missing")
     );
     assert!(
         matches!(

@@ -19,6 +19,7 @@ fn settings_from(flags: &[&str]) -> Settings {
         checkpoint_interval: LONG,
         compaction_interval: LONG,
         health_check_interval: LONG,
+        gateway_ack_timeout: LONG,
         ..config.settings().expect("valid flags")
     }
 }

@@ -6,6 +6,7 @@ mod durability;
 mod escalation;
 mod flags;
 mod leadership;
+mod redelivery;
 mod shedding;
 mod watching;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::engine::{BoardId, Role, WakeOrder};
+use crate::engine::{BoardId, GatewayId, Role, WakeOrder};
 use crate::store::MemoryStore;
 
 const EPOCH: i64 = 1_800_000_000_000_000;
@@ -137,6 +138,9 @@ fn fast_settings() -> Settings {
         checkpoint_interval: Duration::from_secs(3600),
         compaction_interval: Duration::from_secs(3600),
         health_check_interval: Duration::from_secs(3600),
+        // Tests that leave wakes unacknowledged see each once; the
+        // `redelivery` tests set the real timeout.
+        gateway_ack_timeout: Duration::from_secs(3600),
         ..Settings::default()
     }
 }
