@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::Engine;
 use super::model::{BoardId, GatewayId};
+use super::{AgentFilter, Engine};
 
 /// How many agents a gateway or board holds, and how many of them drifted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,15 +30,28 @@ impl Engine {
     /// Counts drifted agents per gateway and board. Registered gateways
     /// without agents are listed with zero counts.
     pub fn drift(&self) -> DriftReport {
+        self.drift_of(&AgentFilter::default())
+    }
+
+    /// The same, among the agents `filter` matches (its drift flag aside).
+    pub fn drift_of(&self, filter: &AgentFilter) -> DriftReport {
+        let filter = AgentFilter {
+            drifted: false,
+            ..filter.clone()
+        };
+        let empty_gateways_count = filter.board_id.is_none() && filter.statuses.is_empty();
         let mut report = DriftReport {
             gateways: self
                 .gateways
                 .keys()
+                .filter(|id| {
+                    empty_gateways_count && filter.gateway_id.as_ref().is_none_or(|g| g == *id)
+                })
                 .map(|id| (id.clone(), DriftCount::default()))
                 .collect(),
             boards: BTreeMap::new(),
         };
-        for agent in self.agents.values() {
+        for agent in self.agents.values().filter(|a| filter.matches(a)) {
             let drifted = usize::from(agent.drifted());
             let count = |slot: &mut DriftCount| {
                 slot.agents += 1;

@@ -21,9 +21,11 @@ use super::gateways::{CloseReason, Delivery, GatewayCommand};
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
+use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
     Agent, AgentId, Batch, Effect, Engine, EngineError, EventKind, GatewayRegistered, GatewaySpec,
-    Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, Timestamp, TokenHash,
+    Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, RolloutId, Timestamp,
+    TokenHash,
 };
 use crate::store::StoreError;
 
@@ -62,6 +64,24 @@ pub(super) enum Command {
         error: String,
     },
     RetireDelivered(PendingRetire),
+    StartRollout {
+        id: RolloutId,
+        spec: RolloutSpec,
+        reply: Reply<Rollout>,
+    },
+    PauseRollout {
+        id: RolloutId,
+        reply: Reply<Rollout>,
+    },
+    ResumeRollout {
+        id: RolloutId,
+        failure_budget: Option<Limit>,
+        reply: Reply<Rollout>,
+    },
+    CancelRollout {
+        id: RolloutId,
+        reply: Reply<Rollout>,
+    },
     /// Answered once every earlier batch delivered its effects (a drain
     /// waits for it).
     Barrier {
@@ -79,6 +99,10 @@ impl Command {
             | Command::Wake { reply, .. }
             | Command::Delete { reply, .. } => drop(reply.send(Err(error))),
             Command::Barrier { reply } => drop(reply.send(Err(error))),
+            Command::StartRollout { reply, .. }
+            | Command::PauseRollout { reply, .. }
+            | Command::ResumeRollout { reply, .. }
+            | Command::CancelRollout { reply, .. } => drop(reply.send(Err(error))),
             Command::WakeFailed { .. } | Command::RetireDelivered(_) => {}
         }
     }
@@ -87,7 +111,10 @@ impl Command {
 /// Answers a caller once the batch's fate is known.
 type PendingReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
-fn pending<T: Send + 'static>(reply: Reply<T>, staged: Result<T, EngineError>) -> PendingReply {
+fn pending<T: Send + 'static, E: Into<LifecycleError> + Send + 'static>(
+    reply: Reply<T>,
+    staged: Result<T, E>,
+) -> PendingReply {
     Box::new(move |failure| {
         let result = match (staged, failure) {
             (Err(e), _) => Err(e.into()),
@@ -334,6 +361,9 @@ impl Actor {
             for event in &committed.events {
                 let _ = self.shared.events.send(Arc::new(event.clone()));
             }
+            for rollout in &committed.rollouts {
+                let _ = self.shared.rollouts.send(Arc::new(rollout.clone()));
+            }
             committed
         };
         if wrote {
@@ -369,6 +399,7 @@ impl Actor {
             );
         }
         committed.notes.iter().for_each(|note| log_note(note, now));
+        committed.rollouts.iter().for_each(log_rollout);
         self.deliver(committed.effects);
         Ok(())
     }
@@ -533,7 +564,10 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             spec,
             new_token,
             reply,
-        } => pending(reply, Ok(engine.register_gateway(batch, spec, new_token))),
+        } => pending(
+            reply,
+            Ok::<_, EngineError>(engine.register_gateway(batch, spec, new_token)),
+        ),
         Command::WakeFailed {
             agent_id,
             generation,
@@ -547,8 +581,36 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             engine.retire_delivered(batch, retire);
             return None;
         }
-        Command::Barrier { reply } => pending(reply, Ok(())),
+        Command::Barrier { reply } => pending(reply, Ok::<_, EngineError>(())),
+        Command::StartRollout { id, spec, reply } => {
+            pending(reply, engine.start_rollout(batch, id, spec))
+        }
+        Command::PauseRollout { id, reply } => pending(reply, engine.pause_rollout(batch, &id)),
+        Command::ResumeRollout {
+            id,
+            failure_budget,
+            reply,
+        } => pending(reply, engine.resume_rollout(batch, &id, failure_budget)),
+        Command::CancelRollout { id, reply } => pending(reply, engine.cancel_rollout(batch, &id)),
     })
+}
+
+/// A rollout after a committed change: where it is, and why if it stopped.
+fn log_rollout(rollout: &Rollout) {
+    let counts = rollout.counts();
+    tracing::info!(
+        rollout_id = %rollout.id,
+        template_version = rollout.template_version,
+        state = rollout.state.as_str(),
+        wave = rollout.waves.len(),
+        agents = counts.agents,
+        in_flight = counts.in_flight,
+        done = counts.done,
+        failed = counts.failed,
+        pending = counts.pending,
+        reason = rollout.reason.as_deref(),
+        "rollout.progress"
+    );
 }
 
 /// The reference's log events, with the same names and fields.

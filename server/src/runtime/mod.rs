@@ -14,6 +14,7 @@ mod leader;
 mod limits;
 mod metrics;
 mod outbox;
+mod rollouts;
 mod tasks;
 pub mod tokens;
 mod watch;
@@ -104,6 +105,8 @@ struct Shared {
     hub: gateways::GatewayHub,
     events: broadcast::Sender<Arc<Event>>,
     heartbeats: broadcast::Sender<HeartbeatSeen>,
+    /// Each rollout after every committed change to it.
+    rollouts: broadcast::Sender<Arc<crate::engine::rollout::Rollout>>,
     database_reachable: tokio_watch::Sender<bool>,
     /// Set while the writer rebuilds its state after a failed commit: the
     /// database may answer pings, but no command is served yet.
@@ -205,6 +208,9 @@ pub struct Lifecycle {
 
 /// Commands waiting for the writer beyond this make callers wait.
 const COMMAND_QUEUE: usize = 8192;
+/// Rollout changes a progress stream may fall behind; each is the whole
+/// rollout, so one that falls further behind just reads it again.
+const ROLLOUT_BUFFER: usize = 256;
 
 impl Lifecycle {
     /// Loads the fleet from the store and starts the writer and background
@@ -266,6 +272,7 @@ impl Lifecycle {
             hub: gateways::GatewayHub::default(),
             events: broadcast::channel(settings.watch_buffer.max(1)).0,
             heartbeats: broadcast::channel(settings.watch_buffer.max(1)).0,
+            rollouts: broadcast::channel(ROLLOUT_BUFFER).0,
             database_reachable: tokio_watch::channel(true).0,
             recovering: Default::default(),
             commands: commands_tx,

@@ -87,10 +87,10 @@ pub(super) struct Watcher {
 }
 
 /// One of the `max_watches` places; given back when the watch ends.
-struct WatchSlot(Arc<Shared>);
+pub(super) struct WatchSlot(Arc<Shared>);
 
 impl WatchSlot {
-    fn take(shared: &Arc<Shared>) -> Result<Self, LifecycleError> {
+    pub(super) fn take(shared: &Arc<Shared>) -> Result<Self, LifecycleError> {
         let limit = shared.settings.max_watches;
         let taken = shared
             .open_watches

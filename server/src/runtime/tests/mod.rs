@@ -7,6 +7,7 @@ mod escalation;
 mod flags;
 mod leadership;
 mod redelivery;
+mod rollouts;
 mod shedding;
 mod watching;
 
