@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -112,30 +111,29 @@ impl App {
             open_file_limit,
             "listening"
         );
+        let edge_for_metrics = edge.clone();
         let listener = crate::net::Listener::start(listener, tls, &connections, shutdown.clone());
         let server = tokio::spawn(crate::grpc::serve(
             lifecycle.clone(),
             forward,
             edge,
             listener,
-            connections,
+            connections.clone(),
             shutdown.clone().cancelled_owned(),
         ));
         let metrics_addr = match config.metrics_listen {
             Some(metrics_addr) => {
                 let listener =
-                    TcpListener::bind(metrics_addr)
-                        .await
-                        .map_err(|source| StartError::Listen {
-                            addr: metrics_addr,
-                            source,
-                        })?;
+                    crate::net::bind(metrics_addr).map_err(|source| StartError::Listen {
+                        addr: metrics_addr,
+                        source,
+                    })?;
                 let bound = listener.local_addr().unwrap_or(metrics_addr);
-                tokio::spawn(crate::metrics_http::serve(
-                    listener,
+                tokio::spawn(crate::grpc::serve_metrics(
                     lifecycle.clone(),
-                    operators.clone(),
-                    shutdown.clone(),
+                    edge_for_metrics,
+                    crate::net::Listener::start(listener, None, &connections, shutdown.clone()),
+                    shutdown.clone().cancelled_owned(),
                 ));
                 tracing::info!(addr = %bound, "serving metrics at /metrics");
                 Some(bound)

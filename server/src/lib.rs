@@ -4,6 +4,7 @@
 //! - [`store`]: where the truth lives: Postgres, or memory for `--dev`.
 //! - [`runtime`]: wires the engine to the store, the gateways and watchers.
 //! - [`grpc`]: the transport adapter: validation, conversion, status codes.
+//! - [`web`]: plain HTTP on the same port: the dashboard and `/metrics`.
 
 pub mod app;
 pub mod config;
@@ -11,8 +12,8 @@ pub mod edge;
 pub mod engine;
 pub mod grpc;
 pub mod logging;
-pub mod metrics_http;
 pub mod net;
 pub mod runtime;
 pub mod store;
 pub mod testing;
+pub mod web;

@@ -680,7 +680,8 @@ async fn metrics_need_an_operator_when_credentials_are_configured() {
     let get = |authorization: Option<&'static str>| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let header = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{header}\r\n");
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();

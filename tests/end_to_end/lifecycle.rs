@@ -523,7 +523,7 @@ async fn metrics_count_what_happened() {
     let addr = app.app.metrics_addr().expect("metrics are served");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut response = String::new();

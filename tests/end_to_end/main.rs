@@ -13,3 +13,4 @@ mod restart;
 mod support;
 mod tls;
 mod watch;
+mod web;

@@ -100,7 +100,11 @@ where
             .gate
             .admit(method, request.headers(), subject.as_deref())
         {
-            return refuse(status);
+            return if method.plain_http {
+                refuse_http(&status)
+            } else {
+                refuse(status)
+            };
         }
         let permit = if method.health_watch {
             match self.gate.health_watches.clone().try_acquire_owned() {
@@ -170,6 +174,29 @@ fn peer_subject(request: &http::Request<Body>) -> Option<String> {
 
 fn refuse<E: Send + 'static>(status: Status) -> BoxFuture<http::Response<Body>, E> {
     Box::pin(std::future::ready(Ok(status.into_http())))
+}
+
+/// A refusal a plain HTTP client (a Prometheus scraper) understands.
+fn refuse_http<E: Send + 'static>(status: &Status) -> BoxFuture<http::Response<Body>, E> {
+    let code = match status.code() {
+        Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+        _ => http::StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = http::Response::new(Body::new(format!("{}\n", status.message())));
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if code == http::StatusCode::UNAUTHORIZED {
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    Box::pin(std::future::ready(Ok(response)))
 }
 
 impl Gate {

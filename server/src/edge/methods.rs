@@ -26,6 +26,9 @@ pub struct Method {
     pub max_request_bytes: Option<usize>,
     /// A health `Watch`: counted against the health-watch cap.
     pub health_watch: bool,
+    /// A plain HTTP route beside the services (`/metrics`): refused with an
+    /// HTTP status (401, 403) that a scraper understands, not a gRPC one.
+    pub plain_http: bool,
 }
 
 /// The largest unary request: ids are at most 64 bytes, names 200
@@ -47,6 +50,7 @@ const fn unary(access: Access, max: usize) -> Method {
         access,
         max_request_bytes: Some(max),
         health_watch: false,
+        plain_http: false,
     }
 }
 
@@ -55,6 +59,7 @@ const fn stream(access: Access) -> Method {
         access,
         max_request_bytes: None,
         health_watch: false,
+        plain_http: false,
     }
 }
 
@@ -83,6 +88,12 @@ pub fn method(path: &str) -> Method {
         return unary(ADMIN, MAX_UNARY_REQUEST);
     }
     match path {
+        // Metrics are a viewer's, as reads are. (The dashboard's page and
+        // assets carry no data: open, like any other path left to the router.)
+        crate::web::METRICS_PATH => Method {
+            plain_http: true,
+            ..unary(VIEWER, MAX_OPEN_MESSAGE)
+        },
         "/grpc.health.v1.Health/Check" => unary(Access::Open, MAX_OPEN_MESSAGE),
         "/grpc.health.v1.Health/Watch" => Method {
             health_watch: true,
@@ -122,6 +133,10 @@ mod tests {
         let reflection = method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
         assert_eq!(reflection.access, Access::Open);
         assert_eq!(reflection.max_request_bytes, None);
+        let metrics = method("/metrics");
+        assert!(metrics.plain_http && metrics.access == VIEWER);
+        assert_eq!(method("/").access, Access::Open);
+        assert_eq!(method("/assets/app.js").access, Access::Open);
         assert_eq!(
             method("/missioncontrol.lifecycle.v1.AgentLifecycle/Heartbeat").max_request_bytes,
             Some(MAX_HEARTBEAT_REQUEST)

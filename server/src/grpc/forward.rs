@@ -35,12 +35,9 @@ use crate::runtime::Lifecycle;
 
 pub use mission_control_proto::metadata::FORWARDED_BY as FORWARDED_HEADER;
 
-/// Paths every replica answers itself.
-const LOCAL_PREFIXES: [&str; 3] = [
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-];
+/// Our services' calls go to the leader; every other path (health,
+/// reflection, the dashboard, metrics) is this replica's own.
+const FORWARDED_PREFIX: &str = "/missioncontrol.";
 
 /// The leader this replica forwards to, refreshed from the store.
 struct Directory {
@@ -216,7 +213,7 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
-        let local = LOCAL_PREFIXES.iter().any(|prefix| path.starts_with(prefix));
+        let local = !path.starts_with(FORWARDED_PREFIX);
         if local || self.directory.lifecycle.is_leader() {
             // The clone is the one that was made ready (tower's usual dance).
             let clone = self.inner.clone();

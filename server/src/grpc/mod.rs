@@ -71,10 +71,15 @@ pub async fn serve(
         .server_builder()
         // Idle tracking outermost: it sees every call, refused or not.
         .layer(listener.track_calls)
+        // Browsers speak gRPC-Web (over HTTP/1.1 or 2): translated to gRPC
+        // here, so everything inside sees the same calls as from any client.
+        .layer(crate::web::GrpcWebOnlyLayer)
         // A follower forwards to the leader first: the leader authenticates.
         .layer(forward)
         // Authentication and size limits before any body is read.
         .layer(edge)
+        // The dashboard and /metrics: plain HTTP beside the services.
+        .add_routes(crate::web::routes(lifecycle.clone(), true))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -98,6 +103,28 @@ pub async fn serve(
                 .await
         }
     }
+}
+
+/// `/metrics` alone on its own listener (`--metrics-listen`), for a scraper
+/// that cannot present what the main port asks for (a client certificate
+/// under mutual TLS) or a network that keeps scrapers off the API port.
+/// Same router code, same edge layer, same connection discipline.
+pub async fn serve_metrics(
+    lifecycle: Lifecycle,
+    edge: EdgeLayer,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let Incoming::Plain(incoming) = listener.incoming else {
+        unreachable!("the metrics listener is plaintext")
+    };
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(listener.track_calls)
+        .layer(edge)
+        .add_routes(crate::web::routes(lifecycle, false))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 /// The health "service" that is `SERVING` on the leader only, for a load

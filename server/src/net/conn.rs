@@ -13,7 +13,9 @@ use tonic::transport::server::Connected;
 use super::idle::IdleTimer;
 use super::limit::{Pending, Slot};
 
-/// Bytes in the HTTP/2 client connection preface ("PRI * HTTP/2.0...").
+/// Bytes in the HTTP/2 client connection preface ("PRI * HTTP/2.0..."); an
+/// HTTP/1.1 request line and its headers are longer, so either ends the
+/// opening.
 const PREFACE_LEN: usize = 24;
 
 pub struct Conn<S> {
@@ -77,7 +79,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
             if opening.deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within the handshake timeout",
+                    "no HTTP/2 preface or HTTP/1.1 request within the handshake timeout",
                 )));
             }
             if opening.evicted.as_mut().poll(cx).is_ready() {

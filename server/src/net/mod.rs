@@ -65,9 +65,11 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
-    /// A tonic server builder with the HTTP/2 settings applied.
+    /// A tonic server builder with the HTTP/2 settings applied. HTTP/1.1 is
+    /// accepted too, for browsers (gRPC-Web, the dashboard) and scrapers.
     pub fn server_builder(&self) -> tonic::transport::Server {
         let builder = tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(self.keepalive_interval))
             .http2_keepalive_timeout(Some(self.keepalive_timeout))
             .max_concurrent_streams(self.max_concurrent_streams)
