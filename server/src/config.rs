@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::engine::{Policy, policy::PolicyError};
 use crate::net::{ConnectionSettings, PeerTlsFiles, TlsFiles};
-use crate::runtime::Settings;
+use crate::runtime::{LeaseTiming, Settings};
 use crate::store::PoolSettings;
 
 /// A batch holds at most `max_batch` commands and as many timers and
@@ -120,9 +120,10 @@ pub struct Config {
     #[arg(long, env = "MC_DATABASE_CONNECTIONS", default_value_t = 16)]
     pub database_connections: usize,
 
-    /// The leader lease: the leader renews it every third of this; a leader
-    /// that cannot prove it holds the lease stops acting at once, and a
-    /// stalled or lost leader is replaced within this long.
+    /// The leader lease: a stalled or dead leader is replaced within this.
+    /// Its parts are fractions of it: the lease row expires 0.6 of it after
+    /// each renewal (by the database's clock), the leader renews every 0.1
+    /// and stops acting 0.5 after the start of its last good renewal.
     #[arg(long, env = "MC_LEADER_LEASE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub leader_lease: Duration,
 
@@ -384,7 +385,9 @@ impl Config {
     pub fn pool(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.database_connections.max(2),
-            idle_transaction_timeout: self.leader_lease,
+            // A stopped leader's open transaction ends by the time its lease
+            // row can expire.
+            idle_transaction_timeout: LeaseTiming::new(self.leader_lease).expiry(),
             ..PoolSettings::default()
         }
     }

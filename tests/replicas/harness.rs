@@ -18,6 +18,11 @@ pub const LEADER_LEASE: Duration = Duration::from_secs(2);
 /// An agent's lease: long enough to ride out a failover.
 pub const AGENT_LEASE: Duration = Duration::from_secs(12);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A client gives up on one call after this (and tries another replica).
+/// Generous, so that a loaded machine's slow answers are not turned into a
+/// storm of retries; short enough that an agent whose call hangs on a
+/// stopped replica still beats again well within its lease.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One replica: the `mission-control` binary, stopped (SIGCONT, SIGKILL)
 /// when dropped, so a failed assertion leaves no process behind.
@@ -86,7 +91,7 @@ impl Replica {
         replica.channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(1))
+            .timeout(CALL_TIMEOUT)
             .connect_lazy();
         replica
     }
@@ -227,18 +232,27 @@ impl Fleet {
     /// Each replica's leadership log lines, to explain a failure.
     pub fn print_leadership(&self) {
         for replica in &self.replicas {
-            for line in replica.log_lines() {
-                let message = line["message"].as_str().unwrap_or_default();
-                if ["leader", "took_over", "following", "draining", "stopped"]
-                    .iter()
-                    .any(|word| message.contains(word))
-                {
-                    eprintln!(
-                        "  replica {} {} {message} {}",
-                        replica.index,
-                        line["timestamp"].as_str().unwrap_or_default(),
-                        line["fields"]
-                    );
+            for mut line in replica.log_lines() {
+                let message = line["message"].as_str().unwrap_or_default().to_owned();
+                let level = line["level"].as_str().unwrap_or_default();
+                let leadership = [
+                    "leader",
+                    "took_over",
+                    "following",
+                    "draining",
+                    "stopped",
+                    "database",
+                ]
+                .iter()
+                .any(|word| message.contains(word));
+                if leadership || level == "WARN" || level == "ERROR" {
+                    let timestamp = line["timestamp"].as_str().unwrap_or_default().to_owned();
+                    if let Some(fields) = line.as_object_mut() {
+                        for key in ["timestamp", "message", "level", "target"] {
+                            fields.remove(key);
+                        }
+                    }
+                    eprintln!("  replica {} {timestamp} {message} {line}", replica.index);
                 }
             }
         }

@@ -239,6 +239,7 @@ async fn heartbeat_loop(
     let mut checked_in = false;
     // After a refusal the next beat goes to another replica.
     let mut refused_by: Option<usize> = None;
+    let mut failures: u32 = 0;
     // Spread the first beats over the interval.
     let mut wait = HEARTBEAT_INTERVAL.mul_f64(fastrand::f64());
     loop {
@@ -283,6 +284,7 @@ async fn heartbeat_loop(
                         .push((agent.id.clone(), reply.generation));
                 }
                 refused_by = None;
+                failures = 0;
                 wait = HEARTBEAT_INTERVAL.mul_f64(0.5 + fastrand::f64() * 0.5);
             }
             Err(status) => {
@@ -300,11 +302,22 @@ async fn heartbeat_loop(
                         replica,
                     ))
                     .or_default() += 1;
-                wait = Duration::from_millis(50 + fastrand::u64(..100));
+                wait = retry_backoff(failures);
+                failures = failures.saturating_add(1);
                 refused_by = Some(replica);
             }
         }
     }
+}
+
+/// How long an agent waits after its `failures`-th failed beat in a row:
+/// 50-150 ms at first, doubling up to 1-2 s (within the heartbeat
+/// interval), so that a loaded machine is not answered with a storm.
+fn retry_backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(100) * 2u32.pow(failures.min(4));
+    base.min(HEARTBEAT_INTERVAL / 2)
+        .mul_f64(0.5 + fastrand::f64())
+        .min(HEARTBEAT_INTERVAL)
 }
 
 /// New agents, one every 100 ms, each heartbeating (checking in) at once.

@@ -6,6 +6,9 @@
 //! acknowledged without the leader's judgement; failover times are printed.
 //!
 //! `MC_HARNESS_AGENTS` sets the fleet size (1,000 by default);
+//! `MC_HARNESS_VERBOSE` prints each replica's leadership log lines and
+//! warnings once writes are back (they are printed anyway when writes were
+//! away for longer than four leader leases, or a check fails);
 //! `scripts/replicas-soak` runs a heavier variant.
 
 mod harness;

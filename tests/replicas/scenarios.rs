@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use mission_control_server::testing::{PostgresCluster, TestDatabase};
 use tokio::time::Instant;
 
-use crate::harness::{AGENT_LEASE, Fleet, LEADER_LEASE, PATIENCE, terminate_sessions};
+use crate::harness::{
+    AGENT_LEASE, CALL_TIMEOUT, Fleet, LEADER_LEASE, PATIENCE, terminate_sessions,
+};
 use crate::load::{self, Ledger, Load, Targets};
 use crate::verify::verify;
 
@@ -105,7 +107,13 @@ impl Run {
                 mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient::new(
                     channel,
                 );
-            if let Ok(reply) = client.clone().provision(request).await {
+            // A replica that is stopped never answers: give up on it soon,
+            // but wait longer each time, for a loaded machine.
+            let patience = Duration::from_millis(500) * 2u32.pow((n as u32).min(4));
+            let answered = tokio::time::timeout(patience.min(CALL_TIMEOUT), async {
+                client.clone().provision(request).await
+            });
+            if let Ok(Ok(reply)) = answered.await {
                 let generation = reply.into_inner().agent.map_or(0, |a| a.generation);
                 self.load
                     .ledger
@@ -113,7 +121,15 @@ impl Run {
                     .lock()
                     .unwrap()
                     .push((format!("probe-{n:05}"), generation));
-                return since.elapsed();
+                let took = since.elapsed();
+                if took > LEADER_LEASE * 4 || std::env::var_os("MC_HARNESS_VERBOSE").is_some() {
+                    eprintln!(
+                        "[{}] writes were away for long: the replicas' logs",
+                        self.name
+                    );
+                    self.fleet.print_leadership();
+                }
+                return took;
             }
             assert!(
                 Instant::now() < deadline,

@@ -3,10 +3,11 @@
 //! The lease lives in the store, with its expiry set by the store's clock.
 //! This replica trusts it only as far as it can prove it on its own
 //! monotonic clock: from the START of the last successful renewal (the
-//! store computed the expiry after that instant), plus the TTL, minus a
-//! safety margin. Past that instant it stops acting at once, whether or not
-//! it could reach the store: no commit, no heartbeat acknowledged, no wake.
-//! A stalled process (SIGSTOP) finds on waking that its proof ran out.
+//! store computed the expiry after that instant), for less than the expiry.
+//! Past that instant it stops acting at once, whether or not it could reach
+//! the store: no commit, no heartbeat acknowledged, no wake. A stalled
+//! process (SIGSTOP) finds on waking that its proof ran out. The figures
+//! are fractions of `--leader-lease`: see [`LeaseTiming`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,8 +41,61 @@ impl ReplicaRole {
     }
 }
 
+/// Every figure of the lease, as a fraction of `--leader-lease` (L): the
+/// bound within which a dead or stalled leader is replaced.
+///
+/// - The lease row expires 0.6 L after each renewal, by the store's clock
+///   ([`LeaseTiming::expiry`]); the leader renews every 0.1 L.
+/// - The leader acts only until 0.5 L after the START of its last
+///   successful renewal, S, on its own monotonic clock
+///   ([`LeaseTiming::proof`]).
+///
+/// Safe: the store set the expiry at some instant t >= S, to t + 0.6 L, and
+/// no replica takes the row before it passes, so between the leader's last
+/// act (before S + 0.5 L) and the earliest takeover (after S + 0.6 L) lie
+/// at least 0.1 L. That margin covers clocks running at rates up to 20 %
+/// apart (0.5 L x 1.2 = 0.6 L) and the instants between the check and the
+/// answer leaving the process (not a process stopped in between).
+///
+/// Within L: a leader that stops renewing (killed, or stalled with its
+/// sessions alive) leaves a row that expires at most 0.6 L after its last
+/// renewal; followers try right at that instant (a refused try reports
+/// what is left), which leaves 0.4 L for the takeover itself. A renewal may
+/// take up to 0.4 L (0.5 L - 0.1 L) before the leader stops acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    lease: Duration,
+}
+
+impl LeaseTiming {
+    pub fn new(lease: Duration) -> Self {
+        Self { lease }
+    }
+
+    /// How long the row lasts after each renewal, by the store's clock.
+    pub fn expiry(self) -> Duration {
+        self.lease * 3 / 5
+    }
+
+    /// How long after the start of a successful renewal the leader acts.
+    pub fn proof(self) -> Duration {
+        self.lease / 2
+    }
+
+    /// How often the leader renews (and retries a failed renewal).
+    pub fn renew_every(self) -> Duration {
+        self.lease / 10
+    }
+
+    /// How often a follower tries when it knows no expiry to wait for.
+    pub fn follower_poll(self) -> Duration {
+        (self.lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+    }
+}
+
 pub(super) struct Leadership {
     candidate: Candidate,
+    timing: LeaseTiming,
     /// Until when the lease is proven, on this process's monotonic clock.
     valid_until: Mutex<Option<Instant>>,
     role: watch::Sender<ReplicaRole>,
@@ -51,9 +105,10 @@ pub(super) struct Leadership {
 }
 
 impl Leadership {
-    pub fn new(candidate: Candidate) -> Self {
+    pub fn new(candidate: Candidate, timing: LeaseTiming) -> Self {
         Self {
             candidate,
+            timing,
             valid_until: Mutex::new(None),
             role: watch::channel(ReplicaRole::Follower).0,
             retired: AtomicBool::new(false),
@@ -73,11 +128,14 @@ impl Leadership {
         &self.candidate
     }
 
-    /// The last instant a lease renewed at `started` is trusted. The margin
-    /// covers clock rate differences and the time a check takes to act.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
+    /// The last instant a lease renewed (or taken) by a call that started
+    /// at `started` is trusted; see [`LeaseTiming`].
     pub fn proven_until(&self, started: Instant) -> Instant {
-        let ttl = self.candidate.ttl;
-        started + ttl - ttl / 5
+        started + self.timing.proof()
     }
 
     /// Whether this replica may act as leader right now.
@@ -133,16 +191,15 @@ impl Leadership {
     }
 }
 
-/// Acquires the lease when it is free and renews it while held, every third
-/// of its TTL. A follower tries every `retry`, and also right at the expiry
-/// the store last reported, so a lease that is not renewed is taken over as
-/// soon as the store's clock lets it. Runs until `stop`; the lease is released by the store's close.
+/// Acquires the lease when it is free and renews it while held, every
+/// tenth of `--leader-lease`. A follower tries every `follower_poll`, and
+/// also right at the expiry the store last reported, so a lease that is not
+/// renewed is taken over as soon as the store's clock lets it. Runs until
+/// `stop`; the lease is released by the store's close.
 pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
     let leadership = &shared.leadership;
     let candidate = leadership.candidate().clone();
-    let ttl = candidate.ttl;
-    // How often a follower tries, and a failed renewal is retried.
-    let retry = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let timing = leadership.timing();
     let mut next = Instant::now();
     loop {
         tokio::select! {
@@ -154,47 +211,38 @@ pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
             return;
         }
         if leadership.role() == ReplicaRole::Follower {
-            let acquired = tokio::time::timeout(ttl, shared.store.acquire_leadership(&candidate));
+            let poll = started + timing.follower_poll();
+            let acquired =
+                tokio::time::timeout(timing.expiry(), shared.store.acquire_leadership(&candidate));
             next = match acquired.await {
                 Ok(Ok(Some(epoch))) => {
                     leadership.granted(epoch, leadership.proven_until(started));
-                    started + ttl / 3
+                    started + timing.renew_every()
                 }
                 // Held: try again right when it expires, if that is sooner.
                 Ok(Ok(None)) => match shared.store.leadership_free_in() {
-                    Some(left) => {
-                        (Instant::now() + left.max(Duration::from_millis(1))).min(started + retry)
-                    }
-                    None => started + retry,
+                    Some(left) => (Instant::now() + left.max(Duration::from_millis(1))).min(poll),
+                    None => poll,
                 },
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "leader lease not acquired");
-                    started + retry
+                    poll
                 }
-                Err(_) => started + retry,
+                Err(_) => poll,
             };
             continue;
         }
         // The renewal may not outlive the proof it would extend.
         let deadline = leadership.valid_until().unwrap_or(started);
         let renewed = tokio::time::timeout_at(deadline, shared.store.renew_leadership(&candidate));
-        next = match renewed.await {
-            Ok(Ok(true)) => {
-                leadership.renewed(leadership.proven_until(started));
-                started + ttl / 3
-            }
-            Ok(Ok(false)) => {
-                leadership.lost("the lease expired or another replica took it");
-                started + retry
-            }
+        next = started + timing.renew_every();
+        match renewed.await {
+            Ok(Ok(true)) => leadership.renewed(leadership.proven_until(started)),
+            Ok(Ok(false)) => leadership.lost("the lease expired or another replica took it"),
             Ok(Err(error)) if leadership.holds_lease() => {
                 tracing::warn!(%error, "leader lease renewal failed; retrying");
-                started + retry
             }
-            Ok(Err(_)) | Err(_) => {
-                leadership.lost("the lease could not be renewed in time");
-                started + retry
-            }
-        };
+            Ok(Err(_)) | Err(_) => leadership.lost("the lease could not be renewed in time"),
+        }
     }
 }

@@ -39,7 +39,7 @@ pub use clock::Clock;
 pub use delivery::GatewaySession;
 pub use error::LifecycleError;
 pub use gateways::{CloseReason, GatewayCommand, Outbound};
-pub use leader::ReplicaRole;
+pub use leader::{LeaseTiming, ReplicaRole};
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
 
 /// Commands (and, separately, due timers) per committed batch, by default.
@@ -68,7 +68,9 @@ pub struct Settings {
     pub max_batch: usize,
     /// Watch streams open at once, at most.
     pub max_watches: usize,
-    /// The leader lease's TTL: a stalled leader is replaced within it.
+    /// The bound within which a dead or stalled leader is replaced; the
+    /// lease's expiry, renewal and proof are fractions of it
+    /// ([`LeaseTiming`]).
     pub leader_lease: Duration,
     /// Where other replicas reach this one, published while it leads.
     pub advertise_address: String,
@@ -222,12 +224,13 @@ impl Lifecycle {
         settings: Settings,
         clock: Clock,
     ) -> Result<Self, StoreError> {
+        let timing = LeaseTiming::new(settings.leader_lease);
         let candidate = Candidate {
             holder: format!("{}#{:08x}", settings.advertise_address, fastrand::u32(..)),
             address: settings.advertise_address.clone(),
-            ttl: settings.leader_lease,
+            ttl: timing.expiry(),
         };
-        let leadership = Leadership::new(candidate);
+        let leadership = Leadership::new(candidate, timing);
         let started = tokio::time::Instant::now();
         let state = store.load().await?;
         let now = clock.now();

@@ -6,8 +6,15 @@
 //! share lock on the row, that its epoch still holds and has not expired
 //! (`FENCE`): a deposed or stalled leader commits nothing, and a takeover
 //! waits for the old leader's last transaction to end. A stalled leader's
-//! open transaction cannot hold the row forever: the store's sessions end
-//! transactions left idle for longer than the lease.
+//! open transaction cannot hold the row past its expiry for long: a
+//! takeover that finds the row still locked once it expired ends the
+//! sessions whose transactions began before the expiry (`END_STALE`), and
+//! the store's sessions end transactions left idle for longer than the
+//! lease's expiry besides.
+//!
+//! A follower reads what is left of the lease without locking anything
+//! (`LEFT`), and locks the row only once it expired, so followers' tries
+//! never queue behind the leader's commits nor delay its renewals.
 
 use std::sync::Mutex as SyncMutex;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,6 +24,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::Client;
 
 use super::tls::Database;
+
+use tokio_postgres::error::SqlState;
 
 use super::postgres::classify;
 use super::{Candidate, StoreError};
@@ -30,6 +39,22 @@ pub const FENCE: &str = "SELECT 1 FROM leader_lease
 
 /// A takeover first waits for the fenced transactions still open to end.
 const LOCK: &str = "SELECT 1 FROM leader_lease FOR UPDATE";
+
+/// Ends the sessions still holding the lease row in a transaction that
+/// began before the lease expired: a stalled (SIGSTOPped) leader's last
+/// commit, which would otherwise hold the takeover until Postgres ended it
+/// as idle. Only once the lease has expired, so never the leader's own.
+/// (Sessions of another database role than this one's are not seen, nor
+/// ended: the idle-transaction timeout ends those.)
+const END_STALE: &str = "SELECT count(pg_terminate_backend(stale.pid)) FROM (
+         SELECT DISTINCT a.pid
+         FROM pg_locks l
+         JOIN pg_stat_activity a ON a.pid = l.pid
+         CROSS JOIN leader_lease s
+         WHERE l.locktype = 'relation' AND l.relation = 'leader_lease'::regclass
+           AND l.granted AND a.pid <> pg_backend_pid()
+           AND s.expires_at <= clock_timestamp() AND a.xact_start < s.expires_at
+     ) AS stale";
 
 const ACQUIRE: &str = "UPDATE leader_lease
      SET epoch = epoch + 1, holder = $1, address = $2,
@@ -82,33 +107,40 @@ impl PgLease {
     pub async fn acquire(&self, candidate: &Candidate) -> Result<Option<u64>, StoreError> {
         let mut client = self.client().await?;
         let client = client.as_mut().expect("connected above");
-        let ttl = candidate.ttl.as_secs_f64();
-        let acquired = async {
-            let tx = client.transaction().await?;
-            tx.execute(LOCK, &[]).await?;
-            let row = tx
-                .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
-                .await?;
-            // Held: when it expires, by the same clock that decides.
-            let left = match row {
-                Some(_) => None,
-                None => Some(tx.query_one(LEFT, &[]).await?.get::<_, f64>(0)),
-            };
-            tx.commit().await?;
-            Ok((row, left))
-        };
-        let (row, left) = match acquired.await.map_err(classify) {
+        // Held: say when it expires, by the same clock that decides.
+        let left = left(client).await?;
+        if left > 0.0 {
+            self.set_free_in(Some(Duration::from_secs_f64(left.min(1e9))));
+            return Ok(None);
+        }
+        self.set_free_in(None);
+        let epoch = match take(client, candidate).await {
             // The old leader's last transaction still holds the row.
-            Err(StoreError::Unavailable(_)) if !client.is_closed() => (None, None),
-            Err(error) => {
-                self.set_free_in(None);
-                return Err(error);
+            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let ended: i64 = match client.query_one(END_STALE, &[]).await {
+                    Ok(row) => row.get(0),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not end the old leader's open transactions");
+                        0
+                    }
+                };
+                if ended == 0 {
+                    return Ok(None);
+                }
+                tracing::warn!(
+                    sessions = ended,
+                    "ended the old leader's transactions left open past its lease"
+                );
+                match take(client, candidate).await {
+                    Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                        return Ok(None);
+                    }
+                    taken => taken.map_err(classify)?,
+                }
             }
-            Ok(acquired) => acquired,
+            taken => taken.map_err(classify)?,
         };
-        self.set_free_in(left.map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 1e9))));
-        let Some(row) = row else { return Ok(None) };
-        let epoch: i64 = row.get(0);
+        let Some(epoch) = epoch else { return Ok(None) };
         self.epoch.store(epoch, Ordering::SeqCst);
         Ok(Some(epoch as u64))
     }
@@ -168,7 +200,8 @@ impl PgLease {
                 .await
                 .map_err(classify)?;
             tokio::spawn(connection);
-            // A takeover never waits long behind a stalled transaction.
+            // Nothing on this connection waits long (a takeover sets its
+            // own, shorter lock timeout).
             new.batch_execute("SET lock_timeout = '1s'; SET statement_timeout = '10s'")
                 .await
                 .map_err(classify)?;
@@ -176,6 +209,36 @@ impl PgLease {
         }
         Ok(client)
     }
+}
+
+/// What is left of the lease, in seconds, read without a lock.
+async fn left(client: &Client) -> Result<f64, StoreError> {
+    let row = client.query_one(LEFT, &[]).await.map_err(classify)?;
+    Ok(row.get::<_, f64>(0))
+}
+
+/// Takes the expired lease: waits (a tenth of `--leader-lease` at most) for
+/// the transactions fenced by the old epoch to end, then bumps the epoch.
+/// `None` if another replica took or renewed it meanwhile.
+async fn take(
+    client: &mut Client,
+    candidate: &Candidate,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let ttl = candidate.ttl.as_secs_f64();
+    // The expiry is 0.6 of the lease: a sixth of it is a tenth of the lease.
+    let lock_wait = (candidate.ttl / 6).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_wait.as_millis()
+    ))
+    .await?;
+    tx.execute(LOCK, &[]).await?;
+    let row = tx
+        .query_opt(ACQUIRE, &[&candidate.holder, &candidate.address, &ttl])
+        .await?;
+    tx.commit().await?;
+    Ok(row.map(|row| row.get(0)))
 }
 
 pub fn not_leader() -> StoreError {

@@ -31,7 +31,8 @@ pub struct PoolSettings {
     pub timeout: Duration,
     /// Postgres ends a session whose transaction sat idle this long: a
     /// stalled leader's open transaction must not hold the rows (and the
-    /// lease row) that its successor needs. Set it to the leader lease.
+    /// lease row) that its successor needs. Set it to the lease row's
+    /// expiry (a takeover also ends such transactions itself).
     pub idle_transaction_timeout: Duration,
 }
 
@@ -800,12 +801,18 @@ mod tests {
     }
 
     /// A leader stopped (SIGSTOP) in the middle of a commit holds a share
-    /// lock on the lease row: Postgres ends its idle transaction, so a
-    /// follower still takes over once the lease expired.
+    /// lock on the lease row. Once the lease expired, the takeover ends
+    /// that transaction's session itself, long before Postgres would end it
+    /// as idle (a minute here), and the stopped leader's commit fails.
     #[tokio::test]
     async fn a_stalled_leaders_open_transaction_does_not_block_the_takeover() {
         let db = TestDatabase::create().await;
-        let (first, second) = (connect(&db).await, connect(&db).await);
+        let patient = PoolSettings {
+            idle_transaction_timeout: Duration::from_secs(60),
+            ..PoolSettings::default()
+        };
+        let first = PostgresStore::connect(db.url(), &patient).await.unwrap();
+        let second = connect(&db).await;
         let ttl = Duration::from_millis(300);
         first
             .acquire_leadership(&candidate("a", ttl))
@@ -816,9 +823,19 @@ mod tests {
         let tx = stalled.transaction().await.unwrap();
         let epoch = first.lease.epoch().unwrap();
         assert_eq!(tx.execute(super::lease::FENCE, &[&epoch]).await.unwrap(), 1);
-        // A long commit does not block the leader's own renewals.
+        // A long commit does not block the leader's own renewals, nor does
+        // a follower's try while the lease holds.
+        assert!(first.renew_leadership(&candidate("a", ttl)).await.unwrap());
+        assert_eq!(
+            second
+                .acquire_leadership(&candidate("b", ttl))
+                .await
+                .unwrap(),
+            None
+        );
         assert!(first.renew_leadership(&candidate("a", ttl)).await.unwrap());
 
+        // Well within the idle timeout: bounded, not timed.
         let mut taken = None;
         for _ in 0..200 {
             taken = second
@@ -831,12 +848,50 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(taken.is_some(), "the follower took over");
+        let ended = tx.execute("SELECT 1", &[]).await;
+        assert!(ended.is_err(), "the stalled transaction was ended");
         drop(tx);
+        let deposed = first.commit(&empty_batch()).await;
+        assert!(
+            matches!(
+                deposed,
+                Err(StoreError::NotLeader(_) | StoreError::Unavailable(_))
+            ),
+            "{deposed:?}"
+        );
         let deposed = first.commit(&empty_batch()).await;
         assert!(
             matches!(deposed, Err(StoreError::NotLeader(_))),
             "{deposed:?}"
         );
+    }
+
+    /// A follower's tries read the lease without locking it: while the
+    /// lease holds, they do not wait for the leader's open transactions.
+    #[tokio::test]
+    async fn a_followers_try_does_not_wait_for_the_leaders_commits() {
+        let db = TestDatabase::create().await;
+        let (first, second) = (connect(&db).await, connect(&db).await);
+        let ttl = Duration::from_secs(60);
+        first
+            .acquire_leadership(&candidate("a", ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut open = first.pool.get().await.unwrap();
+        let tx = open.transaction().await.unwrap();
+        let epoch = first.lease.epoch().unwrap();
+        assert_eq!(tx.execute(super::lease::FENCE, &[&epoch]).await.unwrap(), 1);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(30),
+            second.acquire_leadership(&candidate("b", ttl)),
+        )
+        .await
+        .expect("answered without waiting for the lock");
+        assert_eq!(refused.unwrap(), None);
+        let left = second.leadership_free_in().expect("what is left");
+        assert!(left > Duration::from_secs(30), "{left:?}");
+        tx.commit().await.unwrap();
     }
 
     /// After the leader's sessions are lost (a database restart, a killed

@@ -56,16 +56,21 @@ impl PostgresCluster {
         Self::start_in(first, last)
     }
 
-    /// As [`PostgresCluster::start`], on a free port in `first..=last`.
+    /// As [`PostgresCluster::start`], on a free port in `first..=last`. The
+    /// range lies in the kernel's ephemeral range: a port free when checked
+    /// may be taken by a client socket before Postgres binds it, so a first
+    /// start that fails moves on to another free port.
     pub fn start_in(first: u16, last: u16) -> Self {
         static NEXT: AtomicU16 = AtomicU16::new(0);
         let span = last - first + 1;
-        let port = (0..span)
-            .map(|_| first + NEXT.fetch_add(1, Ordering::Relaxed) % span)
-            .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-            .expect("a free port for a throwaway Postgres cluster");
+        let free_port = || {
+            (0..span)
+                .map(|_| first + NEXT.fetch_add(1, Ordering::Relaxed) % span)
+                .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+                .expect("a free port for a throwaway Postgres cluster")
+        };
         let dir = std::env::temp_dir().join(format!(
-            "mc-pg-{}-{port}-{:08x}",
+            "mc-pg-{}-{:08x}",
             std::process::id(),
             fastrand::u32(..)
         ));
@@ -75,10 +80,10 @@ impl PostgresCluster {
             .to_str()
             .expect("a UTF-8 temp path")
             .to_owned();
-        let cluster = Self {
+        let mut cluster = Self {
             dir,
             data,
-            port,
+            port: free_port(),
             bin: bin_dir(),
         };
         cluster.chown();
@@ -94,6 +99,12 @@ impl PostgresCluster {
                 "--no-sync",
             ],
         );
+        for _ in 0..4 {
+            if cluster.try_start().is_ok() {
+                return cluster;
+            }
+            cluster.port = free_port();
+        }
         cluster.start_again();
         cluster
     }
