@@ -96,9 +96,11 @@ export class Charts {
     const max = Math.max(1, ...points.map((p) => p.latencyMs));
     ctx.fillStyle = COLORS.ONLINE;
     for (const p of points) {
-      const x = 40 + ((p.at - t0) / span) * (width - 48);
-      const y = height - 18 - (p.latencyMs / max) * (height - 36);
-      ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+      const x = 46 + ((p.at - t0) / span) * (width - 60);
+      const y = height - 22 - (p.latencyMs / max) * (height - 44);
+      ctx.beginPath();
+      ctx.arc(x, y, 3, 0, 2 * Math.PI);
+      ctx.fill();
     }
     const sorted = points.map((p) => p.latencyMs).sort((a, b) => a - b);
     const median = sorted[Math.floor(sorted.length / 2)];

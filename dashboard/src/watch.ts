@@ -26,6 +26,8 @@ export class Feed {
   revision = 0n;
   private brokenSince?: number;
   private live = false;
+  /// The revision the current stream resumed after (none: from a snapshot).
+  private resumedAfter?: bigint;
   private stopped = false;
   private abort?: AbortController;
 
@@ -80,6 +82,7 @@ export class Feed {
     this.abort = new AbortController();
     // A fresh stream sends the snapshot first; a resumed one only changes.
     let inSnapshot = this.revision === 0n;
+    this.resumedAfter = inSnapshot ? undefined : this.revision;
     const snapshot: Agent[] = [];
     const stream = lifecycle.watchAgent(
       { startRevision: this.revision, includeHeartbeats: true },
@@ -127,7 +130,7 @@ export class Feed {
     if (this.brokenSince !== undefined || !this.live) {
       this.brokenSince = undefined;
       this.live = true;
-      this.view.state("live", "");
+      this.view.state("live", this.resumedAfter === undefined ? "" : `resumed after revision ${this.resumedAfter}`);
     }
     onProgress();
   }

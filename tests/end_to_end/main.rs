@@ -2,6 +2,7 @@
 //! its own, driven by the client library and by external clients.
 
 mod connections;
+mod dashboard;
 mod drain;
 mod edge;
 mod grpcurl;
