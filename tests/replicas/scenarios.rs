@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 use mission_control_server::testing::{PostgresCluster, TestDatabase};
 use tokio::time::Instant;
 
-use crate::harness::{
-    AGENT_LEASE, CALL_TIMEOUT, Fleet, LEADER_LEASE, PATIENCE, terminate_sessions,
-};
+use crate::harness::{AGENT_LEASE, Fleet, LEADER_LEASE, PATIENCE, terminate_sessions};
 use crate::load::{self, Ledger, Load, Targets};
 use crate::verify::verify;
 
@@ -70,10 +68,23 @@ impl Run {
         // Warm: every agent beat (checked in) at least once.
         let deadline = Instant::now() + PATIENCE;
         while load.ledger.check_ins.lock().unwrap().len() < agent_count() {
-            assert!(
-                Instant::now() < deadline,
-                "[{name}] agents never checked in"
-            );
+            if Instant::now() >= deadline {
+                let ledger = &load.ledger;
+                eprintln!(
+                    "[{name}] {} of {} checked in; heartbeats acked {}, failed {}; refusals {:?}",
+                    ledger.check_ins.lock().unwrap().len(),
+                    agent_count(),
+                    ledger
+                        .heartbeats_acked
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    ledger
+                        .heartbeats_failed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    ledger.refusals.lock().unwrap()
+                );
+                fleet.print_leadership();
+                panic!("[{name}] agents never checked in");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self {
@@ -89,55 +100,53 @@ impl Run {
         self.fleet.wait_for_leader(None).await
     }
 
-    /// Time from `since` until a write is acknowledged again (provisions
-    /// through random replicas).
+    /// Time from `since` until a write is acknowledged again: provisions
+    /// through random replicas, a new one every 50 ms whether or not the
+    /// earlier ones were answered, so a call stuck on a stopped replica
+    /// (until `CALL_TIMEOUT`) does not hold the measure back.
     async fn writes_back(&self, since: Instant) -> Duration {
+        use mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient;
+        use mission_control_proto::v1::{AgentRole, ProvisionRequest};
         let deadline = Instant::now() + PATIENCE;
-        let mut n = 0;
-        loop {
-            n += 1;
+        let mut probes = tokio::task::JoinSet::new();
+        for n in 1.. {
+            let id = format!("probe-{n:05}");
             let (_, channel) = self.load.targets.random_except(None);
-            let request = mission_control_proto::v1::ProvisionRequest::new(
-                format!("probe-{n:05}"),
-                load::GATEWAY,
-                mission_control_proto::v1::AgentRole::BoardWorker,
-            )
-            .on_board("b1");
-            let client =
-                mission_control_proto::v1::agent_lifecycle_client::AgentLifecycleClient::new(
-                    channel,
-                );
-            // A replica that is stopped never answers: give up on it soon,
-            // but wait longer each time, for a loaded machine.
-            let patience = Duration::from_millis(500) * 2u32.pow((n as u32).min(4));
-            let answered = tokio::time::timeout(patience.min(CALL_TIMEOUT), async {
-                client.clone().provision(request).await
+            let request =
+                ProvisionRequest::new(&id, load::GATEWAY, AgentRole::BoardWorker).on_board("b1");
+            probes.spawn(async move {
+                let reply = AgentLifecycleClient::new(channel)
+                    .provision(request)
+                    .await
+                    .ok()?;
+                Some((id, reply.into_inner().agent.map_or(0, |a| a.generation)))
             });
-            if let Ok(Ok(reply)) = answered.await {
-                let generation = reply.into_inner().agent.map_or(0, |a| a.generation);
-                self.load
-                    .ledger
-                    .provisions
-                    .lock()
-                    .unwrap()
-                    .push((format!("probe-{n:05}"), generation));
-                let took = since.elapsed();
-                if took > LEADER_LEASE * 4 || std::env::var_os("MC_HARNESS_VERBOSE").is_some() {
-                    eprintln!(
-                        "[{}] writes were away for long: the replicas' logs",
-                        self.name
-                    );
-                    self.fleet.print_leadership();
+            let next_probe = tokio::time::sleep(Duration::from_millis(50));
+            tokio::pin!(next_probe);
+            loop {
+                tokio::select! {
+                    done = probes.join_next(), if !probes.is_empty() => {
+                        let Some(Ok(Some(acknowledged))) = done else { continue };
+                        let took = since.elapsed();
+                        self.load.ledger.provisions.lock().unwrap().push(acknowledged);
+                        if took > LEADER_LEASE * 4
+                            || std::env::var_os("MC_HARNESS_VERBOSE").is_some()
+                        {
+                            eprintln!("[{}] writes were away for long: the replicas' logs", self.name);
+                            self.fleet.print_leadership();
+                        }
+                        return took;
+                    }
+                    _ = &mut next_probe => break,
                 }
-                return took;
             }
             assert!(
                 Instant::now() < deadline,
                 "[{}] writes never came back",
                 self.name
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        unreachable!("probes run until one is answered")
     }
 
     /// Load for longer than an agent's lease (a lost renewal would show as

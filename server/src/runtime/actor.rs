@@ -157,16 +157,42 @@ impl Actor {
 
     /// Serves as leader until this replica stops leading (or stops).
     async fn lead(&mut self) -> ControlFlow<()> {
+        let mut paused = false;
         loop {
             let leadership = &self.shared.leadership;
             if !leadership.may_act() {
-                if leadership.role() == ReplicaRole::TakingOver && leadership.holds_lease() {
+                match leadership.role() {
                     // Lost and taken again while this task was busy: it
                     // takes over anew (the run loop dispatches it).
-                    return ControlFlow::Continue(());
+                    ReplicaRole::TakingOver if leadership.holds_lease() => {}
+                    // The proof ran out, but a renewal in flight may still
+                    // prove the lease: nothing is done until it does, or
+                    // the lease keeper gives the lease up.
+                    ReplicaRole::Leader => {
+                        if !paused {
+                            tracing::warn!(
+                                "the leader lease is not proven; acting on nothing until a renewal proves it"
+                            );
+                            paused = true;
+                        }
+                        let shared = self.shared.clone();
+                        tokio::select! {
+                            biased;
+                            _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                            _ = self.roles.changed() => {
+                                self.roles.borrow_and_update();
+                            }
+                            _ = shared.leadership.next_renewal() => {}
+                        }
+                        continue;
+                    }
+                    _ => self.step_down("the leader lease can no longer be proven"),
                 }
-                self.step_down("the leader lease can no longer be proven");
                 return ControlFlow::Continue(());
+            }
+            if paused {
+                tracing::info!("the leader lease is proven again; acting");
+                paused = false;
             }
             // Follow-ups count toward the batch's command budget too.
             let carried = self.followups.len().min(self.shared.settings.max_batch);
@@ -400,7 +426,17 @@ impl Actor {
         }
         committed.notes.iter().for_each(|note| log_note(note, now));
         committed.rollouts.iter().for_each(log_rollout);
-        self.deliver(committed.effects);
+        // Committed while the lease held (the fence saw to it), but the
+        // proof may have run out since: then another replica may lead, and
+        // no wake may go out from here. The deadlines they armed stand.
+        if self.shared.leadership.may_act() {
+            self.deliver(committed.effects);
+        } else if !committed.effects.is_empty() {
+            tracing::warn!(
+                effects = committed.effects.len(),
+                "committed, but the leader lease is no longer proven: nothing sent"
+            );
+        }
         Ok(())
     }
 
@@ -497,7 +533,13 @@ impl Actor {
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?delay, "rebuilding state failed");
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    // Writes come back within about a lease of the
+                    // database, not after a backoff grown through a long
+                    // outage (at 5 s, tries fell due 6.3, 11.3, 16.3 and
+                    // 21.3 s after it began).
+                    let most = (self.shared.settings.leader_lease / 4)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+                    delay = (delay * 2).min(most);
                 }
             }
         }

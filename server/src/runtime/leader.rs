@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -82,9 +82,20 @@ impl LeaseTiming {
         self.lease / 2
     }
 
-    /// How often the leader renews (and retries a failed renewal).
+    /// How often the leader renews (a failed renewal is retried after
+    /// half of this).
     pub fn renew_every(self) -> Duration {
         self.lease / 10
+    }
+
+    /// How long past the end of its proof the leader waits for a renewal
+    /// still in flight (or retries a failed one) before it gives the lease
+    /// up: a renewal answered late proves the lease from its own start, so
+    /// a slow database costs a pause, not a failover. By then (0.7 L after
+    /// the last good renewal started) the row has expired, as far as this
+    /// replica can tell.
+    pub fn renewal_patience(self) -> Duration {
+        self.lease / 5
     }
 
     /// How often a follower tries when it knows no expiry to wait for.
@@ -99,6 +110,9 @@ pub(super) struct Leadership {
     /// Until when the lease is proven, on this process's monotonic clock.
     valid_until: Mutex<Option<Instant>>,
     role: watch::Sender<ReplicaRole>,
+    /// Told of every successful renewal: a leader whose proof ran out acts
+    /// again once a late renewal proves the lease anew.
+    renewals: Notify,
     /// Set when this replica hands leadership over (a drain): it never
     /// takes the lease again.
     retired: AtomicBool,
@@ -111,6 +125,7 @@ impl Leadership {
             timing,
             valid_until: Mutex::new(None),
             role: watch::channel(ReplicaRole::Follower).0,
+            renewals: Notify::new(),
             retired: AtomicBool::new(false),
         }
     }
@@ -168,6 +183,12 @@ impl Leadership {
 
     pub fn renewed(&self, until: Instant) {
         *self.valid_until.lock().expect("leadership lock") = Some(until);
+        self.renewals.notify_waiters();
+    }
+
+    /// Resolves at the next successful renewal.
+    pub async fn next_renewal(&self) {
+        self.renewals.notified().await;
     }
 
     /// Caught up: from now on this replica serves as leader.
@@ -232,15 +253,19 @@ pub(super) async fn keep_lease(shared: Arc<Shared>, stop: CancellationToken) {
             };
             continue;
         }
-        // The renewal may not outlive the proof it would extend.
-        let deadline = leadership.valid_until().unwrap_or(started);
+        // Past its proof the leader acts on nothing, but keeps the lease
+        // while a renewal may still prove it (`renewal_patience`).
+        let deadline = leadership
+            .valid_until()
+            .map_or(started, |until| until + timing.renewal_patience());
         let renewed = tokio::time::timeout_at(deadline, shared.store.renew_leadership(&candidate));
         next = started + timing.renew_every();
         match renewed.await {
             Ok(Ok(true)) => leadership.renewed(leadership.proven_until(started)),
             Ok(Ok(false)) => leadership.lost("the lease expired or another replica took it"),
-            Ok(Err(error)) if leadership.holds_lease() => {
+            Ok(Err(error)) if Instant::now() < deadline => {
                 tracing::warn!(%error, "leader lease renewal failed; retrying");
+                next = started + timing.renew_every() / 2;
             }
             Ok(Err(_)) | Err(_) => leadership.lost("the lease could not be renewed in time"),
         }

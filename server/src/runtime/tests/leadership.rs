@@ -111,6 +111,42 @@ async fn a_stalled_leader_is_replaced_within_one_lease_and_acts_no_more() {
     b.provision(spec("next")).await.unwrap();
 }
 
+/// A renewal that comes late (a slow database) costs a pause, not the
+/// lease: past its proof the leader acts on nothing, and once a renewal
+/// proves the lease again it acts with the same epoch; the follower, which
+/// tries at the expiry it read, finds the lease renewed.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewals_come_late_pauses_and_keeps_its_lease() {
+    let a = start(settings()).await;
+    let (b, _) = follower(&a).await;
+    let token = a.provision("steady").await.token.unwrap();
+    a.lifecycle.heartbeat(&token, None).await.unwrap();
+    let epoch = a.store.lease_epoch();
+    // The renewal at 0.5 s succeeds (proven until 3 s, the row until
+    // 3.5 s); the next ones fail, retried every 0.25 s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.store.set_lease_cut_off(true);
+    tokio::time::sleep(Duration::from_millis(2450)).await;
+    assert_eq!(a.elapsed(), 3.05);
+    assert!(is_not_leader(a.lifecycle.heartbeat(&token, None).await));
+    assert!(is_not_leader(a.lifecycle.provision(spec("paused")).await));
+    assert_eq!(a.lifecycle.role(), ReplicaRole::Follower, "not leading now");
+    // The database answers again: the retry at 3.25 s renews the lease.
+    a.store.set_lease_cut_off(false);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        a.lifecycle.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+    a.provision("resumed").await;
+    assert_eq!(a.lifecycle.role(), ReplicaRole::Leader);
+    // Past the old expiry (3.5 s) and well beyond: the same lease.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(a.store.lease_epoch(), epoch);
+    assert_eq!(b.role(), ReplicaRole::Follower);
+    assert_eq!(a.lifecycle.role(), ReplicaRole::Leader);
+}
+
 /// The follower's polls (every 500 ms from its start at 0.25 s) straddle
 /// the expiry at 3 s: it tries at the expiry the store reported instead.
 #[tokio::test(start_paused = true)]
