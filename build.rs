@@ -8,6 +8,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "proto/missioncontrol/lifecycle/v1/lifecycle.proto",
     "proto/missioncontrol/lifecycle/v1/gateways.proto",
+    "proto/missioncontrol/lifecycle/v1/rollouts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

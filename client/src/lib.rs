@@ -17,6 +17,7 @@ pub mod endpoints;
 mod error;
 pub mod gateway;
 pub mod operator;
+mod rollouts;
 
 pub use backoff::Backoff;
 pub use endpoints::Endpoints;

@@ -54,7 +54,7 @@ impl OperatorClient {
     }
 
     /// A request carrying the operator token, if one is set.
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(value) = &self.authorization {
             request
@@ -101,7 +101,7 @@ impl OperatorClient {
         self.finish(index, call(GatewaysClient::new(channel)).await)
     }
 
-    fn finish<T>(
+    pub(crate) fn finish<T>(
         &self,
         index: usize,
         result: Result<tonic::Response<T>, tonic::Status>,

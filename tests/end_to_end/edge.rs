@@ -8,10 +8,13 @@ use std::time::Duration;
 use mission_control_client::agent::{AgentClient, LoopEvent};
 use mission_control_client::agent_lifecycle_client::AgentLifecycleClient;
 use mission_control_client::gateways_client::GatewaysClient;
+use mission_control_client::rollouts_client::RolloutsClient;
 use mission_control_client::{
-    AgentRole, DeleteAgentRequest, GetAgentHistoryRequest, GetAgentRequest, HeartbeatRequest,
-    ListAgentsRequest, ListGatewaysRequest, ProvisionRequest, RegisterGatewayRequest,
-    WakeAgentRequest, WatchAgentRequest,
+    AgentRole, CancelRolloutRequest, DeleteAgentRequest, GetAgentHistoryRequest, GetAgentRequest,
+    GetDriftRequest, GetRolloutRequest, HeartbeatRequest, ListAgentsRequest, ListGatewaysRequest,
+    ListRolloutsRequest, PauseRolloutRequest, ProvisionRequest, RegisterGatewayRequest,
+    ResumeRolloutRequest, StartRolloutRequest, WakeAgentRequest, WatchAgentRequest,
+    WatchRolloutRequest,
 };
 use mission_control_server::edge::hash_line;
 use tonic::transport::Channel;
@@ -98,6 +101,8 @@ const CREDENTIALS: [Credential; 6] = [
 struct Tokens {
     agent: String,
     gateway: String,
+    /// A running rollout, for the calls that name one.
+    rollout: String,
 }
 
 fn request<T>(message: T, credential: Credential, tokens: &Tokens) -> Request<T> {
@@ -132,6 +137,15 @@ enum Rpc {
     RegisterGateway,
     ListGateways,
     ConnectGateway,
+    GetDrift,
+    /// Over agent `matrix`, on its own.
+    StartRollout,
+    GetRollout,
+    ListRollouts,
+    WatchRollout,
+    PauseRollout,
+    ResumeRollout,
+    CancelRollout,
     /// Last: it deletes the agent the others use.
     DeleteAgent,
 }
@@ -143,7 +157,14 @@ fn code<T>(result: Result<T, tonic::Status>) -> Code {
 async fn call(rpc: Rpc, channel: &Channel, credential: Credential, tokens: &Tokens) -> Code {
     let mut lifecycle = AgentLifecycleClient::new(channel.clone());
     let mut gateways = GatewaysClient::new(channel.clone());
+    let mut rollouts = RolloutsClient::new(channel.clone());
     let r = |message| request(message, credential, tokens);
+    let rollout_id = tokens.rollout.clone();
+    macro_rules! req {
+        ($message:expr) => {
+            request($message, credential, tokens)
+        };
+    }
     match rpc {
         Rpc::Provision => code(
             lifecycle
@@ -221,6 +242,45 @@ async fn call(rpc: Rpc, channel: &Channel, credential: Credential, tokens: &Toke
                 .connect_gateway(request(futures_util::stream::pending(), credential, tokens))
                 .await,
         ),
+        Rpc::GetDrift => code(rollouts.get_drift(req!(GetDriftRequest::default())).await),
+        Rpc::StartRollout => code(
+            rollouts
+                .start_rollout(req!(StartRolloutRequest {
+                    template_version: "v2".into(),
+                    agent_ids: vec!["matrix".into()],
+                    ..Default::default()
+                }))
+                .await,
+        ),
+        Rpc::GetRollout => code(
+            rollouts
+                .get_rollout(req!(GetRolloutRequest { rollout_id }))
+                .await,
+        ),
+        Rpc::ListRollouts => code(rollouts.list_rollouts(req!(ListRolloutsRequest {})).await),
+        Rpc::WatchRollout => code(
+            rollouts
+                .watch_rollout(req!(WatchRolloutRequest { rollout_id }))
+                .await,
+        ),
+        Rpc::PauseRollout => code(
+            rollouts
+                .pause_rollout(req!(PauseRolloutRequest { rollout_id }))
+                .await,
+        ),
+        Rpc::ResumeRollout => code(
+            rollouts
+                .resume_rollout(req!(ResumeRolloutRequest {
+                    rollout_id,
+                    failure_budget: String::new(),
+                }))
+                .await,
+        ),
+        Rpc::CancelRollout => code(
+            rollouts
+                .cancel_rollout(req!(CancelRolloutRequest { rollout_id }))
+                .await,
+        ),
         Rpc::DeleteAgent => code(
             lifecycle
                 .delete_agent(request(
@@ -259,18 +319,41 @@ async fn every_rpc_with_every_credential() {
         ))
         .await
         .unwrap();
-    let tokens = Tokens {
-        agent: agent.agent_token,
-        gateway: gateway.gateway_token,
-    };
     let channel = Channel::from_shared(app.endpoint.clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
+    // Two agents that never check in, one at a time: it stays running.
+    for id in ["ro-1", "ro-2"] {
+        admin
+            .provision(ProvisionRequest::new(id, "gw", AgentRole::GatewayMain))
+            .await
+            .unwrap();
+    }
+    let mut start = Request::new(StartRolloutRequest {
+        template_version: "v2".into(),
+        agent_ids: vec!["ro-1".into(), "ro-2".into()],
+        max_in_flight: "1".into(),
+        ..Default::default()
+    });
+    start.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    let rollout = RolloutsClient::new(channel.clone())
+        .start_rollout(start)
+        .await
+        .unwrap()
+        .into_inner();
+    let tokens = Tokens {
+        agent: agent.agent_token,
+        gateway: gateway.gateway_token,
+        rollout: rollout.id,
+    };
 
     // Columns: none, wrong, agent token, gateway token, viewer, admin.
-    let matrix: [(Rpc, [Code; 6]); 11] = [
+    let matrix: [(Rpc, [Code; 6]); 19] = [
         (Rpc::Provision, [U, U, U, U, P, K]),
         (Rpc::Heartbeat, [U, U, K, U, U, U]),
         (Rpc::WakeAgent, [U, U, U, U, P, K]),
@@ -281,6 +364,14 @@ async fn every_rpc_with_every_credential() {
         (Rpc::RegisterGateway, [U, U, U, U, P, K]),
         (Rpc::ListGateways, [U, U, U, U, K, K]),
         (Rpc::ConnectGateway, [U, U, U, K, U, U]),
+        (Rpc::GetDrift, [U, U, U, U, K, K]),
+        (Rpc::StartRollout, [U, U, U, U, P, K]),
+        (Rpc::GetRollout, [U, U, U, U, K, K]),
+        (Rpc::ListRollouts, [U, U, U, U, K, K]),
+        (Rpc::WatchRollout, [U, U, U, U, K, K]),
+        (Rpc::PauseRollout, [U, U, U, U, P, K]),
+        (Rpc::ResumeRollout, [U, U, U, U, P, K]),
+        (Rpc::CancelRollout, [U, U, U, U, P, K]),
         (Rpc::DeleteAgent, [U, U, U, U, P, K]),
     ];
     let mut wrong = Vec::new();

@@ -2,6 +2,7 @@
 //! in-process on an in-memory store.
 
 mod operator;
+mod rollout;
 mod simulate;
 mod support;
 mod tls;

@@ -43,6 +43,7 @@ pub const MAX_OPEN_MESSAGE: usize = 16 * 1024;
 
 const LIFECYCLE: &str = "/missioncontrol.lifecycle.v1.AgentLifecycle/";
 const GATEWAYS: &str = "/missioncontrol.lifecycle.v1.Gateways/";
+const ROLLOUTS: &str = "/missioncontrol.lifecycle.v1.Rollouts/";
 const OUR_PACKAGE: &str = "/missioncontrol.";
 
 const fn unary(access: Access, max: usize) -> Method {
@@ -84,6 +85,14 @@ pub fn method(path: &str) -> Method {
             _ => unary(ADMIN, MAX_UNARY_REQUEST),
         };
     }
+    if let Some(name) = path.strip_prefix(ROLLOUTS) {
+        return match name {
+            "GetDrift" | "GetRollout" | "ListRollouts" | "WatchRollout" => {
+                unary(VIEWER, MAX_UNARY_REQUEST)
+            }
+            _ => unary(ADMIN, MAX_UNARY_REQUEST),
+        };
+    }
     if path.starts_with(OUR_PACKAGE) {
         return unary(ADMIN, MAX_UNARY_REQUEST);
     }
@@ -122,6 +131,15 @@ mod tests {
             ("Gateways/RegisterGateway", ADMIN),
             ("Gateways/ListGateways", VIEWER),
             ("Gateways/ConnectGateway", Access::Gateway),
+            ("Rollouts/GetDrift", VIEWER),
+            ("Rollouts/GetRollout", VIEWER),
+            ("Rollouts/ListRollouts", VIEWER),
+            ("Rollouts/WatchRollout", VIEWER),
+            ("Rollouts/StartRollout", ADMIN),
+            ("Rollouts/PauseRollout", ADMIN),
+            ("Rollouts/ResumeRollout", ADMIN),
+            ("Rollouts/CancelRollout", ADMIN),
+            ("Rollouts/SomethingNew", ADMIN),
             ("Other/Thing", ADMIN),
         ];
         for (name, access) in cases {

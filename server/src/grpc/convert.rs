@@ -16,7 +16,7 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-fn opt_timestamp(t: Option<Timestamp>) -> Option<prost_types::Timestamp> {
+pub fn opt_timestamp(t: Option<Timestamp>) -> Option<prost_types::Timestamp> {
     t.map(timestamp)
 }
 

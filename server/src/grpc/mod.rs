@@ -7,12 +7,14 @@ mod forward;
 mod gateways;
 mod lifecycle;
 mod page_token;
+mod rollouts;
 mod validate;
 
 use std::future::Future;
 
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycleServer;
 use mission_control_proto::v1::gateways_server::GatewaysServer;
+use mission_control_proto::v1::rollouts_server::RolloutsServer;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -88,6 +90,10 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_UNARY_REQUEST),
         )
         .add_service(
+            RolloutsServer::new(rollouts::RolloutService::new(lifecycle.clone()))
+                .max_decoding_message_size(MAX_UNARY_REQUEST),
+        )
+        .add_service(
             GatewaysServer::new(gateways::GatewayService::new(lifecycle))
                 .max_decoding_message_size(MAX_GATEWAY_MESSAGE),
         );
@@ -145,6 +151,7 @@ async fn report_health(
         "",
         <AgentLifecycleServer<lifecycle::LifecycleService> as NamedService>::NAME,
         <GatewaysServer<gateways::GatewayService> as NamedService>::NAME,
+        <RolloutsServer<rollouts::RolloutService> as NamedService>::NAME,
     ];
     let mut reachable = lifecycle.database_reachable();
     let mut roles = lifecycle.roles();

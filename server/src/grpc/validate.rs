@@ -24,7 +24,7 @@ pub fn gateway_id(field: &'static str, value: &str) -> Result<GatewayId> {
     GatewayId::parse(value).map_err(|e| LifecycleError::invalid(field, e.to_string()))
 }
 
-fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<Option<T>> {
+pub fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<Option<T>> {
     if value.is_empty() {
         Ok(None)
     } else {
@@ -32,7 +32,7 @@ fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<Opt
     }
 }
 
-fn board_id(value: &str) -> Result<Option<BoardId>> {
+pub fn board_id(value: &str) -> Result<Option<BoardId>> {
     optional(value, |v| {
         BoardId::parse(v).map_err(|e| LifecycleError::invalid("board_id", e.to_string()))
     })

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mission_control_client::{AgentRole, AgentStatus};
 
+use crate::rollout::{DriftArgs, RolloutCommand};
 use crate::simulate::SimulateArgs;
 
 /// Operate a mission-control lifecycle service: register gateways, provision,
@@ -88,6 +89,13 @@ pub enum Command {
     },
     /// Watch agents live: a snapshot, then every change.
     Watch(WatchArgs),
+    /// Drifted agents (another template version reported than desired, or
+    /// none) per gateway and board.
+    Drift(DriftArgs),
+    /// Roll a template version out over a gateway, a board or agents, wave
+    /// by wave; follow, pause, resume or cancel it.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Play a gateway with a fleet of agents and report how the policy treated them.
     Simulate(SimulateArgs),
 }

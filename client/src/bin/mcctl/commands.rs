@@ -21,7 +21,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn print(&self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
+    pub fn print(&self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
         let _ = match self.output {
             // A closed stdout is the reader's choice, not an error.
             Output::Json => stdout::emit_line(&json().to_string()),

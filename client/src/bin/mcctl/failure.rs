@@ -14,6 +14,8 @@ pub enum Failure {
     Usage(String),
     /// A watch stream ended with a status; `hint` says what to do about it.
     Stream { status: tonic::Status, hint: String },
+    /// A followed rollout stopped short of completing (paused or cancelled).
+    Halted(String),
 }
 
 impl From<Error> for Failure {
@@ -37,6 +39,7 @@ impl Failure {
                 format!("error: {code}: {message}")
             }
             Failure::Usage(message) => format!("error: INVALID_ARGUMENT: {message}"),
+            Failure::Halted(message) => format!("stopped: {message}"),
             Failure::Stream { status, hint } => {
                 let code = code_name(status.code());
                 let mut text = format!("error: {code}: {}", status_message(status));
@@ -57,10 +60,12 @@ impl Failure {
         matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
     }
 
-    /// 2 for bad usage (as clap does), 1 for everything else.
+    /// 2 for bad usage (as clap does), 3 for a followed rollout that
+    /// paused or was cancelled, 1 for everything else.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Failure::Usage(_) => ExitCode::from(2),
+            Failure::Halted(_) => ExitCode::from(3),
             _ => ExitCode::FAILURE,
         }
     }

@@ -6,6 +6,7 @@ mod commands;
 mod failure;
 mod json;
 mod names;
+mod rollout;
 mod simulate;
 mod stdout;
 mod table;
@@ -53,7 +54,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     // A one-shot command that finds its endpoint unavailable is tried on
     // the next one, once per endpoint (the client moves on by itself).
-    if !matches!(cli.command, Command::Watch(_) | Command::Simulate(_)) {
+    // Not a rollout start: one whose answer was lost may have started.
+    if !matches!(
+        cli.command,
+        Command::Watch(_)
+            | Command::Simulate(_)
+            | Command::Rollout(rollout::RolloutCommand::Start(_))
+    ) {
         let mut tries = ctx.endpoints.len();
         loop {
             match one_shot(&ctx, &cli.command).await {
@@ -65,6 +72,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Watch(args) => watch::run(&ctx, args).await,
         Command::Simulate(args) => simulate::run(&ctx, args).await,
+        Command::Rollout(command) => rollout::run(&ctx, &command).await,
         _ => unreachable!("one-shot commands are run above"),
     }
 }
@@ -79,6 +87,8 @@ async fn one_shot(ctx: &Context, command: &Command) -> Result<(), Failure> {
         Command::Delete { agent_id } => commands::delete(ctx, agent_id).await,
         Command::History { agent_id, limit } => commands::history(ctx, agent_id, *limit).await,
         Command::Heartbeat { token } => commands::heartbeat(ctx, token).await,
+        Command::Drift(args) => rollout::drift(ctx, args).await,
+        Command::Rollout(command) => rollout::run(ctx, command).await,
         Command::Watch(_) | Command::Simulate(_) => unreachable!("not one-shot"),
     }
 }
