@@ -265,3 +265,93 @@ async fn a_connected_gateway_is_not_taken_over_unless_asked() {
     }
     server.app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_makes_a_rollout_pause_itself() {
+    use crate::support::{PATIENCE, Running, mcctl};
+    // As above: deadlines and leases a stalled machine does not miss.
+    let server = server("2s", "3s", "200ms").await;
+    let endpoint = server.endpoint.as_str();
+    let simulate = Running::spawn(
+        endpoint,
+        &[
+            "simulate",
+            "--agents",
+            "10",
+            "--first-wake",
+            "1",
+            "--later-wake",
+            "0",
+            "--never",
+            "0",
+            "--flaky",
+            "0",
+            "--keeps-old-template",
+            "0.2",
+            "--crashes-on-new-template",
+            "0.1",
+            "--duration",
+            "10m",
+            "--seed",
+            "7",
+            "--startup-delay",
+            "100ms",
+        ],
+    );
+    // Every agent online and reporting v1.
+    let settled = async {
+        loop {
+            let listed = json(
+                endpoint,
+                &["list", "--gateway", "sim-gw", "--status", "online"],
+            )
+            .await;
+            let drift = json(endpoint, &["drift", "--gateway", "sim-gw"]).await;
+            if listed.as_array().unwrap().len() == 10 && drift["drifted"] == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, settled)
+        .await
+        .expect("the fleet settles on v1");
+
+    // One at a time, no failure tolerated: 3 of the 10 fail on v2, so it
+    // pauses at the first of them with agents left untouched.
+    let output = mcctl(
+        endpoint,
+        &[
+            "-o",
+            "json",
+            "rollout",
+            "start",
+            "v2",
+            "--gateway",
+            "sim-gw",
+            "--max-in-flight",
+            "1",
+            "--watch",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("is paused: failure budget spent: 1 of 10"),
+        "{stderr}"
+    );
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "paused");
+    assert!(last["overall"]["pending"].as_u64().unwrap() >= 1, "{last}");
+    let failure = &last["failures"][0]["reason"];
+    let reason = failure.as_str().unwrap();
+    assert!(
+        reason.contains("still reporting template version \"v1\"")
+            || reason.contains("no check-in after 3 wake attempts"),
+        "{reason}"
+    );
+    drop(simulate);
+    server.app.shutdown().await;
+}

@@ -26,6 +26,8 @@ pub struct Launch {
     pub startup: Duration,
     /// Stop heartbeating after this many beats (flaky agents).
     pub beats: Option<u32>,
+    /// Set when the gateway stops this process (a new template arrived).
+    pub retired: watch::Receiver<bool>,
 }
 
 pub fn spawn(
@@ -65,10 +67,12 @@ async fn run(
             }
         }
     };
+    let mut retired = launch.retired.clone();
     let until = async {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => {}
             _ = gone_silent.notified() => {}
+            _ = retired.wait_for(|retired| *retired) => {}
         }
     };
     if let Err(error) = launch.client.run_with(until, observe).await {

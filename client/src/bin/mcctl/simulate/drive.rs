@@ -156,11 +156,13 @@ fn provision_all(
 ) -> mpsc::UnboundedReceiver<(String, Result<ProvisionResponse, Error>)> {
     let (replies, receiver) = mpsc::unbounded_channel();
     let (gateway, board) = (args.gateway.clone(), args.prefix.clone());
+    let template = args.template_version.clone();
     tokio::spawn(async move {
         let calls = futures_util::stream::iter(ids).map(|id| {
             let request =
                 ProvisionRequest::new(id.clone(), gateway.clone(), AgentRole::BoardWorker)
                     .on_board(board.clone())
+                    .with_template_version(template.clone())
                     .rotating_token();
             let operator = operator.clone();
             async move { (id, operator.provision(request).await) }

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::agent::{self, AgentReport, Launch};
-use super::plan::Behaviour;
+use super::plan::{Behaviour, TemplatePlay};
 use super::report::{Outcome, Tally};
 use crate::time::instant;
 
@@ -38,6 +38,11 @@ struct SimAgent {
     server: Option<Agent>,
     deleted: bool,
     checkin_latency: Option<Duration>,
+    template: TemplatePlay,
+    /// The template version its process runs and reports, once started.
+    running: Option<String>,
+    /// Stops its current process.
+    retire: Option<watch::Sender<bool>>,
 }
 
 pub struct Settings {
@@ -66,13 +71,16 @@ pub struct Progress {
 
 impl Fleet {
     pub fn new(
-        plan: impl IntoIterator<Item = (String, Behaviour)>,
+        plan: impl IntoIterator<Item = (String, Behaviour, TemplatePlay)>,
         settings: Settings,
     ) -> (Self, mpsc::UnboundedReceiver<AgentReport>) {
         let agents = plan
             .into_iter()
-            .map(|(id, behaviour)| {
+            .map(|(id, behaviour, template)| {
                 let agent = SimAgent {
+                    template,
+                    running: None,
+                    retire: None,
                     behaviour,
                     token: None,
                     generation: None,
@@ -114,10 +122,30 @@ impl Fleet {
             .wakes_by_attempt
             .entry(command.attempt)
             .or_default() += 1;
+        let deadline = instant(&command.checkin_deadline_at);
+        if let Some(running) = agent.running.clone()
+            && running != command.template_version
+        {
+            // A new template: the process stops, and restarts as it plays.
+            if let Some(retire) = agent.retire.take() {
+                retire.send_replace(true);
+            }
+            agent.running = match agent.template {
+                TemplatePlay::PicksUp => Some(command.template_version.clone()),
+                TemplatePlay::KeepsOld => Some(running),
+                TemplatePlay::Crashes => None,
+            };
+            *self.tally.template_plays.entry(agent.template).or_default() += 1;
+            if agent.running.is_some() {
+                agent.answering = Some((Instant::now(), deadline));
+                self.launch(&command.agent_id);
+            }
+            return;
+        }
         if agent.started || agent.behaviour.checkin_attempt() != Some(command.attempt) {
             return;
         }
-        let deadline = instant(&command.checkin_deadline_at);
+        agent.running = Some(command.template_version.clone());
         agent.answering = Some((Instant::now(), deadline));
         self.launch(&command.agent_id);
     }
@@ -187,13 +215,17 @@ impl Fleet {
             SystemTime::now(),
             unit,
         );
+        let client = client.with_template_version(agent.running.clone().unwrap_or_default());
         let beats = (agent.behaviour == Behaviour::Flaky).then_some(self.settings.flaky_beats);
+        let (retire, retired) = watch::channel(false);
+        agent.retire = Some(retire);
         let launch = Launch {
             id: id.to_owned(),
             client,
             woken_at,
             startup,
             beats,
+            retired,
         };
         agent::spawn(
             &mut self.tasks,

@@ -84,6 +84,17 @@ pub struct SimulateArgs {
     /// Seed for who-does-what and start-up times, to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The template version agents are provisioned with (and report).
+    #[arg(long, default_value = "v1")]
+    pub template_version: String,
+    /// Share of agents that, woken with another template version (by a
+    /// rollout), restart but keep reporting the old one.
+    #[arg(long, default_value_t = 0.0)]
+    pub keeps_old_template: f64,
+    /// Share that crash on another template version: they never check in
+    /// again, and go offline after the policy's wakes.
+    #[arg(long, default_value_t = 0.0)]
+    pub crashes_on_new_template: f64,
 }
 
 impl SimulateArgs {
@@ -108,10 +119,18 @@ pub async fn run(ctx: &Context, args: SimulateArgs) -> Result<(), Failure> {
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let behaviours = plan::deal(&args.shares(), args.agents, &mut rng);
+    let templates = plan::deal_templates(
+        args.keeps_old_template,
+        args.crashes_on_new_template,
+        args.agents,
+        &mut rng,
+    )
+    .map_err(Failure::Usage)?;
     let plan: Vec<_> = behaviours
         .into_iter()
+        .zip(templates)
         .enumerate()
-        .map(|(i, behaviour)| (plan::agent_id(&args.prefix, i), behaviour))
+        .map(|(i, (behaviour, template))| (plan::agent_id(&args.prefix, i), behaviour, template))
         .collect();
     let token = match &args.gateway_token {
         Some(token) => token.clone(),

@@ -128,6 +128,67 @@ pub fn deal(shares: &Shares, agents: usize, rng: &mut fastrand::Rng) -> Vec<Beha
     behaviours
 }
 
+/// What an agent does when a wake brings a template version other than the
+/// one it runs (a rollout, or a re-provision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TemplatePlay {
+    /// Restarts on the new version and reports it.
+    PicksUp,
+    /// Restarts, but keeps reporting the version it ran before.
+    KeepsOld,
+    /// Stops on the new version and never checks in again.
+    Crashes,
+}
+
+impl TemplatePlay {
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplatePlay::PicksUp => "picked_up",
+            TemplatePlay::KeepsOld => "kept_old",
+            TemplatePlay::Crashes => "crashed",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TemplatePlay::PicksUp => "picked up",
+            TemplatePlay::KeepsOld => "kept the old one",
+            TemplatePlay::Crashes => "crashed",
+        }
+    }
+}
+
+/// `keeps_old` and `crashes` of `agents` (shares, rounded down), the rest
+/// picking up new templates, shuffled.
+pub fn deal_templates(
+    keeps_old: f64,
+    crashes: f64,
+    agents: usize,
+    rng: &mut fastrand::Rng,
+) -> Result<Vec<TemplatePlay>, String> {
+    for (flag, share) in [
+        ("keeps-old-template", keeps_old),
+        ("crashes-on-new-template", crashes),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!(
+                "--{flag} must be a fraction within 0..1, got {share}"
+            ));
+        }
+    }
+    if keeps_old + crashes > 1.0 + 1e-9 {
+        return Err("--keeps-old-template and --crashes-on-new-template sum to more than 1".into());
+    }
+    let old = (keeps_old * agents as f64).floor() as usize;
+    let crash = ((crashes * agents as f64).floor() as usize).min(agents - old);
+    let mut plays = Vec::with_capacity(agents);
+    plays.extend(std::iter::repeat_n(TemplatePlay::KeepsOld, old));
+    plays.extend(std::iter::repeat_n(TemplatePlay::Crashes, crash));
+    plays.resize(agents, TemplatePlay::PicksUp);
+    rng.shuffle(&mut plays);
+    Ok(plays)
+}
+
 /// `sim-0001`, `sim-0002`, ...: sorted order is numeric order.
 pub fn agent_id(prefix: &str, index: usize) -> String {
     format!("{prefix}-{:04}", index + 1)
@@ -143,6 +204,18 @@ mod tests {
         never: 0.2,
         flaky: 0.1,
     };
+
+    #[test]
+    fn template_plays_are_dealt_by_share_and_checked() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let plays = deal_templates(0.2, 0.1, 10, &mut rng).unwrap();
+        let count = |play| plays.iter().filter(|p| **p == play).count();
+        assert_eq!(count(TemplatePlay::KeepsOld), 2);
+        assert_eq!(count(TemplatePlay::Crashes), 1);
+        assert_eq!(count(TemplatePlay::PicksUp), 7);
+        assert!(deal_templates(0.7, 0.4, 10, &mut rng).is_err());
+        assert!(deal_templates(-0.1, 0.0, 10, &mut rng).is_err());
+    }
 
     #[test]
     fn shares_outside_0_1_or_summing_past_1_are_refused_clearly() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::plan::Behaviour;
+use super::plan::{Behaviour, TemplatePlay};
 use crate::table;
 use crate::time::short;
 
@@ -15,9 +15,21 @@ use crate::time::short;
 pub struct Tally {
     pub wakes_by_attempt: BTreeMap<u32, u64>,
     pub checkin_latencies: Vec<Duration>,
+    /// Agents woken with a new template version, by what they did.
+    pub template_plays: BTreeMap<TemplatePlay, u64>,
 }
 
 impl Tally {
+    /// `picked up 7, kept the old one 2, crashed 1`; empty if none.
+    pub fn template_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .template_plays
+            .iter()
+            .map(|(play, n)| format!("{} {n}", play.describe()))
+            .collect();
+        parts.join(", ")
+    }
+
     pub fn wakes(&self) -> u64 {
         self.wakes_by_attempt.values().sum()
     }
@@ -127,6 +139,9 @@ impl Report {
             "offline_reasons": self.histogram(|o| &o.offline_reason),
             "last_provision_errors": self.histogram(|o| &o.last_provision_error),
             "by_behaviour": by_behaviour,
+            "new_templates": self.tally.template_plays.iter()
+                .map(|(play, n)| (play.name().to_owned(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "outcomes": outcomes,
         })
     }
@@ -170,6 +185,10 @@ impl Report {
         text.push_str(&format!(
             "check-in latency: {latency} (from the wake to the first heartbeat)\n"
         ));
+        let templates = self.tally.template_summary();
+        if !templates.is_empty() {
+            text.push_str(&format!("new templates:    {templates}\n"));
+        }
         text.push_str(&format!("online:           {}\n", self.count("online")));
         text.push_str(&format!("offline:          {}\n", self.count("offline")));
         for (title, counts) in [

@@ -22,6 +22,7 @@ fn report() -> Report {
         tally: Tally {
             wakes_by_attempt: BTreeMap::from([(1, 4), (2, 2), (3, 2)]),
             checkin_latencies: [30, 10, 20, 40].map(Duration::from_millis).to_vec(),
+            template_plays: BTreeMap::new(),
         },
         outcomes: vec![
             outcome("sim-0001", Behaviour::FirstWake, "online", 0, ""),
