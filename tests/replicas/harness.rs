@@ -18,14 +18,15 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// replica given a few percent of a core renews late, and takes seconds to
 /// take over), which is not what these scenarios are about.
 pub const LEADER_LEASE: Duration = Duration::from_secs(5);
-/// An agent's lease: long enough to ride out a failover.
-pub const AGENT_LEASE: Duration = Duration::from_secs(12);
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// An agent's lease: long enough to ride out a failover, and a few failed
+/// calls on a loaded machine besides.
+pub const AGENT_LEASE: Duration = Duration::from_secs(20);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 /// A client gives up on one call after this (and tries another replica).
 /// Generous, so that a loaded machine's slow answers are not turned into a
 /// storm of retries; short enough that an agent whose call hangs on a
 /// stopped replica still beats again well within its lease.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One replica: the `mission-control` binary, stopped (SIGCONT, SIGKILL)
 /// when dropped, so a failed assertion leaves no process behind.

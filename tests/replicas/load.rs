@@ -311,13 +311,12 @@ async fn heartbeat_loop(
 }
 
 /// How long an agent waits after its `failures`-th failed beat in a row:
-/// 50-150 ms at first, doubling up to 1-2 s (within the heartbeat
-/// interval), so that a loaded machine is not answered with a storm.
+/// 50-150 ms at first, doubling up to 0.5-1.5 s, so that a loaded machine
+/// is not answered with a storm, while an agent still beats several times
+/// within its lease.
 fn retry_backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(100) * 2u32.pow(failures.min(4));
-    base.min(HEARTBEAT_INTERVAL / 2)
-        .mul_f64(0.5 + fastrand::f64())
-        .min(HEARTBEAT_INTERVAL)
+    let base = Duration::from_millis(100) * 2u32.pow(failures.min(3));
+    base.mul_f64(0.5 + fastrand::f64())
 }
 
 /// New agents, one every 100 ms, each heartbeating (checking in) at once.

@@ -32,6 +32,8 @@ enum Database {
 }
 
 struct Run {
+    /// When the leader was broken (wall clock, as the database's events).
+    fault_at: Option<SystemTime>,
     name: &'static str,
     fleet: Fleet,
     load: Load,
@@ -67,12 +69,19 @@ impl Run {
         let load = Load::start(targets, ledger, agents);
         // Warm: every agent beat (checked in) at least once.
         let deadline = Instant::now() + PATIENCE;
-        while load.ledger.check_ins.lock().unwrap().len() < agent_count() {
+        let fleet_checked_in = |ledger: &Ledger| {
+            let check_ins = ledger.check_ins.lock().unwrap();
+            check_ins
+                .iter()
+                .filter(|(id, _)| id.starts_with("agent-"))
+                .count()
+        };
+        while fleet_checked_in(&load.ledger) < agent_count() {
             if Instant::now() >= deadline {
                 let ledger = &load.ledger;
                 eprintln!(
                     "[{name}] {} of {} checked in; heartbeats acked {}, failed {}; refusals {:?}",
-                    ledger.check_ins.lock().unwrap().len(),
+                    fleet_checked_in(ledger),
                     agent_count(),
                     ledger
                         .heartbeats_acked
@@ -88,12 +97,19 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self {
+            fault_at: None,
             name,
             fleet,
             load,
             database,
             url,
         }
+    }
+
+    /// Notes the instant the leader is broken, and returns it.
+    fn fault(&mut self) -> Instant {
+        self.fault_at = Some(SystemTime::now());
+        Instant::now()
     }
 
     async fn leader(&self) -> usize {
@@ -156,7 +172,7 @@ impl Run {
         let flow = self.load.provisioned();
         let ledger = self.load.stop().await;
         let stopped_at = SystemTime::now();
-        let findings = verify(&self.url, &ledger, stopped_at).await;
+        let findings = verify(&self.url, &ledger, self.fault_at, stopped_at).await;
         eprintln!("[{}] {flow} agents provisioned during the run", self.name);
         if !findings.is_clean() {
             self.fleet.print_leadership();
@@ -172,7 +188,7 @@ async fn kill_9_the_leader() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut run = Run::start("kill -9", false).await;
     let leader = run.leader().await;
-    let fault = Instant::now();
+    let fault = run.fault();
     run.fleet.replica(leader).kill9();
     let next = run.fleet.wait_for_leader(Some(leader)).await;
     let elected = fault.elapsed();
@@ -188,7 +204,7 @@ async fn sigstop_the_leader_beyond_its_lease_then_sigcont() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut run = Run::start("stall", false).await;
     let leader = run.leader().await;
-    let fault = Instant::now();
+    let fault = run.fault();
     run.fleet.replica(leader).signal("STOP");
     let next = run.fleet.wait_for_leader(Some(leader)).await;
     let elected = fault.elapsed();
@@ -229,9 +245,9 @@ async fn sigstop_the_leader_beyond_its_lease_then_sigcont() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_the_leaders_database_sessions() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let run = Run::start("terminate", false).await;
+    let mut run = Run::start("terminate", false).await;
     let leader = run.leader().await;
-    let fault = Instant::now();
+    let fault = run.fault();
     let ended = terminate_sessions(&run.url, leader).await;
     assert!(ended > 0, "the leader had database sessions");
     let writes = run.writes_back(fault).await;
@@ -245,13 +261,13 @@ async fn terminate_the_leaders_database_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_postgres() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let run = Run::start("postgres restart", true).await;
+    let mut run = Run::start("postgres restart", true).await;
     let Database::Own(cluster) = &run.database else {
         unreachable!("this run has its own cluster")
     };
     let cluster = cluster.clone();
     let leader = run.leader().await;
-    let fault = Instant::now();
+    let fault = run.fault();
     let stopping = cluster.clone();
     tokio::task::spawn_blocking(move || stopping.stop())
         .await
@@ -276,7 +292,7 @@ async fn sigterm_hands_leadership_over() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut run = Run::start("sigterm", false).await;
     let leader = run.leader().await;
-    let fault = Instant::now();
+    let fault = run.fault();
     run.fleet.replica(leader).signal("TERM");
     let next = run.fleet.wait_for_leader(Some(leader)).await;
     let elected = fault.elapsed();
