@@ -162,6 +162,19 @@ impl Batch {
         self.agents.iter().map(|(id, agent)| (id, agent.as_ref()))
     }
 
+    /// Agents written without an event naming them (a renewal that missed
+    /// the fast path): only their lease fields changed. A store stamps them
+    /// as a lease checkpoint does, so that followers read them.
+    pub fn lease_only_writes(&self) -> Vec<&AgentId> {
+        let named: std::collections::BTreeSet<&AgentId> =
+            self.events.iter().map(|e| &e.agent.id).collect();
+        self.agents
+            .iter()
+            .filter(|(id, agent)| agent.is_some() && !named.contains(id))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     pub fn gateway_writes(&self) -> impl Iterator<Item = &Gateway> {
         self.gateways.values()
     }

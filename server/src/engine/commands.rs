@@ -212,7 +212,8 @@ impl Engine {
         let steady = previous.status == Status::Online && !previous.awaiting_checkin();
         if steady && new_template.is_none() {
             // A renewal that only missed the fast path (the agent was in
-            // flight): written with the batch, not an event.
+            // flight): written with the batch, not an event. Followers read
+            // only the lease fields of such a write (`Batch::lease_only_writes`).
             batch.agents.insert(agent.id.clone(), Some(agent.clone()));
             self.in_flight.insert(agent.id.clone());
             return Ok(agent);

@@ -10,6 +10,7 @@
 mod batch;
 mod commands;
 mod drift;
+mod follow;
 pub mod model;
 pub mod policy;
 mod reconcile;
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
+pub use follow::{Diverged, StoredLease};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     RolloutId, Status, Timestamp, TokenHash,

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 
 use super::LeaseCheckpoint;
 use super::batch::Change;
-use super::model::{
-    Agent, AgentId, Event, EventKind, Gateway, PendingRetire, Reason, Status, Timestamp,
-};
+use super::model::{Agent, AgentId, Gateway, PendingRetire, Reason, Status, Timestamp};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine, Policy};
 
@@ -22,6 +20,8 @@ pub struct StoredState {
     pub revision: u64,
     /// Every rollout, finished ones included.
     pub rollouts: Vec<super::rollout::Rollout>,
+    /// The last lease checkpoint committed (see `Store::changes_since`).
+    pub checkpoint: u64,
 }
 
 impl StoredState {
@@ -65,29 +65,6 @@ fn avalanche(mut x: u64) -> u64 {
 }
 
 impl Engine {
-    /// Applies an event another replica committed, to keep a follower's
-    /// copy current. Only agents and the revision follow: tokens, gateways,
-    /// timers and leases are rebuilt from the store at a takeover.
-    pub fn apply_event(&mut self, event: &Event) {
-        let id = &event.agent.id;
-        match event.kind {
-            EventKind::Deleted => {
-                if let Some(old) = self.agents.remove(id) {
-                    self.agent_tokens.remove(&old.token_hash);
-                }
-            }
-            EventKind::Added | EventKind::Changed => {
-                let mut agent = event.agent.clone();
-                // Events do not carry tokens: keep the one this copy knows.
-                if let Some(old) = self.agents.get(id) {
-                    agent.token_hash = old.token_hash;
-                }
-                self.agents.insert(id.clone(), agent);
-            }
-        }
-        self.revision = self.revision.max(event.revision);
-    }
-
     /// Rebuilds the engine and its timers from stored state.
     ///
     /// Deadlines and leases that passed while the service was down, or fall
@@ -97,30 +74,7 @@ impl Engine {
     /// (see [`Engine::dirty_lease_count`]). The returned batch holds the
     /// deadline extensions and must be committed like any other batch.
     pub fn restore(policy: Policy, state: StoredState, now: Timestamp) -> (Engine, Batch) {
-        let mut engine = Engine::new(policy);
-        engine.revision = state.revision;
-        for gateway in state.gateways {
-            engine
-                .gateway_tokens
-                .insert(gateway.token_hash, gateway.id.clone());
-            engine.gateways.insert(gateway.id.clone(), gateway);
-        }
-        engine.pending_retires.extend(state.pending_retires);
-        for rollout in state.rollouts {
-            engine.commit_rollout(rollout);
-        }
-        engine.tombstones.extend(state.tombstones);
-        for agent in &state.agents {
-            engine
-                .agent_tokens
-                .insert(agent.token_hash, agent.id.clone());
-        }
-        engine.agents = state
-            .agents
-            .into_iter()
-            .map(|a| (a.id.clone(), a))
-            .collect();
-
+        let mut engine = Engine::from_stored(policy, state);
         let mut batch = engine.begin(now);
         let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
         // Due within the grace period: agents could not check in or

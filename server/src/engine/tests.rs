@@ -641,6 +641,7 @@ fn a_re_created_agent_starts_above_the_generation_its_earlier_self_reached() {
         tombstones: h.engine.tombstones(),
         revision: h.engine.revision(),
         rollouts: vec![],
+        checkpoint: 0,
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(5));
     engine.commit(batch);
@@ -722,6 +723,7 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
         tombstones: vec![],
         revision: h.engine.revision(),
         rollouts: vec![],
+        checkpoint: 0,
     };
     let grace = Duration::from_secs(10);
     let policy = Policy {
@@ -799,6 +801,7 @@ fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
         tombstones: vec![],
         revision: h.engine.revision(),
         rollouts: vec![],
+        checkpoint: 0,
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
     engine.commit(batch);

@@ -17,15 +17,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::follow::{CaughtUp, FOLLOW_PAGE, FollowError, Follower, WARM_BACKLOG};
 use super::gateways::{CloseReason, Delivery, GatewayCommand};
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
-    Agent, AgentId, Batch, Effect, Engine, EngineError, EventKind, GatewayRegistered, GatewaySpec,
-    Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, RolloutId, Timestamp,
-    TokenHash,
+    Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayRegistered,
+    GatewaySpec, Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, RolloutId,
+    StoredState, Timestamp, TokenHash,
 };
 use crate::store::StoreError;
 
@@ -132,12 +133,13 @@ pub(super) struct Actor {
     /// Commands the actor gives itself (failed deliveries), run first.
     pub followups: Vec<Command>,
     pub roles: watch::Receiver<ReplicaRole>,
+    /// The engine as a follower's copy: where it stands, and whether a
+    /// takeover may start from it.
+    pub follower: Follower,
 }
 
 /// A follower reads the event log at least this often.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
-/// Events read per page while following.
-const FOLLOW_PAGE: usize = 1000;
 
 impl Actor {
     pub async fn run(mut self) {
@@ -250,19 +252,21 @@ impl Actor {
     }
 
     /// Holds the lease: catches up with the store, extends deadlines and
-    /// leases over the gap (as at a restart), then serves.
+    /// leases over the gap (as at a restart), then serves. A follower's warm
+    /// copy needs only what changed since its last read; anything else
+    /// loads the whole state.
     async fn take_over(&mut self) -> ControlFlow<()> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
-        loop {
+        let how = loop {
             if !self.shared.leadership.holds_lease() {
                 self.shared
                     .leadership
                     .lost("the lease ran out while taking over");
                 return ControlFlow::Continue(());
             }
-            match self.resync().await {
-                Ok(()) => break,
+            match self.take_over_state().await {
+                Ok(how) => break how,
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?delay, "taking over failed; retrying");
                 }
@@ -272,17 +276,64 @@ impl Actor {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(1));
-        }
+        };
+        // From now on the engine is a leader's: its leases run ahead of
+        // the store's checkpoints.
+        self.follower = Follower::distrusted("this replica led since its copy was loaded");
         self.shared.leadership.serving();
+        let metrics = &self.shared.metrics;
+        Metrics::add(match how {
+            Takeover::Warm(_) => &metrics.takeovers_warm,
+            Takeover::Full => &metrics.takeovers_full,
+        });
+        let read = match &how {
+            Takeover::Warm(read) => read,
+            Takeover::Full => &CaughtUp::default(),
+        };
         let engine = self.shared.engine();
         tracing::info!(
             agents = engine.agent_count(),
             timers = engine.timer_count(),
             revision = engine.revision(),
             took_ms = started.elapsed().as_millis() as u64,
+            warm = matches!(how, Takeover::Warm(_)),
+            events_read = read.events,
+            agents_read = read.agents,
+            leases_read = read.leases,
             "lifecycle.took_over"
         );
         ControlFlow::Continue(())
+    }
+
+    /// The takeover's state: from the warm copy if it can be trusted,
+    /// otherwise (saying why) from a full load.
+    async fn take_over_state(&mut self) -> Result<Takeover, StoreError> {
+        let why = match self.follower.distrust() {
+            Some(why) => why.to_owned(),
+            None => match self.warm_resync().await {
+                Ok(read) => return Ok(Takeover::Warm(read)),
+                Err(FollowError::Store(error)) => return Err(error),
+                Err(other) => {
+                    self.follower = Follower::distrusted(other.to_string());
+                    other.to_string()
+                }
+            },
+        };
+        tracing::info!(
+            why,
+            "no warm copy to take over from; loading the whole state"
+        );
+        self.resync().await?;
+        Ok(Takeover::Full)
+    }
+
+    /// Brings the warm copy up to the store and takes over from it.
+    async fn warm_resync(&mut self) -> Result<CaughtUp, FollowError> {
+        let mut read = self.catch_up(true, WARM_BACKLOG).await?;
+        let directory = read.directory.take().unwrap_or_default();
+        let state = self.follower.warm_state(&self.shared.engine(), directory);
+        self.install(state, Vec::new()).await?;
+        Ok(read)
     }
 
     /// Keeps the engine a copy of the leader's until this replica holds the
@@ -290,9 +341,7 @@ impl Actor {
     async fn follow(&mut self) -> ControlFlow<()> {
         let notifications = self.shared.store.event_notifications();
         loop {
-            if let Err(error) = self.catch_up().await {
-                tracing::debug!(%error, "reading the event log failed; retrying");
-            }
+            self.follow_once().await;
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return ControlFlow::Break(()),
@@ -311,37 +360,78 @@ impl Actor {
         }
     }
 
-    /// Applies every event committed after this copy's revision, in order,
-    /// and announces each to this replica's watchers.
-    async fn catch_up(&mut self) -> Result<(), StoreError> {
-        loop {
-            let after = self.shared.engine().revision();
-            let page = self.shared.store.events_after(after, FOLLOW_PAGE).await?;
-            if page.first().is_some_and(|e| e.revision != after + 1) {
-                // History this copy needs was compacted away: load it all.
-                return self.reload_copy().await;
+    /// One round of following: a copy that cannot be trusted is loaded
+    /// anew, otherwise it reads what changed.
+    async fn follow_once(&mut self) {
+        let result = match self.follower.distrust() {
+            Some(why) => {
+                let why = why.to_owned();
+                self.reload_copy(&why).await
             }
-            let full = page.len() == FOLLOW_PAGE;
-            {
-                let mut engine = self.shared.engine();
-                for event in page {
-                    engine.apply_event(&event);
-                    let _ = self.shared.events.send(Arc::new(event));
-                }
-            }
-            if !full {
-                return Ok(());
-            }
+            None => match self.catch_up(false, usize::MAX).await {
+                Ok(_) => Ok(()),
+                Err(FollowError::Store(error)) => Err(error),
+                Err(other) => self.reload_copy(&other.to_string()).await,
+            },
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "reading the event log failed; retrying");
         }
     }
 
-    async fn reload_copy(&mut self) -> Result<(), StoreError> {
-        let state = self.shared.store.load().await?;
-        let now = self.shared.clock.now();
-        let (engine, _) = Engine::restore(self.shared.settings.policy.clone(), state, now);
-        *self.shared.engine() = engine;
-        tracing::warn!("the event log was compacted past this follower's copy; reloaded");
+    /// Applies what was committed after the copy's position, announcing
+    /// each event to this replica's watchers.
+    async fn catch_up(
+        &mut self,
+        directory: bool,
+        max_events: usize,
+    ) -> Result<CaughtUp, FollowError> {
+        let shared = &self.shared;
+        let announce = |event: Event| {
+            let _ = shared.events.send(Arc::new(event));
+        };
+        self.follower
+            .catch_up(
+                shared.store.as_ref(),
+                &shared.engine,
+                &announce,
+                directory,
+                max_events,
+            )
+            .await
+    }
+
+    /// Loads the copy anew, announcing the events since the old one.
+    async fn reload_copy(&mut self, why: &str) -> Result<(), StoreError> {
+        let store = &self.shared.store;
+        let state = store.load().await?;
+        let missed = self.missed_events(state.revision).await?;
+        let checkpoint = state.checkpoint;
+        let engine = Engine::from_stored(self.shared.settings.policy.clone(), state);
+        {
+            let mut guard = self.shared.engine();
+            *guard = engine;
+            for event in missed {
+                let _ = self.shared.events.send(Arc::new(event));
+            }
+        }
+        self.follower = Follower::loaded(checkpoint);
+        tracing::info!(why, "the follower's copy was loaded anew");
         Ok(())
+    }
+
+    /// Events after the engine's revision, up to `until`, that this
+    /// replica's watchers were not told of.
+    async fn missed_events(&self, until: u64) -> Result<Vec<Event>, StoreError> {
+        let mut after = self.shared.engine().revision();
+        let mut missed = Vec::new();
+        while after < until {
+            let page = self.shared.store.events_after(after, FOLLOW_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.revision;
+            missed.extend(page.into_iter().filter(|e| e.revision <= until));
+        }
+        Ok(missed)
     }
 
     /// At shutdown: one last batch for whatever was already accepted.
@@ -545,25 +635,24 @@ impl Actor {
         }
     }
 
+    /// Rebuilds the engine from a full load of the store.
     async fn resync(&mut self) -> Result<(), StoreError> {
-        let store = &self.shared.store;
-        let mut state = store.load().await?;
+        let mut state = self.shared.store.load().await?;
         // Heartbeats answered from memory meanwhile are not in the store.
         state.merge_leases(&self.shared.engine().online_leases());
         // Events the store has that no watcher was told of: a commit whose
         // answer was lost may still have succeeded.
-        let announced = self.shared.engine().revision();
-        let mut missed = Vec::new();
-        let mut after = announced;
-        while after < state.revision {
-            let page = store.events_after(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.revision;
-            missed.extend(page);
-        }
+        let missed = self.missed_events(state.revision).await?;
+        self.install(state, missed).await
+    }
+
+    /// Restores the engine from `state` (extending deadlines and leases
+    /// over the gap), commits the extensions, and announces `missed` and
+    /// them.
+    async fn install(&mut self, state: StoredState, missed: Vec<Event>) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
         let (engine, grace) = Engine::restore(self.shared.settings.policy.clone(), state, now);
-        store.commit(&grace).await?;
+        self.shared.store.commit(&grace).await?;
         self.followups.clear();
         let mut guard = self.shared.engine();
         let renewed_meanwhile = guard.online_leases();
@@ -575,6 +664,12 @@ impl Actor {
         }
         Ok(())
     }
+}
+
+/// Where a takeover's state came from.
+enum Takeover {
+    Warm(CaughtUp),
+    Full,
 }
 
 fn refuse_all(commands: Vec<Command>) {

@@ -55,6 +55,9 @@ pub(super) struct Metrics {
     pub heartbeats_rejected: AtomicU64,
     pub batches: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Takeovers from a follower's warm copy, and from a full load.
+    pub takeovers_warm: AtomicU64,
+    pub takeovers_full: AtomicU64,
     checkin_latency: Histogram,
     heartbeat_time_left: Histogram,
 }
@@ -170,6 +173,21 @@ impl Metrics {
             "Batches the store did not commit.",
             &self.commit_failures,
         );
+        let name = "mission_control_takeovers_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Leader takeovers by where their state came from.\n# TYPE {name} counter"
+        );
+        for (from, value) in [
+            ("warm_copy", &self.takeovers_warm),
+            ("full_load", &self.takeovers_full),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{from=\"{from}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
         self.checkin_latency.render(
             &mut out,
             "mission_control_checkin_latency_seconds",

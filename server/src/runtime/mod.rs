@@ -9,6 +9,7 @@ mod actor;
 mod clock;
 mod delivery;
 mod error;
+mod follow;
 mod gateways;
 mod leader;
 mod limits;
@@ -234,10 +235,10 @@ impl Lifecycle {
         let started = tokio::time::Instant::now();
         let state = store.load().await?;
         let now = clock.now();
-        let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
-        match store.acquire_leadership(leadership.candidate()).await? {
+        let (engine, follower) = match store.acquire_leadership(leadership.candidate()).await? {
             Some(epoch) => {
                 leadership.granted(epoch, leadership.proven_until(started));
+                let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
                 store.commit(&grace).await?;
                 // Deadlines are extended with an event each; leases in memory only.
                 let deadlines_extended = grace.events().len();
@@ -253,18 +254,22 @@ impl Lifecycle {
                     revision = engine.revision(),
                     "lifecycle.restored"
                 );
+                let follower = follow::Follower::distrusted("this replica led since it started");
+                (engine, follower)
             }
             None => {
-                // A follower's copy: its timers and leases are rebuilt
-                // when it takes over.
-                engine.abort(grace);
+                // A follower's copy, as stored: timers and grace come when
+                // it takes over.
+                let follower = follow::Follower::loaded(state.checkpoint);
+                let engine = Engine::from_stored(settings.policy.clone(), state);
                 tracing::info!(
                     agents = engine.agent_count(),
                     revision = engine.revision(),
                     "another replica leads; following"
                 );
+                (engine, follower)
             }
-        }
+        };
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let streams_stop = CancellationToken::new();
@@ -295,6 +300,7 @@ impl Lifecycle {
             stop: tasks_stop.clone(),
             followups: Vec::new(),
             roles: shared.leadership.subscribe(),
+            follower,
         };
         let tasks = vec![
             tokio::spawn(actor.run()),

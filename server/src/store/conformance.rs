@@ -3,10 +3,10 @@
 //! `store_conformance_tests!(make)` expands to one test per case, where
 //! `make` is an async expression giving a fresh `(store, guard)`.
 
-use super::{Candidate, Store, StoreError};
+use super::{Candidate, ChangesRequest, Store, StoreError};
 use crate::engine::{
     AgentId, Batch, BoardId, Engine, EventKind, GatewayId, GatewaySpec, Policy, ProvisionSpec,
-    Reason, Renewal, Role, Status, StoredState, Timestamp, TokenHash,
+    Reason, Renewal, Role, Status, StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[macro_export]
@@ -22,6 +22,7 @@ macro_rules! store_conformance_tests {
             history_is_newest_first_and_paged,
             checkpoints_only_move_online_leases_forward,
             compaction_drops_old_events_and_keeps_the_revision,
+            changes_since_reads_what_events_do_not_carry,
             ping_answers,
             rollouts_round_trip_with_their_events,
         );
@@ -140,6 +141,7 @@ impl<'a> Fixture<'a> {
             tombstones: self.engine.tombstones(),
             revision: self.engine.revision(),
             rollouts: self.engine.rollouts().into_iter().cloned().collect(),
+            checkpoint: 0,
         }
     }
 }
@@ -412,6 +414,97 @@ pub async fn rollouts_round_trip_with_their_events(store: &dyn Store) {
     assert_eq!(history[0].rollout_id, Some(rollout));
     let untouched = f.store.agent_history(&id("c"), None, 1).await.unwrap();
     assert_eq!(untouched[0].rollout_id, None);
+}
+
+/// A follower's read: events, and once they reach the end of the log, the
+/// rows they do not carry (token hashes, checkpointed leases), from one
+/// snapshot.
+pub async fn changes_since_reads_what_events_do_not_carry(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    let start = store.load().await.unwrap();
+    f.provision(at(1), "a").await;
+    f.provision(at(1), "b").await;
+    f.check_in(at(2), "a").await;
+    let token = f.engine.agent(&id("a")).unwrap().token_hash;
+    assert!(matches!(
+        f.engine.renew_lease(&token, None, at(9)),
+        Renewal::Renewed(_)
+    ));
+    store
+        .checkpoint_leases(&f.engine.take_dirty_leases())
+        .await
+        .unwrap();
+    let request = |revision, checkpoint, named, limit, directory| ChangesRequest {
+        revision,
+        checkpoint,
+        named,
+        limit,
+        directory,
+    };
+
+    // A page that does not reach the end of the log reads no rows.
+    let page = store
+        .changes_since(request(start.revision, start.checkpoint, &[], 2, false))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert!(page.rows.is_none());
+
+    let named = [id("b"), id("a")];
+    let rest = store
+        .changes_since(request(
+            page.events[1].revision,
+            start.checkpoint,
+            &named,
+            10,
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rest.events.len(), 1, "the check-in");
+    let rows = rest.rows.expect("the end of the log was reached");
+    let loaded = store.load().await.unwrap();
+    let mut agents = rows.agents.clone();
+    agents.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(agents, loaded.agents, "stored rows, token hashes included");
+    assert_eq!(
+        rows.leases,
+        vec![StoredLease {
+            agent_id: id("a"),
+            generation: 1,
+            last_seen_at: Some(at(9)),
+            lease_expires_at: Some(at(39)),
+        }]
+    );
+    assert!(rows.checkpoint > start.checkpoint);
+    assert_eq!(rows.checkpoint, loaded.checkpoint);
+    let directory = rows.directory.expect("asked for");
+    assert_eq!(directory.gateways, loaded.gateways);
+    assert_eq!(directory.pending_retires, loaded.pending_retires);
+    assert_eq!(directory.rollouts, loaded.rollouts);
+
+    // Deleted since: its event names it, and it has no row.
+    f.run(at(3), |engine, batch| {
+        engine.delete(batch, &id("b")).unwrap();
+    })
+    .await
+    .unwrap();
+    let deleted = store
+        .changes_since(request(
+            rest.events[0].revision,
+            rows.checkpoint,
+            &[],
+            10,
+            false,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(deleted.events.len(), 1);
+    assert_eq!(deleted.events[0].kind, EventKind::Deleted);
+    let rows = deleted.rows.unwrap();
+    assert!(rows.agents.is_empty());
+    assert!(rows.leases.is_empty(), "no checkpoint since");
+    assert!(rows.directory.is_none());
 }
 
 pub async fn ping_answers(store: &dyn Store) {

@@ -9,11 +9,13 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Candidate, LeaderInfo, Store, StoreError};
+use super::{
+    Candidate, Changes, ChangesRequest, Directory, LeaderInfo, RowChanges, Store, StoreError,
+};
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, RolloutId,
-    Status, StoredState, Timestamp,
+    Status, StoredLease, StoredState, Timestamp,
 };
 
 /// One replica's handle on the in-memory data; [`MemoryStore::replica`]
@@ -57,6 +59,10 @@ struct State {
     rollouts: BTreeMap<RolloutId, Rollout>,
     events: BTreeMap<u64, Event>,
     last_revision: u64,
+    /// The last lease checkpoint, and the one that last wrote each agent's
+    /// lease (as `lease_clock` and `agents.lease_checkpoint` in Postgres).
+    lease_clock: u64,
+    lease_stamps: BTreeMap<AgentId, u64>,
     compacted_revision: u64,
     /// While set, every call fails as if the database were down.
     unavailable: bool,
@@ -176,6 +182,7 @@ impl Store for MemoryStore {
                 .collect(),
             revision: state.last_revision,
             rollouts: state.rollouts.values().cloned().collect(),
+            checkpoint: state.lease_clock,
         })
     }
 
@@ -205,8 +212,19 @@ impl Store for MemoryStore {
                     agent.last_seen_at = agent.last_seen_at.max(stored);
                     state.agents.insert(id.clone(), agent)
                 }
-                None => state.agents.remove(id),
+                None => {
+                    state.lease_stamps.remove(id);
+                    state.agents.remove(id)
+                }
             };
+        }
+        let lease_only = batch.lease_only_writes();
+        if !lease_only.is_empty() {
+            state.lease_clock += 1;
+            for id in lease_only {
+                let clock = state.lease_clock;
+                state.lease_stamps.insert(id.clone(), clock);
+            }
         }
         for gateway in batch.gateway_writes() {
             state.gateways.insert(gateway.id.clone(), gateway.clone());
@@ -244,6 +262,10 @@ impl Store for MemoryStore {
 
     async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {
         let mut state = self.fenced(self.available()?)?;
+        let state = &mut *state;
+        if !leases.is_empty() {
+            state.lease_clock += 1;
+        }
         for lease in leases {
             let Some(agent) = state.agents.get_mut(&lease.agent_id) else {
                 continue;
@@ -253,6 +275,9 @@ impl Store for MemoryStore {
             }
             agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
             agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
+            state
+                .lease_stamps
+                .insert(lease.agent_id.clone(), state.lease_clock);
         }
         state.checkpoints += 1;
         Ok(())
@@ -266,6 +291,53 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|(_, e)| e.clone())
             .collect())
+    }
+
+    async fn changes_since(&self, request: ChangesRequest<'_>) -> Result<Changes, StoreError> {
+        let state = self.available()?;
+        let events: Vec<Event> = state
+            .events
+            .range(request.revision + 1..)
+            .take(request.limit)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let complete = events.len() < request.limit;
+        let rows = complete.then(|| {
+            let named: BTreeSet<&AgentId> = request
+                .named
+                .iter()
+                .chain(events.iter().map(|e| &e.agent.id))
+                .collect();
+            RowChanges {
+                agents: named
+                    .into_iter()
+                    .filter_map(|id| state.agents.get(id).cloned())
+                    .collect(),
+                leases: state
+                    .lease_stamps
+                    .iter()
+                    .filter(|(_, stamp)| **stamp > request.checkpoint)
+                    .filter_map(|(id, _)| state.agents.get(id))
+                    .map(|agent| StoredLease {
+                        agent_id: agent.id.clone(),
+                        generation: agent.generation,
+                        last_seen_at: agent.last_seen_at,
+                        lease_expires_at: agent.lease_expires_at,
+                    })
+                    .collect(),
+                checkpoint: state.lease_clock,
+                directory: request.directory.then(|| Directory {
+                    gateways: state.gateways.values().cloned().collect(),
+                    pending_retires: state.retires.iter().cloned().collect(),
+                    rollouts: state.rollouts.values().cloned().collect(),
+                }),
+            }
+        });
+        Ok(Changes {
+            events,
+            compacted_revision: state.compacted_revision,
+            rows,
+        })
     }
 
     async fn agent_history(

@@ -22,6 +22,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_rollouts",
         include_str!("../../../migrations/0004_rollouts.sql"),
     ),
+    (
+        "0005_warm_follower",
+        include_str!("../../../migrations/0005_warm_follower.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -18,7 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::engine::{AgentId, Batch, Event, LeaseCheckpoint, StoredState, Timestamp};
+use crate::engine::rollout::Rollout;
+use crate::engine::{
+    Agent, AgentId, Batch, Event, Gateway, LeaseCheckpoint, PendingRetire, StoredLease,
+    StoredState, Timestamp,
+};
 
 pub use memory::MemoryStore;
 pub use postgres::{PoolSettings, PostgresStore};
@@ -66,6 +70,56 @@ pub struct LeaderInfo {
     pub epoch: u64,
 }
 
+/// What a follower asks [`Store::changes_since`] for.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangesRequest<'a> {
+    /// Events after this revision: the last one the copy applied.
+    pub revision: u64,
+    /// Leases checkpointed after this generation: the last one it read.
+    pub checkpoint: u64,
+    /// Agents whose rows to read besides those the events name: the ones
+    /// named by events read in earlier, incomplete pages.
+    pub named: &'a [AgentId],
+    /// Events per answer, at most.
+    pub limit: usize,
+    /// Also read the small tables (for a takeover).
+    pub directory: bool,
+}
+
+/// What changed after a follower's position, read in one snapshot.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Events after the requested revision, oldest first, at most `limit`.
+    pub events: Vec<Event>,
+    /// Events at or below this revision are compacted away.
+    pub compacted_revision: u64,
+    /// Read only when `events` reached the end of the log in this snapshot.
+    pub rows: Option<RowChanges>,
+}
+
+/// The rows a follower's copy needs beside the events, from the same snapshot.
+#[derive(Debug, Default)]
+pub struct RowChanges {
+    /// The stored rows (token hashes included) of the agents named by the
+    /// request or the events; an absent one was deleted.
+    pub agents: Vec<Agent>,
+    /// Lease fields of the agents checkpointed after the requested generation.
+    pub leases: Vec<StoredLease>,
+    /// The last lease checkpoint committed.
+    pub checkpoint: u64,
+    /// The small tables, if asked for.
+    pub directory: Option<Directory>,
+}
+
+/// The small tables a load reads whole, beside the agents: changed without
+/// events, so a takeover from a warm copy reads them again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Directory {
+    pub gateways: Vec<Gateway>,
+    pub pending_retires: Vec<PendingRetire>,
+    pub rollouts: Vec<Rollout>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Everything the engine needs to rebuild itself.
@@ -82,6 +136,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` events after revision `after`, oldest first.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// What changed after a follower's position, read in one snapshot:
+    /// events, and once they reach the end of the log, the rows they do not
+    /// carry. A takeover reads this instead of a full [`Store::load`].
+    async fn changes_since(&self, request: ChangesRequest<'_>) -> Result<Changes, StoreError>;
 
     /// Up to `limit` of one agent's events before revision `before` (or the
     /// newest, if `None`), newest first.

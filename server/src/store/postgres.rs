@@ -17,11 +17,14 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{self, PgLease};
-use super::{Candidate, LeaderInfo, Store, StoreError, migrations};
+use super::{
+    Candidate, Changes, ChangesRequest, Directory, LeaderInfo, RowChanges, Store, StoreError,
+    migrations,
+};
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
-    PendingRetire, Reason, Role, RolloutId, Status, StoredState, Timestamp, TokenHash,
+    PendingRetire, Reason, Role, RolloutId, Status, StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -247,6 +250,82 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     })
 }
 
+/// The small tables a load reads whole: gateways, pending retires and
+/// rollouts. A follower's takeover reads them too, so a new one belongs here.
+async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Directory, StoreError> {
+    let (gateways, retires, rollouts) = tokio::try_join!(
+        tx.query(
+            "SELECT id, name, token_hash, created_at FROM gateways ORDER BY id",
+            &[],
+        ),
+        tx.query(
+            "SELECT gateway_id, agent_id, generation FROM pending_retires ORDER BY 1, 2, 3",
+            &[],
+        ),
+        tx.query("SELECT body FROM rollouts ORDER BY id", &[]),
+    )
+    .map_err(classify)?;
+    let gateway_id =
+        |s: String| GatewayId::parse(s).map_err(|e| corrupt("gateway id", &e.to_string()));
+    let gateways = gateways
+        .iter()
+        .map(|row| {
+            Ok(Gateway {
+                id: gateway_id(row.get("id"))?,
+                name: row.get("name"),
+                token_hash: token_hash(row.get("token_hash"))?,
+                created_at: Timestamp::from_system_time(row.get("created_at")),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let pending_retires = retires
+        .iter()
+        .map(|row| {
+            Ok(PendingRetire {
+                gateway_id: gateway_id(row.get("gateway_id"))?,
+                agent_id: AgentId::parse(row.get::<_, String>("agent_id"))
+                    .map_err(|e| corrupt("agent id", &e.to_string()))?,
+                generation: row.get::<_, i64>("generation") as u64,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let rollouts = rollouts
+        .iter()
+        .map(|row| {
+            serde_json::from_value(row.get(0))
+                .map_err(|e| StoreError::Corrupt(format!("rollout: {e}")))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Directory {
+        gateways,
+        pending_retires,
+        rollouts,
+    })
+}
+
+/// The last lease checkpoint committed (`lease_clock`).
+async fn read_lease_clock(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, StoreError> {
+    let row = tx
+        .query_one("SELECT generation FROM lease_clock", &[])
+        .await
+        .map_err(classify)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+fn stored_lease_from_row(row: &Row) -> Result<StoredLease, StoreError> {
+    let ts = |column: &str| -> Option<Timestamp> {
+        row.get::<_, Option<SystemTime>>(column)
+            .map(Timestamp::from_system_time)
+    };
+    Ok(StoredLease {
+        agent_id: AgentId::parse(row.get::<_, String>("id"))
+            .map_err(|e| corrupt("agent id", &e.to_string()))?,
+        generation: row.get::<_, i64>("generation") as u64,
+        last_seen_at: ts("last_seen_at"),
+        lease_expires_at: ts("lease_expires_at"),
+    })
+}
+
 const EVENT_COLUMNS: &str = "revision, agent_id, kind, reason, previous_status, attempt, error, at, agent, previous_board_id, rollout_id";
 
 const UPSERT_AGENTS: &str = "
@@ -271,6 +350,12 @@ ON CONFLICT (id) DO UPDATE SET
     reported_template_version = EXCLUDED.reported_template_version,
     updated_at = EXCLUDED.updated_at, revision = EXCLUDED.revision,
     token_hash = EXCLUDED.token_hash";
+
+/// Agents a batch wrote without an event: stamped as a lease checkpoint, so
+/// that followers read their lease fields.
+const STAMP_LEASES: &str = "
+WITH clock AS (UPDATE lease_clock SET generation = generation + 1 RETURNING generation)
+UPDATE agents SET lease_checkpoint = (SELECT generation FROM clock) WHERE id = ANY($1)";
 
 /// One array per column of the agents written by a batch.
 #[derive(Default)]
@@ -367,29 +452,12 @@ impl Store for PostgresStore {
             .query("SELECT * FROM agents ORDER BY id", &[])
             .await
             .map_err(classify)?;
-        let gateways = tx
-            .query(
-                "SELECT id, name, token_hash, created_at FROM gateways ORDER BY id",
-                &[],
-            )
-            .await
-            .map_err(classify)?;
-        let retires = tx
-            .query(
-                "SELECT gateway_id, agent_id, generation FROM pending_retires ORDER BY 1, 2, 3",
-                &[],
-            )
-            .await
-            .map_err(classify)?;
+        let directory = read_directory(&tx).await?;
         let tombstones = tx
             .query(
                 "SELECT agent_id, generation FROM agent_tombstones ORDER BY agent_id",
                 &[],
             )
-            .await
-            .map_err(classify)?;
-        let rollouts = tx
-            .query("SELECT body FROM rollouts ORDER BY id", &[])
             .await
             .map_err(classify)?;
         let revision: i64 = tx
@@ -401,37 +469,16 @@ impl Store for PostgresStore {
             .await
             .map_err(classify)?
             .get(0);
+        let checkpoint = read_lease_clock(&tx).await?;
         tx.commit().await.map_err(classify)?;
 
-        let gateway_id =
-            |s: String| GatewayId::parse(s).map_err(|e| corrupt("gateway id", &e.to_string()));
         Ok(StoredState {
             agents: agents
                 .iter()
                 .map(agent_from_row)
                 .collect::<Result<_, _>>()?,
-            gateways: gateways
-                .iter()
-                .map(|row| {
-                    Ok(Gateway {
-                        id: gateway_id(row.get("id"))?,
-                        name: row.get("name"),
-                        token_hash: token_hash(row.get("token_hash"))?,
-                        created_at: Timestamp::from_system_time(row.get("created_at")),
-                    })
-                })
-                .collect::<Result<_, StoreError>>()?,
-            pending_retires: retires
-                .iter()
-                .map(|row| {
-                    Ok(PendingRetire {
-                        gateway_id: gateway_id(row.get("gateway_id"))?,
-                        agent_id: AgentId::parse(row.get::<_, String>("agent_id"))
-                            .map_err(|e| corrupt("agent id", &e.to_string()))?,
-                        generation: row.get::<_, i64>("generation") as u64,
-                    })
-                })
-                .collect::<Result<_, StoreError>>()?,
+            gateways: directory.gateways,
+            pending_retires: directory.pending_retires,
             tombstones: tombstones
                 .iter()
                 .map(|row| {
@@ -441,19 +488,106 @@ impl Store for PostgresStore {
                 })
                 .collect::<Result<_, StoreError>>()?,
             revision: revision as u64,
-            rollouts: rollouts
-                .iter()
-                .map(|row| {
-                    serde_json::from_value(row.get(0))
-                        .map_err(|e| StoreError::Corrupt(format!("rollout: {e}")))
-                })
-                .collect::<Result<_, StoreError>>()?,
+            rollouts: directory.rollouts,
+            checkpoint,
+        })
+    }
+
+    async fn changes_since(&self, request: ChangesRequest<'_>) -> Result<Changes, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot: the rows read below are the ones these events left.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        let events_sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM agent_events
+             WHERE revision > $1 ORDER BY revision LIMIT $2"
+        );
+        let (after, limit) = (request.revision as i64, request.limit as i64);
+        let page: [&(dyn ToSql + Sync); 2] = [&after, &limit];
+        let (events, compacted) = tokio::try_join!(
+            tx.query(&events_sql, &page),
+            tx.query_one("SELECT compacted_revision FROM event_history", &[]),
+        )
+        .map_err(classify)?;
+        let events: Vec<Event> = events
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<_, _>>()?;
+        let compacted_revision = compacted.get::<_, i64>(0) as u64;
+        if events.len() >= request.limit {
+            return Ok(Changes {
+                events,
+                compacted_revision,
+                rows: None,
+            });
+        }
+
+        let mut named: Vec<&str> = request
+            .named
+            .iter()
+            .chain(events.iter().map(|e| &e.agent.id))
+            .map(AgentId::as_str)
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        let (agents, checkpoint) = tokio::try_join!(
+            async {
+                tx.query("SELECT * FROM agents WHERE id = ANY($1)", &[&named])
+                    .await
+                    .map_err(classify)
+            },
+            read_lease_clock(&tx),
+        )?;
+        // The clock says whether any checkpoint came since: most polls skip
+        // the scan.
+        let leases = if checkpoint > request.checkpoint {
+            tx.query(
+                "SELECT id, generation, last_seen_at, lease_expires_at FROM agents
+                 WHERE lease_checkpoint > $1",
+                &[&(request.checkpoint as i64)],
+            )
+            .await
+            .map_err(classify)?
+        } else {
+            Vec::new()
+        };
+        let directory = if request.directory {
+            Some(read_directory(&tx).await?)
+        } else {
+            None
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(Changes {
+            events,
+            compacted_revision,
+            rows: Some(RowChanges {
+                agents: agents
+                    .iter()
+                    .map(agent_from_row)
+                    .collect::<Result<_, _>>()?,
+                leases: leases
+                    .iter()
+                    .map(stored_lease_from_row)
+                    .collect::<Result<_, _>>()?,
+                checkpoint,
+                directory,
+            }),
         })
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut upserts = AgentColumns::default();
         let mut deletes: Vec<&str> = Vec::new();
+        let lease_only: Vec<&str> = batch
+            .lease_only_writes()
+            .into_iter()
+            .map(AgentId::as_str)
+            .collect();
         for (id, agent) in batch.agent_writes() {
             match agent {
                 Some(agent) => upserts.push(agent),
@@ -533,6 +667,9 @@ impl Store for PostgresStore {
         let mut statements: Vec<(&str, Params<'_>)> = vec![(lease::FENCE, vec![&epoch])];
         if !upserts.id.is_empty() {
             statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
+        }
+        if !lease_only.is_empty() {
+            statements.push((STAMP_LEASES, vec![&lease_only]));
         }
         if !deletes.is_empty() {
             statements.push(("DELETE FROM agents WHERE id = ANY($1)", vec![&deletes]));
@@ -635,10 +772,15 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let statement = tx
+            // The next generation of the lease clock stamps the rows, so
+            // that followers read them (no event names them).
             .prepare_cached(
-                "UPDATE agents AS a SET
+                "WITH clock AS (
+                     UPDATE lease_clock SET generation = generation + 1 RETURNING generation)
+                 UPDATE agents AS a SET
                      last_seen_at = GREATEST(a.last_seen_at, v.last_seen_at),
-                     lease_expires_at = GREATEST(a.lease_expires_at, v.lease_expires_at)
+                     lease_expires_at = GREATEST(a.lease_expires_at, v.lease_expires_at),
+                     lease_checkpoint = (SELECT generation FROM clock)
                  FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[])
                       AS v(id, generation, last_seen_at, lease_expires_at)
                  WHERE a.id = v.id AND a.generation = v.generation AND a.status = 'online'",

@@ -9,6 +9,7 @@ mod leadership;
 mod redelivery;
 mod rollouts;
 mod shedding;
+mod takeover;
 mod watching;
 
 use std::sync::Arc;

@@ -1,0 +1,157 @@
+//! A follower's copy of the leader's state, kept warm so that a takeover
+//! reads only what changed since the follower's last position.
+//!
+//! Events move the copy forward and feed this replica's watchers, but they do
+//! not carry everything a takeover needs: token hashes, leases checkpointed
+//! without an event, and the small tables (gateways, pending retires,
+//! rollouts). The store reads those
+//! (see `Store::changes_since`), and [`Engine::apply_rows`] lays them over the
+//! copy, so that after each complete read the copy's agents equal the
+//! store's.
+
+use std::collections::BTreeSet;
+
+use super::model::{Agent, AgentId, Event, EventKind, Gateway, PendingRetire, Timestamp};
+use super::rollout::Rollout;
+use super::{Engine, Policy, StoredState};
+
+/// An agent's lease fields as a lease checkpoint left them in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLease {
+    pub agent_id: AgentId,
+    pub generation: u64,
+    pub last_seen_at: Option<Timestamp>,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+/// The copy disagrees with the store: it cannot be trusted for a takeover.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the follower's copy disagrees with the store: {0}")]
+pub struct Diverged(pub String);
+
+impl Engine {
+    /// A copy of stored state as it is: no timers, no grace. A follower's
+    /// starting point; [`Engine::restore`] makes it a leader's.
+    pub fn from_stored(policy: Policy, state: StoredState) -> Engine {
+        let mut engine = Engine::new(policy);
+        engine.revision = state.revision;
+        for gateway in state.gateways {
+            engine
+                .gateway_tokens
+                .insert(gateway.token_hash, gateway.id.clone());
+            engine.gateways.insert(gateway.id.clone(), gateway);
+        }
+        engine.pending_retires.extend(state.pending_retires);
+        for rollout in state.rollouts {
+            engine.commit_rollout(rollout);
+        }
+        engine.tombstones.extend(state.tombstones);
+        for agent in state.agents {
+            engine
+                .agent_tokens
+                .insert(agent.token_hash, agent.id.clone());
+            engine.agents.insert(agent.id.clone(), agent);
+        }
+        engine
+    }
+
+    /// Applies an event another replica committed, to keep a follower's
+    /// copy current. Events do not carry token hashes: the copy keeps the
+    /// one it knows until [`Engine::apply_rows`] brings the stored one.
+    pub fn apply_event(&mut self, event: &Event) {
+        let id = &event.agent.id;
+        match event.kind {
+            EventKind::Deleted => {
+                if let Some(old) = self.agents.remove(id) {
+                    self.forget_token(&old);
+                }
+                // As the leader's delete writes it: the generation reached.
+                let reached = self.tombstones.entry(id.clone()).or_default();
+                *reached = (*reached).max(event.agent.generation);
+            }
+            EventKind::Added | EventKind::Changed => {
+                let mut agent = event.agent.clone();
+                if let Some(old) = self.agents.get(id) {
+                    agent.token_hash = old.token_hash;
+                }
+                self.agents.insert(id.clone(), agent);
+            }
+        }
+        self.revision = self.revision.max(event.revision);
+    }
+
+    /// Lays the store's rows over the copy, once its events are applied up
+    /// to the same snapshot: `rows` are the stored agents among `named`
+    /// (the ids events named since the last such call; one with no row was
+    /// deleted), `leases` the lease fields of agents checkpointed since.
+    pub fn apply_rows(
+        &mut self,
+        named: &BTreeSet<AgentId>,
+        rows: Vec<Agent>,
+        leases: Vec<StoredLease>,
+    ) -> Result<(), Diverged> {
+        for lease in leases {
+            let Some(agent) = self.agents.get_mut(&lease.agent_id) else {
+                return Err(Diverged(format!(
+                    "agent {} has a checkpointed lease but no copy",
+                    lease.agent_id
+                )));
+            };
+            if agent.generation != lease.generation {
+                return Err(Diverged(format!(
+                    "agent {} is at generation {} in the store, {} in the copy",
+                    lease.agent_id, lease.generation, agent.generation
+                )));
+            }
+            agent.last_seen_at = lease.last_seen_at;
+            agent.lease_expires_at = lease.lease_expires_at;
+        }
+        let mut stored = BTreeSet::new();
+        for row in rows {
+            if !named.contains(&row.id) {
+                return Err(Diverged(format!("agent {} was not asked for", row.id)));
+            }
+            stored.insert(row.id.clone());
+            if let Some(old) = self.agents.remove(&row.id) {
+                self.forget_token(&old);
+            }
+            self.agent_tokens.insert(row.token_hash, row.id.clone());
+            self.agents.insert(row.id.clone(), row);
+        }
+        if let Some(gone) = named
+            .iter()
+            .find(|id| !stored.contains(*id) && self.agents.contains_key(*id))
+        {
+            return Err(Diverged(format!(
+                "agent {gone} is deleted in the store but not in the copy"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What a load of the store would return, from this copy and the small
+    /// tables read beside it. [`Engine::restore`] takes it from there.
+    pub fn warm_state(
+        &self,
+        gateways: Vec<Gateway>,
+        pending_retires: Vec<PendingRetire>,
+        rollouts: Vec<Rollout>,
+        checkpoint: u64,
+    ) -> StoredState {
+        StoredState {
+            agents: self.agents.values().cloned().collect(),
+            gateways,
+            pending_retires,
+            tombstones: self.tombstones(),
+            revision: self.revision,
+            rollouts,
+            checkpoint,
+        }
+    }
+
+    fn forget_token(&mut self, agent: &Agent) {
+        if self.agent_tokens.get(&agent.token_hash) == Some(&agent.id) {
+            self.agent_tokens.remove(&agent.token_hash);
+        }
+    }
+}
