@@ -784,9 +784,10 @@ async fn metrics_need_an_operator_when_credentials_are_configured() {
     assert_eq!(get(Some("bearer admin-s3cret")).await, "HTTP/1.1 200 OK");
 }
 
-/// A unary request whose body never ends, sent over raw HTTP/2; the
-/// `grpc-status` the server ends it with.
-async fn never_ending_unary(endpoint: &str, grpc_timeout: Option<&str>) -> Option<String> {
+/// A unary request whose only message is cut short, sent over raw HTTP/2:
+/// the body then never ends, or (`end`) ends there. The `grpc-status` the
+/// server ends it with.
+async fn partial_unary(endpoint: &str, grpc_timeout: Option<&str>, end: bool) -> Option<String> {
     let authority = endpoint.trim_start_matches("http://");
     let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
     let (client, driver) = h2::client::handshake(tcp).await.unwrap();
@@ -806,7 +807,7 @@ async fn never_ending_unary(endpoint: &str, grpc_timeout: Option<&str>) -> Optio
     // A frame header announcing 100 bytes, and only 10 of them.
     let mut partial = vec![0u8, 0, 0, 0, 100];
     partial.extend_from_slice(&[0u8; 10]);
-    body.send_data(bytes::Bytes::from(partial), false).unwrap();
+    body.send_data(bytes::Bytes::from(partial), end).unwrap();
     let response = tokio::time::timeout(PATIENCE, response)
         .await
         .expect("the server ends the call")
@@ -834,17 +835,27 @@ async fn a_unary_call_ends_at_its_deadline_or_the_servers() {
     let deadline_exceeded = Some((Code::DeadlineExceeded as i32).to_string());
     // No grpc-timeout: the server's --request-timeout.
     assert_eq!(
-        never_ending_unary(&app.endpoint, None).await,
+        partial_unary(&app.endpoint, None, false).await,
         deadline_exceeded
     );
     // The client's grpc-timeout, shorter than the server's: ended there
     // (tonic says CANCELLED; the client's own deadline has said
     // DEADLINE_EXCEEDED by then).
     let cancelled = Some((Code::Cancelled as i32).to_string());
-    let status = never_ending_unary(&app.endpoint, Some("200m")).await;
+    let status = partial_unary(&app.endpoint, Some("200m"), false).await;
     assert!(
         status == deadline_exceeded || status == cancelled,
         "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_cut_mid_message_is_the_callers_error() {
+    let db = database().await;
+    let app = spawn_app(fast_flags(db.url())).await;
+    assert_eq!(
+        partial_unary(&app.endpoint, None, true).await,
+        Some((Code::InvalidArgument as i32).to_string())
     );
 }
 

@@ -17,6 +17,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
+use super::body::Checked;
 use super::credentials::Role;
 use super::methods::{self, Access, Method};
 use super::operators::Operators;
@@ -123,9 +124,15 @@ where
         } else {
             None
         };
-        let request = match method.max_request_bytes {
-            Some(max) => request.map(|body| Body::new(Limited::new(body, max))),
-            None => request,
+        // gRPC bodies only: a plain HTTP request's body is not framed.
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let request = if grpc || method.max_request_bytes.is_some() {
+            request.map(|body| Body::new(Checked::new(body, method.max_request_bytes, grpc)))
+        } else {
+            request
         };
         // Until the response starts: reading a unary request included, a
         // stream's messages not. (A client's shorter `grpc-timeout` is
@@ -283,56 +290,6 @@ pub fn bearer_credentials(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(credentials.trim())
-}
-
-/// A request body that ends in RESOURCE_EXHAUSTED past `max` bytes.
-struct Limited {
-    inner: Body,
-    remaining: usize,
-    max: usize,
-}
-
-impl Limited {
-    fn new(inner: Body, max: usize) -> Self {
-        Self {
-            inner,
-            remaining: max,
-            max,
-        }
-    }
-}
-
-impl http_body::Body for Limited {
-    type Data = tonic::codegen::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<tonic::codegen::Bytes>, Status>>> {
-        let frame = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            other => return Poll::Ready(other),
-        };
-        if let Some(data) = frame.data_ref() {
-            if data.len() > self.remaining {
-                return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                    "the request is larger than this method's limit of {} bytes",
-                    self.max
-                )))));
-            }
-            self.remaining -= data.len();
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// A response body that holds a health-watch slot until it is dropped.

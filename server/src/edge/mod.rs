@@ -1,10 +1,12 @@
 //! The service's edge, in front of the gRPC services and the metrics
 //! listener: operator roles from a reloadable file of hashed tokens, checked
 //! by a `tower` layer before any request body is read; per-method request
-//! size limits; a cap on health watches; and the closed-by-default rule for
+//! size limits, and a body cut mid-message refused as the caller's error; a
+//! cap on health watches; and the closed-by-default rule for
 //! listening beyond loopback.
 
 mod args;
+mod body;
 mod credentials;
 pub mod exposure;
 mod layer;
