@@ -71,9 +71,8 @@ pub struct Ledger {
     pub provisions: Mutex<Vec<(String, u64)>>,
     /// Acknowledged check-ins: agent id and the generation checked in.
     pub check_ins: Mutex<Vec<(String, u64)>>,
-    /// When each acknowledged heartbeat was sent (wall clock, to compare
-    /// with the database's event times), and to which replica.
-    pub acks: Mutex<HashMap<String, Vec<(SystemTime, usize)>>>,
+    /// Each acknowledged heartbeat, per agent.
+    pub acks: Mutex<HashMap<String, Vec<Ack>>>,
     /// Refusals by gRPC code and replica, to explain gaps.
     pub refusals: Mutex<HashMap<(String, usize), u64>>,
     /// Acknowledgements sticky agents got from their sticky replica.
@@ -81,6 +80,17 @@ pub struct Ledger {
     pub heartbeats_acked: AtomicU64,
     pub heartbeats_failed: AtomicU64,
     pub provisions_failed: AtomicU64,
+}
+
+/// One acknowledged heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    /// When it was sent (wall clock, as the database's event times).
+    pub sent_at: SystemTime,
+    pub replica: usize,
+    /// The lease the answer promised, by the leader's clock: the agent
+    /// must not go OFFLINE for a lapsed lease before this.
+    pub lease_until: Option<SystemTime>,
 }
 
 pub struct Agent {
@@ -274,7 +284,14 @@ async fn heartbeat_loop(
                     .unwrap()
                     .entry(agent.id.clone())
                     .or_default()
-                    .push((sent_at, replica));
+                    .push(Ack {
+                        sent_at,
+                        replica,
+                        lease_until: reply.lease_expires_at.map(|t| {
+                            SystemTime::UNIX_EPOCH
+                                + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+                        }),
+                    });
                 if !checked_in && reply.status == AgentStatus::Online as i32 {
                     checked_in = true;
                     ledger

@@ -22,8 +22,9 @@ pub struct Findings {
     /// Agents that went OFFLINE before the fault, none of whose heartbeats
     /// had been acknowledged for a lease: the load did not get through.
     pub offline_before_the_fault: Vec<String>,
-    /// Of those, OFFLINE although a heartbeat was acknowledged within the
-    /// lease TTL before: an acknowledgement the leader never judged.
+    /// Of those, OFFLINE before the lease an acknowledgement promised (its
+    /// `lease_expires_at`, judged before the OFFLINE) ran out: an
+    /// acknowledgement the leader never honoured.
     pub acked_by_non_leader: Vec<String>,
 }
 
@@ -147,8 +148,16 @@ pub async fn verify(
         if !beating.contains(&agent) {
             continue;
         }
-        let recent_ack = acks[&agent].iter().any(|(acked, _)| {
-            *acked <= at && at.duration_since(*acked).unwrap_or_default() < AGENT_LEASE
+        // A promise broken: an answer judged before the OFFLINE (its lease
+        // began a lease TTL before it ends, by the leader's clock) whose
+        // lease had not run out. A heartbeat sent just before the OFFLINE
+        // but judged after it (bringing the agent back) is no such answer.
+        let recent_ack = acks[&agent].iter().any(|ack| {
+            ack.sent_at <= at
+                && ack.lease_until.is_some_and(|until| {
+                    let judged = until - AGENT_LEASE;
+                    judged < at && at + Duration::from_millis(1) < until
+                })
         });
         if recent_ack {
             findings.acked_by_non_leader.push(agent.clone());
@@ -160,7 +169,7 @@ pub async fn verify(
         };
         let acked: Vec<String> = acks[&agent]
             .iter()
-            .map(|(t, replica)| format!("{:.2}@{replica}", before_stop(*t)))
+            .map(|ack| format!("{:.2}@{}", before_stop(ack.sent_at), ack.replica))
             .collect();
         eprintln!(
             "OFFLINE {agent} at -{:.2}s (before the load stopped); acks at -s: {}",
