@@ -4,6 +4,11 @@ Opens CONNECTIONS TCP connections that never send a byte (from several
 worker processes, each under its own open-file limit), and meanwhile checks
 health on a NEW connection every 200 ms with grpcio, timing each check. Then
 waits until the server has closed every idle connection. Prints the figures.
+
+Before each check a raw probe times, on another new connection, the TCP
+connect and the server's first bytes (its HTTP/2 SETTINGS, written as soon
+as the connection's task first runs) after the client's preface: where a
+slow check waited, server side or client side.
 """
 
 import argparse
@@ -50,6 +55,24 @@ def hold(addr, count, opened, result):
     result.put((len(sockets), open_count, last_close))
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def probe_once(addr):
+    """(connect ms, first server byte ms after the preface), or None."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection(addr, timeout=5) as s:
+            connected = time.monotonic()
+            s.sendall(PREFACE)
+            if not s.recv(64):
+                return None
+            answered = time.monotonic()
+    except OSError:
+        return None
+    return (connected - started) * 1000, (answered - connected) * 1000
+
+
 def health_once(target):
     started = time.monotonic()
     channel = grpc.insecure_channel(target)
@@ -83,10 +106,17 @@ def main():
     for w in workers:
         w.start()
     latencies, failures = [], 0
+    connects, first_bytes, probe_failures = [], [], 0
     total_opened = 0
     reported = 0
     checks = 0
     while checks < args.checks:
+        probed = probe_once(addr)
+        if probed:
+            connects.append(probed[0])
+            first_bytes.append(probed[1])
+        else:
+            probe_failures += 1
         ok, ms = health_once(target)
         checks += 1
         latencies.append(ms)
@@ -107,11 +137,17 @@ def main():
             last = max(last, last_close)
     for w in workers:
         w.join()
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    def summary(values):
+        values = sorted(values) or [float("nan")]
+        q = lambda f: values[min(len(values) - 1, int(f * len(values)))]
+        return f"p50 {q(0.5):.1f} p99 {q(0.99):.1f} max {values[-1]:.1f}"
     print(f"idle connections opened: {total_opened} (in {opened_in:.1f} s, while checking health)")
     print(f"health checks on new connections meanwhile: {checks}, failed: {failures}, "
-          f"latency ms p50 {p(0.5):.1f} p99 {p(0.99):.1f} max {latencies[-1]:.1f}")
+          f"latency ms {summary(latencies)}")
+    print(f"  all latencies ms, in order: {' '.join(f'{ms:.0f}' for ms in latencies)}")
+    print(f"raw probes on new connections: {len(connects)}, failed: {probe_failures}; "
+          f"TCP connect ms {summary(connects)}; server's first bytes after the preface ms "
+          f"{summary(first_bytes)}")
     print(f"idle connections still open at the end: {still_open}; "
           f"the last one closed {last - started:.1f} s after the flood began")
     sys.exit(1 if failures or still_open else 0)

@@ -44,18 +44,38 @@ impl Acceptor {
         let connections = self.connections.clone();
         let idle_timeout = self.idle_timeout;
         self.run(&tx, |admitted| {
-            let idle = connections.timer(Some(admitted.peer), idle_timeout);
-            let conn = Conn::new(
-                admitted.tcp,
-                admitted.slot,
-                admitted.pending,
-                admitted.deadline,
-                idle,
-            );
+            let connections = connections.clone();
             let tx = tx.clone();
-            async move {
+            tokio::spawn(async move {
+                let Admitted {
+                    tcp,
+                    slot,
+                    pending,
+                    deadline,
+                    peer,
+                } = admitted;
+                // Until the first byte, a connection is only a socket
+                // waiting in its own task: one that never speaks never
+                // reaches hyper.
+                let first_bytes = tokio::time::timeout_at(deadline, tcp.readable());
+                tokio::select! {
+                    result = first_bytes => match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "connection failed before it spoke");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "nothing received within the handshake timeout");
+                            return;
+                        }
+                    },
+                    _ = pending.evicted() => return,
+                }
+                let idle = connections.timer(Some(peer), idle_timeout);
+                let conn = Conn::new(tcp, slot, pending, deadline, idle);
                 let _ = tx.send(Ok(conn)).await;
-            }
+            });
         })
         .await
     }
@@ -101,15 +121,17 @@ impl Acceptor {
                 let conn = Conn::new(stream, slot, pending, deadline, idle);
                 let _ = tx.send(Ok(conn)).await;
             });
-            std::future::ready(())
         })
         .await
     }
 
-    async fn run<T, F, Fut>(self, tx: &mpsc::Sender<T>, mut admit: F)
+    /// Accepts until `stop`, handing each admitted connection to `admit`,
+    /// which must not wait: under a flood of connections the kernel's accept
+    /// queue fills faster than a slow loop drains it, and a new connection
+    /// (a health check) waits behind every one queued before it.
+    async fn run<T, F>(self, tx: &mpsc::Sender<T>, mut admit: F)
     where
-        F: FnMut(Admitted) -> Fut,
-        Fut: std::future::Future<Output = ()>,
+        F: FnMut(Admitted),
     {
         let mut backoff = BACKOFF_START;
         let mut out_of_files = Throttled::default();
@@ -165,8 +187,7 @@ impl Acceptor {
                 pending,
                 deadline,
                 peer,
-            })
-            .await;
+            });
         }
     }
 }
