@@ -311,6 +311,21 @@ async fn the_dashboard_in_a_real_browser() {
     let mut agent = AgentClient::connect(&app.endpoint, &good.agent_token).unwrap();
     agent.heartbeat().await.unwrap();
     browser.wait_cell("good-1", "status", "ONLINE").await;
+    // The check-in is in the latency picture, and the gateway is shown
+    // holding its stream.
+    browser
+        .wait(
+            "the check-in in the latency chart",
+            "return document.getElementById('chart-latency').dataset.checkIns === '1'",
+        )
+        .await;
+    browser
+        .wait(
+            "gw-1 shown connected",
+            "const g = document.querySelector('#gateways li[data-gateway=\"gw-1\"]'); \
+             return !!g && g.className === 'connected'",
+        )
+        .await;
 
     // An agent that never checks in: each wake, then OFFLINE with the reason.
     admin
@@ -400,6 +415,25 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     browser.click("#agent-close").await;
+
+    // Provision from the page: the token is shown once, the agent appears
+    // and its first wake reaches the gateway.
+    browser.type_text("#provision input[name=agent_id]", "new-1").await;
+    browser.type_text("#provision input[name=gateway_id]", "gw-1").await;
+    browser.type_text("#provision input[name=board_id]", "b4").await;
+    browser.click("#provision button[type=submit]").await;
+    let result = browser
+        .wait(
+            "the provision result",
+            "return document.getElementById('provision-result').textContent",
+        )
+        .await;
+    assert!(
+        result.as_str().unwrap().starts_with("Created new-1. Its token, shown only now: mca_"),
+        "{result}"
+    );
+    gateway_saw(&mut gateway, "wake", "new-1", Some(1)).await;
+    browser.wait_cell("new-1", "board", "b4").await;
     browser.screenshot("admin").await;
 
     // A restart: the page notices, reconnects by itself and resumes after
