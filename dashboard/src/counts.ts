@@ -5,6 +5,8 @@ import type { Fleet } from "./fleet";
 import { clear, el } from "./dom";
 import { STATUSES, statusName } from "./format";
 
+/// Recounting happens at most this often, and takes at most a tenth of the
+/// time however large the fleet.
 const RECOUNT_EVERY_MS = 500;
 
 type Tally = Map<number, number>;
@@ -13,6 +15,7 @@ export class Counts {
   private version = -1;
   private last = 0;
   private timer?: number;
+  private cost = 0;
 
   constructor(
     private readonly fleet: Fleet,
@@ -23,11 +26,12 @@ export class Counts {
   render(): void {
     if (this.version === this.fleet.version) return;
     const now = Date.now();
-    if (now - this.last < RECOUNT_EVERY_MS) {
+    const every = Math.max(RECOUNT_EVERY_MS, 10 * this.cost);
+    if (now - this.last < every) {
       this.timer ??= window.setTimeout(() => {
         this.timer = undefined;
         this.render();
-      }, RECOUNT_EVERY_MS);
+      }, every - (now - this.last));
       return;
     }
     this.last = now;
@@ -49,7 +53,7 @@ export class Counts {
     }
     const head = el("tr", {}, el("th", {}, "gateway"), el("th", {}, "board"));
     for (const status of STATUSES) head.append(el("th", { class: `s-${statusName(status)}` }, statusName(status).toLowerCase()));
-    const rows = [...groups.entries()].sort(([a], [b]) => a.localeCompare(b));
+    const rows = [...groups.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const body = rows.map(([key, tally]) => {
       const [gateway, board] = key.split("\u0000");
       const line = board
@@ -60,6 +64,7 @@ export class Counts {
     });
     clear(this.table);
     this.table.append(el("thead", {}, head), el("tbody", {}, ...body));
+    this.cost = Date.now() - now;
   }
 }
 

@@ -418,9 +418,15 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Provision from the page: the token is shown once, the agent appears
     // and its first wake reaches the gateway.
-    browser.type_text("#provision input[name=agent_id]", "new-1").await;
-    browser.type_text("#provision input[name=gateway_id]", "gw-1").await;
-    browser.type_text("#provision input[name=board_id]", "b4").await;
+    browser
+        .type_text("#provision input[name=agent_id]", "new-1")
+        .await;
+    browser
+        .type_text("#provision input[name=gateway_id]", "gw-1")
+        .await;
+    browser
+        .type_text("#provision input[name=board_id]", "b4")
+        .await;
     browser.click("#provision button[type=submit]").await;
     let result = browser
         .wait(
@@ -429,7 +435,10 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     assert!(
-        result.as_str().unwrap().starts_with("Created new-1. Its token, shown only now: mca_"),
+        result
+            .as_str()
+            .unwrap()
+            .starts_with("Created new-1. Its token, shown only now: mca_"),
         "{result}"
     );
     gateway_saw(&mut gateway, "wake", "new-1", Some(1)).await;
