@@ -33,6 +33,8 @@ fn sample(arg: &clap::Arg) -> String {
     match default {
         Some(d) if humantime::parse_duration(&d).is_ok() => "17s".into(),
         Some(d) if d.parse::<u64>().is_ok() => (d.parse::<u64>().unwrap() + 1).to_string(),
+        // A share or factor: half of it stays within any range the flag allows.
+        Some(d) if d.parse::<f64>().is_ok() => (d.parse::<f64>().unwrap() / 2.0).to_string(),
         Some(d) if d.parse::<std::net::SocketAddr>().is_ok() => "127.0.0.1:4321".into(),
         Some(d) => format!("{d}-other"),
         None if long.contains("listen") || long.contains("address") => "127.0.0.1:4321".into(),
