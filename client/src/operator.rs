@@ -10,10 +10,10 @@ use crate::Endpoints;
 use crate::agent_lifecycle_client::AgentLifecycleClient;
 use crate::gateways_client::GatewaysClient;
 use crate::{
-    Agent, AgentEvent, DeleteAgentRequest, Error, Gateway, GetAgentHistoryRequest, GetAgentRequest,
-    ListAgentsRequest, ListGatewaysRequest, ProvisionRequest, ProvisionResponse,
-    RegisterGatewayRequest, RegisterGatewayResponse, WakeAgentRequest, WatchAgentRequest,
-    WatchAgentResponse,
+    Agent, AgentEvent, DeleteAgentRequest, Error, Gateway, GatewayTransition,
+    GetAgentHistoryRequest, GetAgentRequest, GetGatewayHistoryRequest, ListAgentsRequest,
+    ListGatewaysRequest, ProvisionRequest, ProvisionResponse, RegisterGatewayRequest,
+    RegisterGatewayResponse, WakeAgentRequest, WatchAgentRequest, WatchAgentResponse,
 };
 
 /// Operator calls. When the service runs with `--operator-token`, attach it
@@ -162,6 +162,26 @@ impl OperatorClient {
             })
             .await?;
         Ok(reply.gateways)
+    }
+
+    /// A gateway's state transitions (connected, disconnected), newest
+    /// first, up to 100.
+    ///
+    /// # Errors
+    ///
+    /// As [`OperatorClient::list_gateways`]; `NOT_FOUND` for an unknown
+    /// gateway.
+    pub async fn gateway_history(&self, gateway_id: &str) -> Result<Vec<GatewayTransition>, Error> {
+        let request = GetGatewayHistoryRequest {
+            gateway_id: gateway_id.to_owned(),
+            page_size: 0,
+        };
+        let reply = self
+            .on_gateways(|mut client| async move {
+                client.get_gateway_history(self.request(request)).await
+            })
+            .await?;
+        Ok(reply.transitions)
     }
 
     /// Creates or updates an agent and wakes it. The reply carries the

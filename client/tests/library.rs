@@ -23,8 +23,10 @@ async fn server() -> (App, OperatorClient) {
     server_with_lease("5s").await
 }
 
+/// Wakes to a gateway that is not connected fail at once, as the per-agent
+/// policy alone says; the held-wake test uses the default grace.
 async fn server_with_lease(lease_ttl: &str) -> (App, OperatorClient) {
-    server_with(lease_ttl, &[]).await
+    server_with(lease_ttl, &["--gateway-grace", "0s"]).await
 }
 
 async fn server_with(lease_ttl: &str, flags: &[&str]) -> (App, OperatorClient) {
@@ -410,7 +412,11 @@ async fn metric_reaches(app: &App, name: &str, holds: impl Fn(u64) -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_command_are_shown_once_and_answered_with_the_outcome_given() {
-    let (app, operator) = server_with("5s", &["--gateway-ack-timeout", "200ms"]).await;
+    let (app, operator) = server_with(
+        "5s",
+        &["--gateway-ack-timeout", "200ms", "--gateway-grace", "0s"],
+    )
+    .await;
     let (gateway_token, _) = provision(&operator, "gw", "a1").await;
     let mut proxy = Proxy::start(app.addr()).await;
     let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
@@ -473,4 +479,90 @@ async fn copies_of_a_command_are_shown_once_and_answered_with_the_outcome_given(
     assert_eq!(agent.wake_attempts, 1, "delivered, not failed: {agent:?}");
     assert_eq!(agent.last_provision_error, "");
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakes_for_a_disconnected_gateway_are_held_and_reach_it_when_it_connects() {
+    let (app, operator) = server_with("5s", &[]).await;
+    // The gateway has never connected: the provision's wake is held.
+    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let held = operator.get("a1").await.unwrap();
+    assert!(held.wake_held, "{held:?}");
+    assert_eq!(held.wake_attempts, 1);
+    let gateways = operator.list_gateways().await.unwrap();
+    assert_eq!(
+        gateways[0].state(),
+        mission_control_client::GatewayState::Disconnected
+    );
+
+    let mut proxy = Proxy::start(app.addr()).await;
+    let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
+        .unwrap()
+        .with_backoff(fast_backoff())
+        .with_reconnect_spread(Duration::from_millis(5))
+        .events();
+    assert!(matches!(
+        next_event(&mut events).await,
+        GatewayEvent::Connected { .. }
+    ));
+    let GatewayEvent::Wake { command, ack } = next_event(&mut events).await else {
+        panic!("expected the held wake");
+    };
+    assert_eq!(
+        (
+            command.agent_id.as_str(),
+            command.generation,
+            command.attempt
+        ),
+        ("a1", 1, 1)
+    );
+    ack.delivered().await.expect("ack sent");
+    let sent = operator.get("a1").await.unwrap();
+    assert!(!sent.wake_held);
+    assert_eq!(sent.wake_attempts, 1, "held, not counted");
+    assert_eq!(command.checkin_deadline_at, sent.checkin_deadline_at);
+    assert_eq!(sent.last_provision_error, "");
+
+    // Away again: an operator wake is held until the stream is back.
+    proxy.cut().await;
+    loop {
+        if let GatewayEvent::Disconnected { .. } = next_event(&mut events).await {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while operator.list_gateways().await.unwrap()[0].state()
+        != mission_control_client::GatewayState::Disconnected
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service saw it go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let woken = operator.wake("a1").await.unwrap();
+    assert!(woken.wake_held, "{woken:?}");
+    proxy.restore().await;
+    loop {
+        match next_event(&mut events).await {
+            GatewayEvent::Wake { command, ack } => {
+                assert_eq!((command.generation, command.attempt), (2, 1));
+                ack.delivered().await.expect("ack sent");
+                break;
+            }
+            GatewayEvent::Connected { .. } | GatewayEvent::Disconnected { .. } => {}
+            other => panic!("expected the held wake, got {other:?}"),
+        }
+    }
+    let history = operator_history(&operator, "gw").await;
+    assert!(history.len() >= 3, "{history:?}");
+    app.shutdown().await;
+}
+
+/// The gateway's transitions through the raw client, newest first.
+async fn operator_history(
+    operator: &OperatorClient,
+    gateway: &str,
+) -> Vec<mission_control_client::GatewayTransition> {
+    operator.gateway_history(gateway).await.unwrap()
 }

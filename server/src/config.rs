@@ -80,6 +80,22 @@ pub struct Config {
     #[arg(long, env = "MC_RESTART_GRACE", default_value_t = Policy::DEFAULT.restart_grace.into())]
     pub restart_grace: humantime::Duration,
 
+    /// While a gateway is disconnected, wakes for its agents are held (not
+    /// counted) for up to this long from when it went away, and go out when
+    /// it reconnects; after it, they count as failed attempts naming the
+    /// gateway ("0s": never held). A few minutes covers a gateway's restart,
+    /// host reboot or upgrade, and is longer than the whole per-agent policy,
+    /// so a short outage never makes its fleet OFFLINE.
+    #[arg(long, env = "MC_GATEWAY_GRACE", default_value_t = Policy::DEFAULT.gateway_grace.into())]
+    pub gateway_grace: humantime::Duration,
+
+    /// Held wakes sent per second, at most, to a gateway that reconnects,
+    /// earliest deadline first (each deadline starts when its wake is
+    /// sent): a gateway back from an outage starts its fleet at a pace a
+    /// host can take (1,000 agents in 10 s), not all in the same instant.
+    #[arg(long, env = "MC_HELD_WAKE_RATE", default_value_t = Policy::DEFAULT.held_wake_rate)]
+    pub held_wake_rate: u32,
+
     /// Start a wake cycle when an online agent's lease expires.
     #[arg(long, env = "MC_WAKE_ON_LEASE_EXPIRY")]
     pub wake_on_lease_expiry: bool,
@@ -245,6 +261,8 @@ impl Config {
             lease_ttl: self.lease_ttl.into(),
             restart_grace: self.restart_grace.into(),
             wake_on_lease_expiry: self.wake_on_lease_expiry,
+            gateway_grace: self.gateway_grace.into(),
+            held_wake_rate: self.held_wake_rate,
         };
         policy.validate()?;
         Ok(policy)

@@ -48,6 +48,9 @@ impl Server {
             ("--heartbeat-interval", "1s"),
             ("--lease-ttl", "5s"),
             ("--checkpoint-interval", "100ms"),
+            // No gateway connects in these tests: wakes fail at once, as
+            // the per-agent policy alone says, instead of being held.
+            ("--gateway-grace", "0s"),
         ];
         for (flag, value) in overrides {
             match flags.iter_mut().find(|(f, _)| f == flag) {

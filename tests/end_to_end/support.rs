@@ -24,7 +24,10 @@ pub struct TestApp {
     pub operator: OperatorClient,
 }
 
-/// Flags for a fast policy: 400 ms to check in, 3 wakes.
+/// Flags for a fast policy: 400 ms to check in, 3 wakes. Wakes to a gateway
+/// that is not connected fail at once (no gateway grace), as the per-agent
+/// policy alone says; held wakes are tested in the runtime and the client
+/// library's tests.
 pub fn fast_flags(database_url: &str) -> Vec<String> {
     [
         "mission-control",
@@ -44,6 +47,8 @@ pub fn fast_flags(database_url: &str) -> Vec<String> {
         "100ms",
         "--drain-timeout",
         "2s",
+        "--gateway-grace",
+        "0s",
     ]
     .map(String::from)
     .to_vec()

@@ -46,6 +46,10 @@ pub async fn server_with(
         lease_ttl,
         "--drain-timeout",
         "1s",
+        // Wakes to a gateway that is not connected fail at once, as the
+        // per-agent policy alone says.
+        "--gateway-grace",
+        "0s",
     ];
     let config = Config::parse_from(flags.iter().chain(extra));
     let app = App::start(&config).await.expect("the server starts");

@@ -81,7 +81,7 @@ pub fn method(path: &str) -> Method {
     if let Some(name) = path.strip_prefix(GATEWAYS) {
         return match name {
             "ConnectGateway" => stream(Access::Gateway),
-            "ListGateways" => unary(VIEWER, MAX_UNARY_REQUEST),
+            "ListGateways" | "GetGatewayHistory" => unary(VIEWER, MAX_UNARY_REQUEST),
             _ => unary(ADMIN, MAX_UNARY_REQUEST),
         };
     }
@@ -130,6 +130,7 @@ mod tests {
             ("AgentLifecycle/SomethingNew", ADMIN),
             ("Gateways/RegisterGateway", ADMIN),
             ("Gateways/ListGateways", VIEWER),
+            ("Gateways/GetGatewayHistory", VIEWER),
             ("Gateways/ConnectGateway", Access::Gateway),
             ("Rollouts/GetDrift", VIEWER),
             ("Rollouts/GetRollout", VIEWER),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::gateway_state::LinkState;
 use super::model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     RolloutId, Status, Timestamp,
@@ -47,6 +48,19 @@ impl WakeOrder {
             checkin_deadline_at: deadline,
         }
     }
+}
+
+/// One change of a gateway's link: the gateway's own history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayTransition {
+    pub gateway_id: GatewayId,
+    pub at: Timestamp,
+    pub from: LinkState,
+    pub to: LinkState,
+    pub reason: String,
+    /// Held wakes waiting when it connected (they go out at the policy's
+    /// held-wake rate).
+    pub wakes_released: u32,
 }
 
 /// What the reconciler decided about one timer: the reference's log events.
@@ -103,6 +117,9 @@ pub struct Batch {
     /// The final state of each touched agent; `None` once deleted.
     pub(super) agents: BTreeMap<AgentId, Option<Agent>>,
     pub(super) gateways: BTreeMap<GatewayId, Gateway>,
+    pub(super) gateway_events: Vec<GatewayTransition>,
+    /// Held-wake release rounds: the next one's time, `None` when done.
+    pub(super) release_rounds: Vec<(GatewayId, Option<Timestamp>)>,
     pub(super) events: Vec<Event>,
     pub(super) effects: Vec<Effect>,
     pub(super) notes: Vec<Note>,
@@ -126,6 +143,8 @@ impl Batch {
             next_revision: last_revision + 1,
             agents: BTreeMap::new(),
             gateways: BTreeMap::new(),
+            gateway_events: Vec::new(),
+            release_rounds: Vec::new(),
             events: Vec::new(),
             effects: Vec::new(),
             notes: Vec::new(),
@@ -147,6 +166,7 @@ impl Batch {
     pub fn has_writes(&self) -> bool {
         !(self.agents.is_empty()
             && self.gateways.is_empty()
+            && self.gateway_events.is_empty()
             && self.events.is_empty()
             && self.retires_added.is_empty()
             && self.retires_done.is_empty()
@@ -177,6 +197,10 @@ impl Batch {
 
     pub fn gateway_writes(&self) -> impl Iterator<Item = &Gateway> {
         self.gateways.values()
+    }
+
+    pub fn gateway_events(&self) -> &[GatewayTransition] {
+        &self.gateway_events
     }
 
     pub fn events(&self) -> &[Event] {
@@ -275,4 +299,5 @@ pub struct Committed {
     pub notes: Vec<Note>,
     /// Rollouts as this batch left them.
     pub rollouts: Vec<Rollout>,
+    pub gateway_events: Vec<GatewayTransition>,
 }

@@ -2,6 +2,7 @@
 //! gateway registration and wake acknowledgements.
 
 use super::batch::{Change, Effect};
+use super::gateway_state::Link;
 use super::model::{
     Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, Status,
     Timestamp, TokenHash,
@@ -84,6 +85,7 @@ impl Engine {
                     created_at: now,
                     updated_at: now,
                     revision: 0,
+                    wake_held: false,
                     token_hash: new_token,
                 };
                 let change = Change {
@@ -226,6 +228,7 @@ impl Engine {
         } else {
             agent.status = Status::Online;
             agent.wake_attempts = 0;
+            agent.wake_held = false;
             agent.checkin_deadline_at = None;
             agent.last_provision_error = None;
             agent.offline_reason = None;
@@ -342,6 +345,7 @@ impl Engine {
                     id: spec.gateway_id,
                     token_hash: new_token,
                     created_at: batch.now,
+                    link: Link::never_connected(batch.now),
                 };
                 (gateway, true, true)
             }

@@ -11,6 +11,7 @@ mod batch;
 mod commands;
 mod drift;
 mod follow;
+pub mod gateway_state;
 pub mod model;
 pub mod policy;
 mod reconcile;
@@ -21,10 +22,11 @@ pub mod timers;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-pub use batch::{Batch, Committed, Effect, Note, NoteKind, WakeOrder};
+pub use batch::{Batch, Committed, Effect, GatewayTransition, Note, NoteKind, WakeOrder};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
 pub use follow::{Diverged, StoredLease};
+pub use gateway_state::{Link, LinkState};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     RolloutId, Status, Timestamp, TokenHash,
@@ -168,6 +170,9 @@ pub struct Engine {
     timers: TimerWheel,
     /// Agents staged in a batch that is being committed.
     in_flight: HashSet<AgentId>,
+    /// Gateways with held wakes still to release, and when the next round
+    /// of releases is due (see `gateway_state`).
+    releasing: BTreeMap<GatewayId, Timestamp>,
     /// Heartbeats that need a commit, by the time they arrived.
     pending_checkins: HashMap<AgentId, PendingCheckIn>,
     /// Online agents whose lease changed since the last checkpoint.
@@ -191,6 +196,7 @@ impl Engine {
             tombstones: HashMap::new(),
             timers: TimerWheel::default(),
             in_flight: HashSet::new(),
+            releasing: BTreeMap::new(),
             pending_checkins: HashMap::new(),
             dirty_leases: HashSet::new(),
             revision: 0,
@@ -280,8 +286,14 @@ impl Engine {
         tombstones
     }
 
+    /// When there is next something to do as time passes: a timer, or a
+    /// round of held wakes to release.
     pub fn next_timer_at(&self) -> Option<Timestamp> {
-        self.timers.next_at()
+        let release = self.releasing.values().min().copied();
+        match (self.timers.next_at(), release) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn timer_count(&self) -> usize {
@@ -451,6 +463,12 @@ impl Engine {
         for timer in batch.timers_to_arm {
             self.timers.arm(timer);
         }
+        for (gateway, next) in batch.release_rounds {
+            match next {
+                Some(at) => self.releasing.insert(gateway, at),
+                None => self.releasing.remove(&gateway),
+            };
+        }
         let rollouts: Vec<rollout::Rollout> = batch.rollouts.into_values().collect();
         for rollout in &rollouts {
             self.commit_rollout(rollout.clone());
@@ -461,6 +479,7 @@ impl Engine {
             effects: batch.effects,
             notes: batch.notes,
             rollouts,
+            gateway_events: batch.gateway_events,
         }
     }
 
@@ -498,11 +517,24 @@ impl Engine {
         self.send_wake(batch, agent);
     }
 
-    /// Sends the next wake of the current cycle and arms its deadline.
+    /// The next wake of the current cycle: sent, with its deadline armed,
+    /// or held while the agent's gateway is away (see `gateway_state`).
     fn send_wake(&self, batch: &mut Batch, agent: &mut Agent) {
+        agent.wake_attempts += 1;
+        match self.hold_until(batch, &agent.gateway_id) {
+            Some(until) => {
+                self.hold_wake(batch, agent, until);
+                batch.note(NoteKind::Enqueued, agent, Some(until));
+            }
+            None => self.deliver_wake(batch, agent),
+        }
+    }
+
+    /// Sends the current attempt's wake now and arms its deadline.
+    fn deliver_wake(&self, batch: &mut Batch, agent: &mut Agent) {
         let now = batch.now;
         let deadline = now.plus(self.policy.checkin_deadline);
-        agent.wake_attempts += 1;
+        agent.wake_held = false;
         agent.last_wake_sent_at = Some(now);
         agent.checkin_deadline_at = Some(deadline);
         batch.timers_to_arm.push(Timer {

@@ -249,6 +249,11 @@ pub struct Agent {
     pub updated_at: Timestamp,
     /// The revision of the last committed event about this agent.
     pub revision: u64,
+    /// The current attempt's wake waits for its gateway to reconnect: not
+    /// sent, not counted against the agent. `checkin_deadline_at` is then
+    /// when the hold gives up (the gateway's grace runs out).
+    #[serde(default)]
+    pub wake_held: bool,
     /// Never serialized into event history.
     #[serde(skip)]
     pub token_hash: TokenHash,
@@ -274,6 +279,8 @@ pub struct Gateway {
     pub name: String,
     pub token_hash: TokenHash,
     pub created_at: Timestamp,
+    /// Whether its command stream is open, since when, and why.
+    pub link: super::gateway_state::Link,
 }
 
 /// A retire command the gateway has not yet acknowledged as delivered.
@@ -325,10 +332,14 @@ pub enum Reason {
     Deleted,
     /// A rollout re-provisioned the agent with its template version.
     RolloutUpdate,
+    /// The wake could not reach the gateway: held until it reconnects.
+    WakeHeld,
+    /// The gateway reconnected: the held wake was sent, the deadline starts.
+    WakeReleased,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Provisioned,
         Reason::Updated,
         Reason::Woken,
@@ -341,6 +352,8 @@ impl Reason {
         Reason::TemplateReported,
         Reason::Deleted,
         Reason::RolloutUpdate,
+        Reason::WakeHeld,
+        Reason::WakeReleased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -357,6 +370,8 @@ impl Reason {
             Reason::TemplateReported => "template_reported",
             Reason::Deleted => "deleted",
             Reason::RolloutUpdate => "rollout_update",
+            Reason::WakeHeld => "wake_held",
+            Reason::WakeReleased => "wake_released",
         }
     }
 
@@ -416,6 +431,14 @@ impl Event {
             Reason::RestartGrace => "deadline extended after a service restart".to_owned(),
             Reason::TemplateReported => "reported a new template version".to_owned(),
             Reason::Deleted => "deleted".to_owned(),
+            Reason::WakeHeld => format!(
+                "wake attempt {attempt} held: gateway {} is not connected",
+                self.agent.gateway_id
+            ),
+            Reason::WakeReleased => format!(
+                "gateway {} reconnected: held wake attempt {attempt} sent",
+                self.agent.gateway_id
+            ),
             Reason::RolloutUpdate => {
                 let rollout = self.rollout_id.as_ref().map_or("?", RolloutId::as_str);
                 format!(

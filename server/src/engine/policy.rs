@@ -24,12 +24,22 @@ pub struct Policy {
     /// The share of the heartbeat interval taken off at random, so a fleet
     /// woken together does not heartbeat together.
     pub heartbeat_jitter: f64,
+    /// How long wakes for a disconnected gateway's agents are held (not
+    /// counted) before they count as failed attempts. Zero: never held.
+    pub gateway_grace: Duration,
+    /// Held wakes sent per second to a gateway that reconnects, at most,
+    /// in deadline order; each one's deadline starts when it is sent.
+    pub held_wake_rate: u32,
 }
 
 impl Policy {
     /// The defaults: 30 s to check in after each wake, 3 wakes, as the seed
     /// system does; a 10 s heartbeat with up to 20% jitter and a 30 s lease
-    /// (three missed beats), a 30 s restart grace.
+    /// (three missed beats), a 30 s restart grace. A gateway away for up to
+    /// 3 minutes (a process restart, a host reboot, a rolling upgrade) costs
+    /// its agents no attempt: longer than the seed's whole escalation (90 s),
+    /// so a short outage never makes a fleet OFFLINE, and short enough that a
+    /// dead gateway's agents are reported within 3 minutes plus the policy.
     pub const DEFAULT: Policy = Policy {
         checkin_deadline: Duration::from_secs(30),
         max_wake_attempts: 3,
@@ -38,6 +48,8 @@ impl Policy {
         restart_grace: Duration::from_secs(30),
         wake_on_lease_expiry: false,
         heartbeat_jitter: 0.2,
+        gateway_grace: Duration::from_secs(180),
+        held_wake_rate: 100,
     };
 }
 
@@ -78,6 +90,9 @@ impl Policy {
                 interval: self.heartbeat_interval,
             });
         }
+        if self.held_wake_rate == 0 {
+            return Err(PolicyError::Zero("the held wake rate"));
+        }
         if !(0.0..1.0).contains(&self.heartbeat_jitter) {
             return Err(PolicyError::Jitter);
         }
@@ -116,6 +131,8 @@ mod tests {
         assert_eq!(policy.restart_grace, Duration::from_secs(30));
         assert!(!policy.wake_on_lease_expiry);
         assert_eq!(policy.heartbeat_jitter, 0.2);
+        assert_eq!(policy.gateway_grace, Duration::from_secs(180));
+        assert_eq!(policy.held_wake_rate, 100);
         assert_eq!(policy.validate(), Ok(()));
     }
 }

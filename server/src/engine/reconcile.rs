@@ -29,6 +29,7 @@ impl Engine {
             }
         }
         batch.fired.extend(due);
+        self.release_due(batch);
         self.advance_rollouts(batch);
     }
 
@@ -56,6 +57,20 @@ impl Engine {
             note(batch, NoteKind::SkipMissingAgent, attempt, Some(timer.at));
             return;
         };
+        let hold_over = agent.wake_held
+            && agent.generation == generation
+            && agent.wake_attempts == attempt
+            && agent.checkin_deadline_at.is_some_and(|d| d <= batch.now);
+        if hold_over {
+            let after = self.expire_hold(batch, agent);
+            note(
+                batch,
+                NoteKind::WorkerSuccess,
+                attempt,
+                after.checkin_deadline_at,
+            );
+            return;
+        }
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);
         let verdict_at = batch.notes.len();
         note(

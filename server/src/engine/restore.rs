@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::LeaseCheckpoint;
 use super::batch::Change;
-use super::model::{Agent, AgentId, Gateway, PendingRetire, Reason, Status, Timestamp};
+use super::model::{Agent, AgentId, Gateway, GatewayId, PendingRetire, Reason, Status, Timestamp};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine, Policy};
 
@@ -76,6 +76,20 @@ impl Engine {
     pub fn restore(policy: Policy, state: StoredState, now: Timestamp) -> (Engine, Batch) {
         let mut engine = Engine::from_stored(policy, state);
         let mut batch = engine.begin(now);
+        // No gateway has a stream to this leader yet: one that was connected
+        // is away from now, and its grace starts now. Held wakes stay held
+        // (they are stored) and go out when it connects.
+        let connected: Vec<GatewayId> = engine
+            .gateways
+            .values()
+            .filter(|g| g.link.is_connected())
+            .map(|g| g.id.clone())
+            .collect();
+        for id in connected {
+            engine
+                .gateway_disconnected(&mut batch, &id, "no stream to this leader yet")
+                .expect("listed above");
+        }
         let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
         // Due within the grace period: agents could not check in or
         // heartbeat while the service was down, and may still be backing
@@ -94,7 +108,20 @@ impl Engine {
             }
             let agent = agent.clone();
             let timers = restored_timers(&agent);
-            if agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
+            // A held wake waits for its gateway's whole grace, which for a
+            // gateway that was connected until the restart starts now.
+            let hold = agent
+                .wake_held
+                .then(|| engine.hold_until(&batch, &agent.gateway_id))
+                .flatten()
+                .filter(|until| agent.checkin_deadline_at.is_some_and(|d| d < *until));
+            if let Some(until) = hold {
+                let mut extended = agent.clone();
+                extended.checkin_deadline_at = Some(until);
+                batch.timers_to_arm.extend(restored_timers(&extended));
+                let change = Change::changed(&agent, Reason::WakeHeld, agent.wake_attempts);
+                engine.stage(&mut batch, change, extended);
+            } else if agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
                 // A deadline is committed state: extended with an event.
                 let mut extended = agent.clone();
                 extended.checkin_deadline_at = Some(grace_until);

@@ -49,7 +49,8 @@ impl Harness {
                     rotate_token: false,
                 },
                 token(1),
-            )
+            );
+            engine.gateway_connected(batch, &gw()).unwrap()
         });
         harness
     }
@@ -782,7 +783,11 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
     );
     assert_eq!(engine.timer_count(), 23);
 
-    // Each extended deadline then runs the normal policy.
+    // The gateway's stream comes back to the new process; each extended
+    // deadline then runs the normal policy.
+    let mut batch = engine.begin(restart);
+    assert_eq!(engine.gateway_connected(&mut batch, &gw()), Ok(0));
+    engine.commit(batch);
     let mut batch = engine.begin(restart.plus(grace * 2));
     engine.fire_due(&mut batch);
     let fired = engine.commit(batch);
@@ -968,4 +973,5 @@ fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
 }
 
 mod drift;
+mod gateway;
 mod rollout;

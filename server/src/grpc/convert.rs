@@ -4,7 +4,8 @@ use mission_control_proto::prost_types;
 use mission_control_proto::v1 as pb;
 
 use crate::engine::{
-    Agent, Event, EventKind, PendingRetire, Reason, Role, Status, Timestamp, WakeOrder,
+    Agent, Event, EventKind, GatewayTransition, LinkState, PendingRetire, Reason, Role, Status,
+    Timestamp, WakeOrder,
 };
 use crate::runtime::{GatewayCommand, GatewayView};
 
@@ -88,6 +89,7 @@ pub fn agent(a: &Agent) -> pb::Agent {
         created_at: Some(timestamp(a.created_at)),
         updated_at: Some(timestamp(a.updated_at)),
         revision: a.revision,
+        wake_held: a.wake_held,
     }
 }
 
@@ -106,6 +108,8 @@ fn reason(r: Reason) -> pb::TransitionReason {
         Reason::TemplateReported => T::TemplateReported,
         Reason::Deleted => T::Deleted,
         Reason::RolloutUpdate => T::RolloutUpdate,
+        Reason::WakeHeld => T::WakeHeld,
+        Reason::WakeReleased => T::WakeReleased,
     }
 }
 
@@ -159,6 +163,28 @@ pub fn gateway(view: &GatewayView) -> pb::Gateway {
         connected: view.connected_since.is_some(),
         connected_since: opt_timestamp(view.connected_since),
         created_at: Some(timestamp(view.gateway.created_at)),
+        state: link_state(view.gateway.link.state).into(),
+        state_since: Some(timestamp(view.gateway.link.since)),
+        state_reason: view.gateway.link.reason.clone(),
+        commands_pending: view.commands_pending as u32,
+    }
+}
+
+fn link_state(state: LinkState) -> pb::GatewayState {
+    match state {
+        LinkState::Connected => pb::GatewayState::Connected,
+        LinkState::Disconnected => pb::GatewayState::Disconnected,
+    }
+}
+
+pub fn gateway_transition(t: &GatewayTransition) -> pb::GatewayTransition {
+    pb::GatewayTransition {
+        gateway_id: t.gateway_id.to_string(),
+        at: Some(timestamp(t.at)),
+        from: link_state(t.from).into(),
+        to: link_state(t.to).into(),
+        reason: t.reason.clone(),
+        wakes_released: t.wakes_released,
     }
 }
 

@@ -140,6 +140,20 @@ impl Gateways for GatewayService {
         }))
     }
 
+    async fn get_gateway_history(
+        &self,
+        request: Request<pb::GetGatewayHistoryRequest>,
+    ) -> Result<Response<pb::GetGatewayHistoryResponse>, Status> {
+        let (gateway, limit) = validate::gateway_history(request.get_ref())?;
+        let transitions = self.lifecycle.gateway_history(&gateway, limit).await?;
+        Ok(Response::new(pb::GetGatewayHistoryResponse {
+            transitions: transitions
+                .iter()
+                .map(convert::gateway_transition)
+                .collect(),
+        }))
+    }
+
     type ConnectGatewayStream = CommandStream;
 
     async fn connect_gateway(

@@ -217,6 +217,11 @@ pub fn list(request: &pb::ListAgentsRequest) -> Result<(AgentFilter, Option<Agen
     Ok((filter, after, page_size(request.page_size)))
 }
 
+pub fn gateway_history(request: &pb::GetGatewayHistoryRequest) -> Result<(GatewayId, usize)> {
+    let gateway = gateway_id("gateway_id", &request.gateway_id)?;
+    Ok((gateway, page_size(request.page_size)))
+}
+
 pub fn history(request: &pb::GetAgentHistoryRequest) -> Result<(AgentId, Option<u64>, usize)> {
     let agent = agent_id("agent_id", &request.agent_id)?;
     // Revisions are stored as Postgres bigint: above i64::MAX is no revision.

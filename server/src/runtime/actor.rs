@@ -24,9 +24,9 @@ use super::metrics::Metrics;
 use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
-    Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayRegistered,
-    GatewaySpec, Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned, Reason, RolloutId,
-    StoredState, Timestamp, TokenHash,
+    Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayId,
+    GatewayRegistered, GatewaySpec, Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned,
+    Reason, RolloutId, StoredState, Timestamp, TokenHash,
 };
 use crate::store::StoreError;
 
@@ -83,6 +83,17 @@ pub(super) enum Command {
         id: RolloutId,
         reply: Reply<Rollout>,
     },
+    /// The wake found no stream to its gateway: held, or failed.
+    WakeUndelivered {
+        agent_id: AgentId,
+        generation: u64,
+        attempt: u32,
+        error: String,
+    },
+    /// A gateway's stream opened: its held wakes go out.
+    GatewayConnected(GatewayId),
+    /// A gateway's current stream closed.
+    GatewayDisconnected(GatewayId),
     /// Answered once every earlier batch delivered its effects (a drain
     /// waits for it).
     Barrier {
@@ -104,7 +115,11 @@ impl Command {
             | Command::PauseRollout { reply, .. }
             | Command::ResumeRollout { reply, .. }
             | Command::CancelRollout { reply, .. } => drop(reply.send(Err(error))),
-            Command::WakeFailed { .. } | Command::RetireDelivered(_) => {}
+            Command::WakeFailed { .. }
+            | Command::RetireDelivered(_)
+            | Command::WakeUndelivered { .. }
+            | Command::GatewayConnected(_)
+            | Command::GatewayDisconnected(_) => {}
         }
     }
 }
@@ -514,6 +529,16 @@ impl Actor {
                 "lifecycle.transition"
             );
         }
+        for transition in &committed.gateway_events {
+            tracing::info!(
+                gateway_id = %transition.gateway_id,
+                from = transition.from.as_str(),
+                to = transition.to.as_str(),
+                reason = %transition.reason,
+                wakes_released = transition.wakes_released,
+                "gateway.state"
+            );
+        }
         committed.notes.iter().for_each(|note| log_note(note, now));
         committed.rollouts.iter().for_each(log_rollout);
         // Committed while the lease held (the fence saw to it), but the
@@ -549,10 +574,19 @@ impl Actor {
                             continue;
                         }
                         Ok(Delivery::Held(command_id)) => {
-                            // Not held for a later stream: the wake counts
-                            // as failed, as the policy says.
+                            // The engine holds it (or counts it failed):
+                            // a held wake is sent anew, with its own
+                            // deadline, when the gateway connects.
                             self.shared.hub.forget(&gateway, command_id);
-                            format!("gateway {gateway} is not connected")
+                            Metrics::add(&self.shared.metrics.wakes_failed);
+                            tracing::info!(%agent_id, generation, attempt, gateway_id = %gateway, "wake found no stream to its gateway");
+                            self.followups.push(Command::WakeUndelivered {
+                                agent_id,
+                                generation,
+                                attempt,
+                                error: format!("gateway {gateway} is not connected"),
+                            });
+                            continue;
                         }
                         Err(error) => error.to_string(),
                     };
@@ -568,6 +602,7 @@ impl Actor {
                 Effect::DisconnectGateway(gateway) => {
                     self.shared.hub.evict(&gateway, CloseReason::TokenRotated);
                     tracing::info!(gateway_id = %gateway, "gateway token rotated; its session was ended");
+                    self.followups.push(Command::GatewayDisconnected(gateway));
                 }
                 Effect::Retire(retire) => {
                     let gateway = retire.gateway_id.clone();
@@ -716,6 +751,24 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
         }
         Command::RetireDelivered(retire) => {
             engine.retire_delivered(batch, retire);
+            return None;
+        }
+        Command::WakeUndelivered {
+            agent_id,
+            generation,
+            attempt,
+            error,
+        } => {
+            engine.wake_undelivered(batch, &agent_id, generation, attempt, &error);
+            return None;
+        }
+        Command::GatewayConnected(gateway) => {
+            // Unknown only if it was never registered: nothing to do.
+            let _ = engine.gateway_connected(batch, &gateway);
+            return None;
+        }
+        Command::GatewayDisconnected(gateway) => {
+            let _ = engine.gateway_disconnected(batch, &gateway, "stream closed");
             return None;
         }
         Command::Barrier { reply } => pending(reply, Ok::<_, EngineError>(())),

@@ -88,6 +88,11 @@ impl Drop for GatewaySession {
         let gateway_id = &self.gateway_id;
         if self.shared.hub.disconnect(gateway_id, self.session) {
             tracing::info!(%gateway_id, session = self.session, "gateway disconnected");
+            let gone = Command::GatewayDisconnected(gateway_id.clone());
+            if self.shared.commands.try_send(gone).is_err() {
+                // Its wakes find no stream and are held from then on.
+                tracing::warn!(%gateway_id, "writer queue full; disconnection noted late");
+            }
         } else {
             // A newer stream took over; "gateway connection replaced" said so.
             tracing::debug!(%gateway_id, session = self.session, "replaced gateway stream ended");
@@ -130,6 +135,11 @@ impl Lifecycle {
             None => tracing::info!(%gateway_id, session, "gateway connected"),
         }
         log_redelivered(shared, &gateway_id, &redelivered, "reconnected");
+        // The writer releases the gateway's held wakes onto this stream.
+        let connected = Command::GatewayConnected(gateway_id.clone());
+        if shared.commands.try_send(connected).is_err() {
+            tracing::warn!(%gateway_id, "writer queue full; held wakes wait for the next connection");
+        }
         let session = GatewaySession {
             gateway_id,
             session,

@@ -209,10 +209,9 @@ impl GatewayHub {
                 outbox.remove(command_id);
                 Err(SendError::Backlogged(gateway.clone()))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                sessions.remove(gateway);
-                Ok(Delivery::Held(command_id))
-            }
+            // The stream is ending; its session's drop reports the
+            // disconnection. The command waits for the next stream.
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Delivery::Held(command_id)),
         }
     }
 
@@ -274,10 +273,7 @@ impl GatewayHub {
                 }
                 // The rest waits for the next round (or the next stream).
                 Err(mpsc::error::TrySendError::Full(_)) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    sessions.remove(gateway);
-                    break;
-                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
         redelivered
@@ -295,7 +291,6 @@ impl GatewayHub {
     }
 
     /// Commands given to the gateway and not acknowledged yet.
-    #[cfg(test)]
     pub fn pending_count(&self, gateway: &GatewayId) -> usize {
         self.state().outboxes.get(gateway).map_or(0, Outbox::len)
     }

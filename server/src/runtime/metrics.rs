@@ -67,6 +67,9 @@ pub(super) struct Gauges {
     pub agents: [(Status, usize); 4],
     pub gateways_connected: usize,
     pub commands_pending: usize,
+    /// Registered gateways whose stream is not open (as committed).
+    pub gateways_disconnected: usize,
+    pub wakes_held: usize,
     pub watches_open: usize,
     pub database_reachable: bool,
     pub timers: usize,
@@ -136,7 +139,7 @@ impl Metrics {
         counter(
             &mut out,
             "mission_control_wakes_failed_total",
-            "Wakes not delivered (gateway away, backlogged, or reported failure).",
+            "Wakes not delivered when sent (gateway away: then held or failed; backlogged; or reported failure).",
             &self.wakes_failed,
         );
         counter(
@@ -203,6 +206,18 @@ impl Metrics {
             "mission_control_gateways_connected",
             "Gateways with an open stream.",
             gauges.gateways_connected,
+        );
+        gauge(
+            &mut out,
+            "mission_control_gateways_disconnected",
+            "Registered gateways in the disconnected state (their agents' wakes are held).",
+            gauges.gateways_disconnected,
+        );
+        gauge(
+            &mut out,
+            "mission_control_wakes_held",
+            "Agents whose wake waits for their gateway to reconnect.",
+            gauges.wakes_held,
         );
         gauge(
             &mut out,
@@ -277,6 +292,8 @@ mod tests {
             ],
             gateways_connected: 1,
             commands_pending: 4,
+            gateways_disconnected: 2,
+            wakes_held: 7,
             watches_open: 0,
             database_reachable: true,
             timers: 3,
@@ -304,6 +321,8 @@ mod tests {
         assert!(text.contains("mission_control_transitions_total{reason=\"checked_in\"} 2"));
         assert!(text.contains("mission_control_agents{status=\"online\"} 2"));
         assert!(text.contains("mission_control_gateway_commands_pending 4"));
+        assert!(text.contains("mission_control_gateways_disconnected 2"));
+        assert!(text.contains("mission_control_wakes_held 7"));
         assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"0.5\"} 0"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));

@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewaySpec, Policy, ProvisionSpec,
-    Renewal, Status, Timestamp,
+    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, GatewayTransition,
+    Policy, ProvisionSpec, Renewal, Status, Timestamp,
 };
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
@@ -188,6 +188,8 @@ pub struct GatewayOutcome {
 pub struct GatewayView {
     pub gateway: Gateway,
     pub connected_since: Option<Timestamp>,
+    /// Commands sent and not yet acknowledged.
+    pub commands_pending: usize,
 }
 
 /// The answer to a heartbeat.
@@ -670,10 +672,26 @@ impl Lifecycle {
 
     fn gateway_view(&self, gateway: Gateway) -> GatewayView {
         let connected_since = self.shared.hub.connected_since(&gateway.id);
+        let commands_pending = self.shared.hub.pending_count(&gateway.id);
         GatewayView {
             gateway,
             connected_since,
+            commands_pending,
         }
+    }
+
+    /// A gateway's link transitions, newest first.
+    pub async fn gateway_history(
+        &self,
+        gateway: &GatewayId,
+        limit: usize,
+    ) -> Result<Vec<GatewayTransition>, LifecycleError> {
+        if self.shared.engine().gateway(gateway).is_none() {
+            return Err(LifecycleError::NotFound(format!(
+                "gateway {gateway} is not registered"
+            )));
+        }
+        Ok(self.shared.store.gateway_history(gateway, limit).await?)
     }
 
     /// A stream of the matching agents' snapshot and changes.
@@ -706,20 +724,31 @@ impl Lifecycle {
 
     /// The service's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        let (agents, timers, drift) = {
+        let (agents, timers, drift, wakes_held, gateways_away) = {
             let engine = self.shared.engine();
             let mut agents = Status::ALL.map(|status| (status, 0usize));
+            let mut wakes_held = 0;
             for agent in engine.agents() {
                 if let Some(slot) = agents.iter_mut().find(|(s, _)| *s == agent.status) {
                     slot.1 += 1;
                 }
+                wakes_held += usize::from(agent.wake_held);
             }
-            (agents, engine.timer_count(), engine.drift())
+            let away = engine.gateways().filter(|g| !g.link.is_connected()).count();
+            (
+                agents,
+                engine.timer_count(),
+                engine.drift(),
+                wakes_held,
+                away,
+            )
         };
         self.shared.metrics.render(&metrics::Gauges {
             agents,
             gateways_connected: self.shared.hub.connected_count(),
             commands_pending: self.shared.hub.pending_total(),
+            gateways_disconnected: gateways_away,
+            wakes_held,
             watches_open: self
                 .shared
                 .open_watches

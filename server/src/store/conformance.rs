@@ -5,8 +5,8 @@
 
 use super::{Candidate, ChangesRequest, Store, StoreError};
 use crate::engine::{
-    AgentId, Batch, BoardId, Engine, EventKind, GatewayId, GatewaySpec, Policy, ProvisionSpec,
-    Reason, Renewal, Role, Status, StoredLease, StoredState, Timestamp, TokenHash,
+    AgentId, Batch, BoardId, Engine, EventKind, GatewayId, GatewaySpec, LinkState, Policy,
+    ProvisionSpec, Reason, Renewal, Role, Status, StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[macro_export]
@@ -25,6 +25,7 @@ macro_rules! store_conformance_tests {
             changes_since_reads_what_events_do_not_carry,
             ping_answers,
             rollouts_round_trip_with_their_events,
+            gateway_state_and_held_wakes_round_trip,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -78,6 +79,7 @@ impl<'a> Fixture<'a> {
                     },
                     TokenHash([1; 32]),
                 );
+                engine.gateway_connected(batch, &gateway()).unwrap();
             })
             .await
             .unwrap();
@@ -163,6 +165,54 @@ pub async fn commit_and_load_round_trip(store: &dyn Store) {
     let b = loaded.agents.iter().find(|a| a.id == id("b")).unwrap();
     assert_eq!(b.status, Status::Online);
     assert_eq!(b.reported_template_version, "2026.11");
+}
+
+pub async fn gateway_state_and_held_wakes_round_trip(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.run(at(1), |engine, batch| {
+        engine
+            .gateway_disconnected(batch, &gateway(), "stream closed")
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    f.provision(at(2), "a").await;
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, f.state());
+    let held = &loaded.agents[0];
+    assert!(held.wake_held);
+    let grace = Policy::default().gateway_grace;
+    assert_eq!(held.checkin_deadline_at, Some(at(1).plus(grace)));
+    let link = &loaded.gateways[0].link;
+    assert_eq!((link.state, link.since), (LinkState::Disconnected, at(1)));
+    assert_eq!(link.reason, "stream closed");
+
+    f.run(at(5), |engine, batch| {
+        assert_eq!(engine.gateway_connected(batch, &gateway()), Ok(1));
+    })
+    .await
+    .unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, f.state());
+    assert!(!loaded.agents[0].wake_held);
+    assert_eq!(loaded.agents[0].checkin_deadline_at, Some(at(35)));
+    let history = store.gateway_history(&gateway(), 10).await.unwrap();
+    let seen: Vec<_> = history
+        .iter()
+        .map(|t| (t.at, t.from, t.to, t.wakes_released))
+        .collect();
+    use LinkState::{Connected, Disconnected};
+    assert_eq!(
+        seen,
+        [
+            (at(5), Disconnected, Connected, 1),
+            (at(1), Connected, Disconnected, 0),
+            (at(0), Disconnected, Connected, 0),
+        ],
+        "newest first"
+    );
+    assert_eq!(store.gateway_history(&gateway(), 1).await.unwrap().len(), 1);
 }
 
 pub async fn timestamps_round_trip_exactly(store: &dyn Store) {

@@ -14,8 +14,8 @@ use super::{
 };
 use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Agent, AgentId, Batch, Event, Gateway, GatewayId, LeaseCheckpoint, PendingRetire, RolloutId,
-    Status, StoredLease, StoredState, Timestamp,
+    Agent, AgentId, Batch, Event, Gateway, GatewayId, GatewayTransition, LeaseCheckpoint,
+    PendingRetire, RolloutId, Status, StoredLease, StoredState, Timestamp,
 };
 
 /// One replica's handle on the in-memory data; [`MemoryStore::replica`]
@@ -58,6 +58,7 @@ struct State {
     tombstones: BTreeMap<AgentId, u64>,
     rollouts: BTreeMap<RolloutId, Rollout>,
     events: BTreeMap<u64, Event>,
+    gateway_events: Vec<GatewayTransition>,
     last_revision: u64,
     /// The last lease checkpoint, and the one that last wrote each agent's
     /// lease (as `lease_clock` and `agents.lease_checkpoint` in Postgres).
@@ -229,6 +230,9 @@ impl Store for MemoryStore {
         for gateway in batch.gateway_writes() {
             state.gateways.insert(gateway.id.clone(), gateway.clone());
         }
+        state
+            .gateway_events
+            .extend(batch.gateway_events().iter().cloned());
         for retire in batch.retires_done() {
             state.retires.remove(retire);
         }
@@ -354,6 +358,22 @@ impl Store for MemoryStore {
             .filter(|(_, e)| e.agent.id == *agent)
             .take(limit)
             .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn gateway_history(
+        &self,
+        gateway: &GatewayId,
+        limit: usize,
+    ) -> Result<Vec<GatewayTransition>, StoreError> {
+        let state = self.available()?;
+        Ok(state
+            .gateway_events
+            .iter()
+            .rev()
+            .filter(|t| t.gateway_id == *gateway)
+            .take(limit)
+            .cloned()
             .collect())
     }
 

@@ -26,6 +26,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_warm_follower",
         include_str!("../../../migrations/0005_warm_follower.sql"),
     ),
+    (
+        "0006_gateway_state",
+        include_str!("../../../migrations/0006_gateway_state.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 
 use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Agent, AgentId, Batch, Event, Gateway, LeaseCheckpoint, PendingRetire, StoredLease,
-    StoredState, Timestamp,
+    Agent, AgentId, Batch, Event, Gateway, GatewayId, GatewayTransition, LeaseCheckpoint,
+    PendingRetire, StoredLease, StoredState, Timestamp,
 };
 
 pub use memory::MemoryStore;
@@ -150,6 +150,13 @@ pub trait Store: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// Up to `limit` of one gateway's link transitions, newest first.
+    async fn gateway_history(
+        &self,
+        gateway: &GatewayId,
+        limit: usize,
+    ) -> Result<Vec<GatewayTransition>, StoreError>;
 
     /// Deletes events recorded before `cutoff`; returns the compacted
     /// revision: events at or below it are gone.

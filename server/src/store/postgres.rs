@@ -23,8 +23,9 @@ use super::{
 };
 use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, LeaseCheckpoint,
-    PendingRetire, Reason, Role, RolloutId, Status, StoredLease, StoredState, Timestamp, TokenHash,
+    Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, GatewayTransition,
+    LeaseCheckpoint, Link, LinkState, PendingRetire, Reason, Role, RolloutId, Status, StoredLease,
+    StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -185,6 +186,10 @@ fn token_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
     Ok(TokenHash(hash))
 }
 
+fn link_state(s: &str) -> Result<LinkState, StoreError> {
+    LinkState::parse(s).ok_or_else(|| corrupt("gateway link state", s))
+}
+
 fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
     let ts = |column: &str| -> Option<Timestamp> {
         row.get::<_, Option<SystemTime>>(column)
@@ -216,6 +221,7 @@ fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
         created_at: ts("created_at").unwrap_or(Timestamp::from_micros(0)),
         updated_at: ts("updated_at").unwrap_or(Timestamp::from_micros(0)),
         revision: row.get::<_, i64>("revision") as u64,
+        wake_held: row.get("wake_held"),
         token_hash: token_hash(row.get("token_hash"))?,
     })
 }
@@ -255,7 +261,8 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
 async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Directory, StoreError> {
     let (gateways, retires, rollouts) = tokio::try_join!(
         tx.query(
-            "SELECT id, name, token_hash, created_at FROM gateways ORDER BY id",
+            "SELECT id, name, token_hash, created_at, link_state, link_since, link_reason
+             FROM gateways ORDER BY id",
             &[],
         ),
         tx.query(
@@ -275,6 +282,11 @@ async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Director
                 name: row.get("name"),
                 token_hash: token_hash(row.get("token_hash"))?,
                 created_at: Timestamp::from_system_time(row.get("created_at")),
+                link: Link {
+                    state: link_state(row.get("link_state"))?,
+                    since: Timestamp::from_system_time(row.get("link_since")),
+                    reason: row.get("link_reason"),
+                },
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -332,11 +344,11 @@ const UPSERT_AGENTS: &str = "
 INSERT INTO agents (id, name, gateway_id, board_id, role, status, generation, wake_attempts,
     last_wake_sent_at, checkin_deadline_at, last_seen_at, lease_expires_at,
     last_provision_error, offline_reason, desired_template_version, reported_template_version,
-    created_at, updated_at, revision, token_hash)
+    created_at, updated_at, revision, token_hash, wake_held)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::int8[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
     $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::text[],
-    $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::bytea[])
+    $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::bytea[], $21::bool[])
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, gateway_id = EXCLUDED.gateway_id, board_id = EXCLUDED.board_id,
     role = EXCLUDED.role, status = EXCLUDED.status, generation = EXCLUDED.generation,
@@ -349,7 +361,7 @@ ON CONFLICT (id) DO UPDATE SET
     desired_template_version = EXCLUDED.desired_template_version,
     reported_template_version = EXCLUDED.reported_template_version,
     updated_at = EXCLUDED.updated_at, revision = EXCLUDED.revision,
-    token_hash = EXCLUDED.token_hash";
+    token_hash = EXCLUDED.token_hash, wake_held = EXCLUDED.wake_held";
 
 /// Agents a batch wrote without an event: stamped as a lease checkpoint, so
 /// that followers read their lease fields.
@@ -380,6 +392,7 @@ struct AgentColumns<'a> {
     updated_at: Vec<SystemTime>,
     revision: Vec<i64>,
     token_hash: Vec<&'a [u8]>,
+    wake_held: Vec<bool>,
 }
 
 impl<'a> AgentColumns<'a> {
@@ -408,9 +421,10 @@ impl<'a> AgentColumns<'a> {
         self.updated_at.push(time(a.updated_at));
         self.revision.push(a.revision as i64);
         self.token_hash.push(&a.token_hash.0);
+        self.wake_held.push(a.wake_held);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 21] {
         [
             &self.id,
             &self.name,
@@ -432,6 +446,7 @@ impl<'a> AgentColumns<'a> {
             &self.updated_at,
             &self.revision,
             &self.token_hash,
+            &self.wake_held,
         ]
     }
 }
@@ -599,6 +614,16 @@ impl Store for PostgresStore {
         let gw_names: Vec<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
         let gw_tokens: Vec<&[u8]> = gateways.iter().map(|g| &g.token_hash.0[..]).collect();
         let gw_created: Vec<SystemTime> = gateways.iter().map(|g| time(g.created_at)).collect();
+        let gw_link: Vec<&str> = gateways.iter().map(|g| g.link.state.as_str()).collect();
+        let gw_since: Vec<SystemTime> = gateways.iter().map(|g| time(g.link.since)).collect();
+        let gw_reason: Vec<&str> = gateways.iter().map(|g| g.link.reason.as_str()).collect();
+        let links = batch.gateway_events();
+        let ln_gateway: Vec<&str> = links.iter().map(|t| t.gateway_id.as_str()).collect();
+        let ln_at: Vec<SystemTime> = links.iter().map(|t| time(t.at)).collect();
+        let ln_from: Vec<&str> = links.iter().map(|t| t.from.as_str()).collect();
+        let ln_to: Vec<&str> = links.iter().map(|t| t.to.as_str()).collect();
+        let ln_reason: Vec<&str> = links.iter().map(|t| t.reason.as_str()).collect();
+        let ln_released: Vec<i32> = links.iter().map(|t| t.wakes_released as i32).collect();
 
         let events = batch.events();
         let ev_revision: Vec<i64> = events.iter().map(|e| e.revision as i64).collect();
@@ -676,10 +701,36 @@ impl Store for PostgresStore {
         }
         if !gateways.is_empty() {
             statements.push((
-                "INSERT INTO gateways (id, name, token_hash, created_at)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[])
-                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, token_hash = EXCLUDED.token_hash",
-                vec![&gw_ids, &gw_names, &gw_tokens, &gw_created],
+                "INSERT INTO gateways (id, name, token_hash, created_at, link_state, link_since, link_reason)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[],
+                     $5::text[], $6::timestamptz[], $7::text[])
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, token_hash = EXCLUDED.token_hash,
+                     link_state = EXCLUDED.link_state, link_since = EXCLUDED.link_since,
+                     link_reason = EXCLUDED.link_reason",
+                vec![
+                    &gw_ids,
+                    &gw_names,
+                    &gw_tokens,
+                    &gw_created,
+                    &gw_link,
+                    &gw_since,
+                    &gw_reason,
+                ],
+            ));
+        }
+        if !links.is_empty() {
+            statements.push((
+                "INSERT INTO gateway_events (gateway_id, at, from_state, to_state, reason, wakes_released)
+                 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                     $5::text[], $6::int4[])",
+                vec![
+                    &ln_gateway,
+                    &ln_at,
+                    &ln_from,
+                    &ln_to,
+                    &ln_reason,
+                    &ln_released,
+                ],
             ));
         }
         if !events.is_empty() {
@@ -835,6 +886,34 @@ impl Store for PostgresStore {
             .await
             .map_err(classify)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn gateway_history(
+        &self,
+        gateway: &GatewayId,
+        limit: usize,
+    ) -> Result<Vec<GatewayTransition>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT gateway_id, at, from_state, to_state, reason, wakes_released
+                 FROM gateway_events WHERE gateway_id = $1 ORDER BY id DESC LIMIT $2",
+                &[&gateway.as_str(), &(limit as i64)],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(GatewayTransition {
+                    gateway_id: gateway.clone(),
+                    at: Timestamp::from_system_time(row.get("at")),
+                    from: link_state(row.get("from_state"))?,
+                    to: link_state(row.get("to_state"))?,
+                    reason: row.get("reason"),
+                    wakes_released: row.get::<_, i32>("wakes_released") as u32,
+                })
+            })
+            .collect()
     }
 
     async fn compact(&self, cutoff: Timestamp) -> Result<u64, StoreError> {

@@ -21,6 +21,7 @@ pub fn agent(agent: &Agent) -> Value {
         "status": names::status(agent.status),
         "generation": agent.generation,
         "wake_attempts": agent.wake_attempts,
+        "wake_held": agent.wake_held,
         "last_wake_sent_at": rfc3339_or_null(&agent.last_wake_sent_at),
         "checkin_deadline_at": rfc3339_or_null(&agent.checkin_deadline_at),
         "last_seen_at": rfc3339_or_null(&agent.last_seen_at),
@@ -41,6 +42,10 @@ pub fn gateway(gateway: &Gateway) -> Value {
         "name": gateway.name,
         "connected": gateway.connected,
         "connected_since": rfc3339_or_null(&gateway.connected_since),
+        "state": names::gateway_state(gateway.state),
+        "state_since": rfc3339_or_null(&gateway.state_since),
+        "state_reason": gateway.state_reason,
+        "commands_pending": gateway.commands_pending,
         "created_at": rfc3339_or_null(&gateway.created_at),
     })
 }

@@ -2,7 +2,7 @@
 //! `AGENT_STATUS_ONLINE` -> `online`, `TRANSITION_REASON_DEADLINE_MISSED`
 //! -> `deadline_missed`. Unknown numbers (a newer server) print as numbers.
 
-use mission_control_client::{AgentRole, AgentStatus, EventType, TransitionReason};
+use mission_control_client::{AgentRole, AgentStatus, EventType, GatewayState, TransitionReason};
 
 pub fn status(value: i32) -> String {
     short(
@@ -26,6 +26,14 @@ pub fn reason(value: i32) -> String {
     short(
         TransitionReason::try_from(value).map(|r| r.as_str_name()),
         "TRANSITION_REASON_",
+        value,
+    )
+}
+
+pub fn gateway_state(value: i32) -> String {
+    short(
+        GatewayState::try_from(value).map(|s| s.as_str_name()),
+        "GATEWAY_STATE_",
         value,
     )
 }

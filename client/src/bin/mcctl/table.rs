@@ -76,21 +76,21 @@ pub fn gateways(gateways: &[Gateway], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = gateways
         .iter()
         .map(|gateway| {
-            let since = instant(&gateway.connected_since);
             vec![
                 gateway.id.clone(),
                 gateway.name.clone(),
-                if gateway.connected { "yes" } else { "no" }.into(),
-                if gateway.connected {
-                    ago(since, now)
-                } else {
-                    "-".into()
-                },
+                names::gateway_state(gateway.state),
+                ago(instant(&gateway.state_since), now),
+                gateway.state_reason.clone(),
+                gateway.commands_pending.to_string(),
                 instant(&gateway.created_at).map_or("-".into(), rfc3339),
             ]
         })
         .collect();
-    render(&["ID", "NAME", "CONNECTED", "SINCE", "CREATED"], &rows)
+    render(
+        &["ID", "NAME", "STATE", "SINCE", "WHY", "UNACKED", "CREATED"],
+        &rows,
+    )
 }
 
 /// `history`: newest first, as the service returns it.

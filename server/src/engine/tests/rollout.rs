@@ -285,6 +285,8 @@ fn a_restored_engine_keeps_rollouts_and_resumes_judging() {
     let (mut engine, grace) = Engine::restore(Policy::default(), state, h.now);
     engine.commit(grace);
     h.engine = engine;
+    // The gateway's stream comes back to the restored engine.
+    h.run(|engine, batch| engine.gateway_connected(batch, &gw()).unwrap());
     assert_eq!(h.in_flight(), ["a01"]);
     let committed = h.report("a01", "v2");
     // Generation 2: provisioned, then re-provisioned by the rollout once.

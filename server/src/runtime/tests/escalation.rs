@@ -314,6 +314,13 @@ async fn rotating_a_gateway_token_ends_the_session_opened_with_the_old_one() {
         old_commands.recv().await,
         Some(Outbound::Closed(CloseReason::TokenRotated))
     ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let listed = f.lifecycle.list_gateways();
+    assert_eq!(
+        listed[0].gateway.link.state,
+        crate::engine::LinkState::Disconnected,
+        "ended by the rotation: disconnected, though its session object lives on"
+    );
     assert!(
         matches!(
             old_session.acknowledge(command_id, Err("forged".into())),

@@ -5,6 +5,7 @@
 mod durability;
 mod escalation;
 mod flags;
+mod gateway;
 mod leadership;
 mod redelivery;
 mod rollouts;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::engine::{BoardId, GatewayId, Role, WakeOrder};
+use crate::engine::{BoardId, GatewayId, LinkState, Reason, Role, WakeOrder};
 use crate::store::MemoryStore;
 
 const EPOCH: i64 = 1_800_000_000_000_000;
@@ -143,6 +144,12 @@ fn fast_settings() -> Settings {
         // Tests that leave wakes unacknowledged see each once; the
         // `redelivery` tests set the real timeout.
         gateway_ack_timeout: Duration::from_secs(3600),
+        // Wakes to a disconnected gateway fail at once, as the per-agent
+        // policy alone says; the `gateway` tests hold them.
+        policy: Policy {
+            gateway_grace: Duration::ZERO,
+            ..Policy::default()
+        },
         ..Settings::default()
     }
 }
