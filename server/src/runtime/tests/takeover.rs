@@ -162,6 +162,9 @@ async fn a_follower_that_missed_every_notification_takes_over_warm() {
     let (_session, _gateway) = a.connect();
     let (b, b_store) = follower(&a, settings_default()).await;
     b_store.set_notifications_lost(true);
+    // The follower makes its first read now, before anything is committed,
+    // however the scheduler orders the tasks started with each replica.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     let mut tokens = Vec::new();
     for n in 0..5 {
         let agent = format!("agent-{n}");
