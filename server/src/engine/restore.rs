@@ -69,7 +69,9 @@ impl Engine {
     ///
     /// Deadlines and leases that passed while the service was down, or fall
     /// due within the grace period, are extended once, to
-    /// `now + grace + spread`, instead of all firing at start. Deadlines get
+    /// `now + grace + spread`, instead of all firing at start. A lease also
+    /// runs at least `lease_ttl` (plus the spread) past `now`: a heartbeat the
+    /// previous leader acknowledged but never checkpointed promised that much. Deadlines get
     /// an event each; leases, soft state, are only marked for a checkpoint
     /// (see [`Engine::dirty_lease_count`]). The returned batch holds the
     /// deadline extensions and must be committed like any other batch.
@@ -95,15 +97,24 @@ impl Engine {
         // heartbeat while the service was down, and may still be backing
         // off from that.
         let due_soon = now.plus(engine.policy.restart_grace);
+        // The previous leader may have acknowledged heartbeats it never
+        // checkpointed; each promised at most `lease_ttl` from before `now`.
+        // No lease restored here ends before that promise could.
+        let promised_until = now.plus(engine.policy.lease_ttl);
         for id in ids {
-            let grace_until = now.plus(engine.policy.grace_offset(spread_unit(&id)));
+            let unit = spread_unit(&id);
+            let grace_until = now.plus(engine.policy.grace_offset(unit));
+            let lease_until =
+                grace_until.max(promised_until.plus(engine.policy.restart_grace.mul_f64(unit)));
             let agent = engine.agents.get_mut(&id).expect("listed above");
             // A lease is soft state (renewals are not events): extended in
             // place, written at the next checkpoint.
             if agent.status == Status::Online
-                && agent.lease_expires_at.is_none_or(|l| l <= due_soon)
+                && agent
+                    .lease_expires_at
+                    .is_none_or(|l| l <= due_soon || l < promised_until)
             {
-                agent.lease_expires_at = Some(grace_until);
+                agent.lease_expires_at = Some(lease_until);
                 engine.dirty_leases.insert(id.clone());
             }
             let agent = agent.clone();

@@ -796,6 +796,46 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
 }
 
 #[test]
+fn restored_leases_keep_any_promise_a_heartbeat_not_checkpointed_could_have_made() {
+    let mut h = Harness::new();
+    for name in ["beyond-the-grace", "far-ahead"] {
+        h.provision(name);
+        h.check_in(name);
+    }
+    let restart = t(1000);
+    let policy = Policy {
+        restart_grace: Duration::from_secs(10),
+        lease_ttl: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let mut state = StoredState {
+        agents: h.engine.agents().cloned().collect(),
+        gateways: h.engine.gateways().cloned().collect(),
+        revision: h.engine.revision(),
+        ..StoredState::default()
+    };
+    for agent in &mut state.agents {
+        // Checkpointed 15 s ahead: past the grace window, but a heartbeat the
+        // previous leader answered just before `restart` promised 30 s.
+        agent.lease_expires_at = Some(match agent.id.as_str() {
+            "beyond-the-grace" => restart.plus(Duration::from_secs(15)),
+            _ => restart.plus(Duration::from_secs(300)),
+        });
+    }
+    let (engine, _) = Engine::restore(policy.clone(), state, restart);
+
+    let lease = |name: &str| engine.agent(&id(name)).unwrap().lease_expires_at.unwrap();
+    assert!(lease("beyond-the-grace") >= restart.plus(policy.lease_ttl));
+    assert!(lease("beyond-the-grace") <= restart.plus(policy.lease_ttl + policy.restart_grace));
+    assert_eq!(
+        lease("far-ahead"),
+        restart.plus(Duration::from_secs(300)),
+        "kept"
+    );
+    assert_eq!(engine.dirty_lease_count(), 1, "only the extended one");
+}
+
+#[test]
 fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
     let mut h = Harness::new();
     h.provision("a");
