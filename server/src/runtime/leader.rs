@@ -206,7 +206,13 @@ impl Leadership {
     pub fn lost(&self, why: &str) {
         *self.valid_until.lock().expect("leadership lock") = None;
         let was = self.role.send_replace(ReplicaRole::Follower);
-        if was != ReplicaRole::Follower {
+        if was == ReplicaRole::Follower {
+            return;
+        }
+        // A drain hands leadership over on purpose: not a warning.
+        if self.retired.load(Ordering::SeqCst) {
+            tracing::info!(why, "leadership handed over");
+        } else {
             tracing::warn!(why, "no longer the leader; following");
         }
     }
