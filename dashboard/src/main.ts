@@ -54,6 +54,9 @@ function wireFilters(): void {
     });
   };
   for (const id of ids) byId(id).addEventListener("input", apply);
+  // A choice in a <select> is always a "change"; not every way of making
+  // one (WebDriver's, some browsers') also sends "input".
+  byId("filter-status").addEventListener("change", apply);
 }
 
 function showLogin(reason: string): void {

@@ -10,6 +10,9 @@ answer per line on stdout, so the assertions live with the server they test:
                                                 the last value it returned)
   {"op": "click", "css": ...}
   {"op": "type", "css": ..., "text": ...}
+  {"op": "erase", "css": ...}                  empties a field as a user does
+                                                (select all, backspace)
+  {"op": "select", "css": ..., "text": ...}    picks an option by its text
   {"op": "screenshot", "path": ...}
   {"op": "alert"}                               -> the text of an open alert, or null
   {"op": "quit"}
@@ -23,6 +26,8 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, UnexpectedAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 
 def browser():
@@ -57,6 +62,13 @@ def run(driver, command):
         element = driver.find_element(By.CSS_SELECTOR, command["css"])
         element.clear()
         element.send_keys(command["text"])
+        return None
+    if op == "erase":
+        # (clear() fires no input event, which the page's filters listen to)
+        driver.find_element(By.CSS_SELECTOR, command["css"]).send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        return None
+    if op == "select":
+        Select(driver.find_element(By.CSS_SELECTOR, command["css"])).select_by_visible_text(command["text"])
         return None
     if op == "screenshot":
         driver.save_screenshot(command["path"])

@@ -1,9 +1,10 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven by
 //! Selenium through tests/browser/driver.py) against a real server on
 //! Postgres: the snapshot, live changes, each wake and the OFFLINE that
-//! follows, the history, actions reaching the gateway stream, a viewer
-//! without actions, a hostile name shown as text, and a server restart
-//! survived. Screenshots go to target/dashboard-screenshots/.
+//! follows, the history, actions reaching the gateway stream, a gateway
+//! shown disconnected, sorting and filtering, a viewer without actions, a
+//! hostile name shown as text, and a server restart survived (reconnecting,
+//! then stale, then resumed). Screenshots go to target/dashboard-screenshots/.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -122,6 +123,27 @@ impl Browser {
             .await;
     }
 
+    /// Empties a field the way a user does, so the page hears it.
+    async fn erase(&mut self, css: &str) {
+        self.send(css, json!({"op": "erase", "css": css})).await;
+    }
+
+    /// Picks the option of a `<select>` by its text.
+    async fn select(&mut self, css: &str, text: &str) {
+        self.send(css, json!({"op": "select", "css": css, "text": text}))
+            .await;
+    }
+
+    /// Waits until the table shows exactly `ids`, in that order.
+    async fn wait_rows(&mut self, what: &str, ids: &[&str]) {
+        let script = format!(
+            "const ids = [...document.querySelectorAll('#fleet .row')].map(r => r.dataset.id); \
+             return JSON.stringify(ids) === {}",
+            json!(json!(ids).to_string())
+        );
+        self.wait(what, &script).await;
+    }
+
     async fn screenshot(&mut self, name: &str) {
         let path = self.shots.join(format!("{name}.png"));
         self.send(
@@ -236,6 +258,17 @@ async fn gateway_saw(
 const BROKEN: &str = "const feed = document.getElementById('feed'); \
     return ['reconnecting', 'stale'].includes(feed.dataset.state) && feed.textContent";
 
+/// A script true once the gateways panel shows `gateway` with `class`
+/// and a state starting with `state`.
+fn gateway_shown(gateway: &str, class: &str, state: &str) -> String {
+    format!(
+        "const g = document.querySelector('#gateways li[data-gateway=\"{gateway}\"]'); \
+         return !!g && g.className === {} && g.querySelector('.state').textContent.startsWith({})",
+        json!(class),
+        json!(state)
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -260,6 +293,8 @@ async fn the_dashboard_in_a_real_browser() {
         set_flag(&mut flags, "--checkin-deadline", "1s");
         set_flag(&mut flags, "--lease-ttl", "5m");
         set_flag(&mut flags, "--heartbeat-interval", "1m");
+        // far-1's wakes wait for its gateway for the whole test.
+        set_flag(&mut flags, "--gateway-grace", "5m");
         flags
     };
     let app = spawn_app(flags()).await;
@@ -445,12 +480,141 @@ async fn the_dashboard_in_a_real_browser() {
     browser.wait_cell("new-1", "board", "b4").await;
     browser.screenshot("admin").await;
 
+    // A gateway that held its stream and lost it is shown disconnected.
+    // (Its client ends the stream when a command comes and nobody reads
+    // its events: far-1's first wake.)
+    let far_token = admin
+        .register_gateway("gw-2", "", false)
+        .await
+        .unwrap()
+        .gateway_token;
+    let far_reader = {
+        use futures_util::StreamExt;
+        let mut events = GatewayClient::connect(&app.endpoint, &far_token)
+            .unwrap()
+            .events();
+        tokio::spawn(async move { while events.next().await.is_some() {} })
+    };
+    browser
+        .wait(
+            "gw-2 shown connected",
+            &gateway_shown("gw-2", "connected", "connected since "),
+        )
+        .await;
+    far_reader.abort();
+    admin
+        .provision(ProvisionRequest::new("far-1", "gw-2", AgentRole::BoardWorker).on_board("b0"))
+        .await
+        .unwrap();
+    browser
+        .wait(
+            "gw-2 shown disconnected",
+            &gateway_shown("gw-2", "disconnected", "not connected"),
+        )
+        .await;
+    browser
+        .wait(
+            "gw-1 still shown connected",
+            &gateway_shown("gw-1", "connected", "connected since "),
+        )
+        .await;
+    browser.screenshot("gateway-disconnected").await;
+
+    // Sorting and filtering, on a fleet whose fields stand still: new-1
+    // and evil-1 have used their wakes, far-1's are held for its gateway.
+    browser.wait_cell("new-1", "status", "OFFLINE").await;
+    browser.wait_cell("evil-1", "status", "OFFLINE").await;
+    browser.wait_cell("far-1", "status", "PROVISIONING").await;
+    let all = ["evil-1", "far-1", "good-1", "new-1"];
+    browser.wait_rows("by id", &all).await;
+    browser.click("[data-sort=board]").await;
+    browser
+        .wait_rows(
+            "by board (b0, b1, b1, b4)",
+            &["far-1", "evil-1", "good-1", "new-1"],
+        )
+        .await;
+    browser.click("[data-sort=board]").await;
+    browser
+        .wait_rows(
+            "by board, descending (ties by id)",
+            &["new-1", "evil-1", "good-1", "far-1"],
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.querySelector('[data-sort=board]').getAttribute('aria-sort')")
+            .await,
+        json!("descending")
+    );
+    browser.click("[data-sort=gateway]").await;
+    browser
+        .wait_rows("by gateway", &["evil-1", "good-1", "new-1", "far-1"])
+        .await;
+    browser.click("[data-sort=status]").await;
+    browser
+        .wait_rows(
+            "by status (provisioning, online, offline)",
+            &["far-1", "good-1", "evil-1", "new-1"],
+        )
+        .await;
+    browser.click("[data-sort=id]").await;
+    browser.wait_rows("by id again", &all).await;
+
+    browser.type_text("#filter-gateway", "gw-2").await;
+    browser.wait_rows("gateway gw-2", &["far-1"]).await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('shown').textContent")
+            .await,
+        json!("1 of 4 agents")
+    );
+    browser.erase("#filter-gateway").await;
+    browser.wait_rows("no filter", &all).await;
+    browser.type_text("#filter-board", "b1").await;
+    browser.wait_rows("board b1", &["evil-1", "good-1"]).await;
+    browser.select("#filter-status", "online").await;
+    browser.wait_rows("board b1 and online", &["good-1"]).await;
+    browser.erase("#filter-board").await;
+    browser.select("#filter-status", "offline").await;
+    browser.wait_rows("offline", &["evil-1", "new-1"]).await;
+    browser.select("#filter-status", "any status").await;
+    browser.type_text("#filter-id", "NEW").await;
+    browser
+        .wait_rows("id contains new, any case", &["new-1"])
+        .await;
+    browser.type_text("#filter-id", "nobody").await;
+    browser.wait_rows("no match", &[]).await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('shown').textContent")
+            .await,
+        json!("0 of 4 agents")
+    );
+    browser.erase("#filter-id").await;
+    browser.wait_rows("no filter again", &all).await;
+
     // A restart: the page notices, reconnects by itself and resumes after
     // the last revision it saw (no snapshot), then shows changes made on
     // the new server.
     within("the shutdown", app.app.shutdown()).await;
     let broken = browser.wait("the page sees the stream break", BROKEN).await;
     browser.screenshot("restarting").await;
+    // Broken for longer than the page's STALE_AFTER_MS (5 s): it says that
+    // what it shows may be out of date, still since the same revision.
+    let stale = browser
+        .wait(
+            "the page calls its view stale",
+            "const feed = document.getElementById('feed'); \
+             return feed.dataset.state === 'stale' && feed.textContent",
+        )
+        .await;
+    assert_eq!(
+        stale.as_str().unwrap().trim_start_matches("stale"),
+        broken.as_str().unwrap().trim_start_matches("reconnecting"),
+        "{broken} then {stale}"
+    );
+    browser.screenshot("stale").await;
     let app = spawn_app(flags()).await;
     let resumed = browser
         .wait(
