@@ -58,6 +58,14 @@ async fn main() -> ExitCode {
                     eprintln!("{error}");
                 }
             }
+            Some(GatewayEvent::TemplateSync { command, ack }) => {
+                println!("sync templates to {}", command.template_version);
+                // A real gateway fetches the templates here; `ack.failed`
+                // with the reason if it cannot.
+                if let Err(error) = ack.delivered().await {
+                    eprintln!("{error}");
+                }
+            }
             Some(GatewayEvent::Disconnected { error, retry_in }) => {
                 eprintln!("disconnected ({error}); reconnecting in {retry_in:?}")
             }

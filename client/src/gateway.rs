@@ -1,4 +1,5 @@
-//! The gateway side: one long-lived stream of wake and retire commands.
+//! The gateway side: one long-lived stream of wake, retire and template sync
+//! commands.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), mission_control_client::Error> {
@@ -17,6 +18,10 @@
 //!         GatewayEvent::Retire { command, ack } => {
 //!             println!("stopping agent {}", command.agent_id);
 //!             ack.delivered().await.ok();
+//!         }
+//!         GatewayEvent::TemplateSync { command, ack } => {
+//!             println!("syncing templates to {}", command.template_version);
+//!             ack.delivered().await.ok(); // or ack.failed("why")
 //!         }
 //!         GatewayEvent::Connected { .. } | GatewayEvent::Disconnected { .. } => {}
 //!         GatewayEvent::Rejected(error) => return Err(error),
@@ -51,7 +56,7 @@ use crate::gateway_command::Command;
 use crate::gateways_client::GatewaysClient;
 use crate::{
     AckOutcome, Backoff, CommandAck, Error, GATEWAY_TOKEN_HEADER, GatewayMessage, RetireCommand,
-    WakeCommand, gateway_message,
+    TemplateSyncCommand, WakeCommand, gateway_message,
 };
 
 /// What the command stream yields.
@@ -73,6 +78,14 @@ pub enum GatewayEvent {
     Retire {
         /// Which agent to stop.
         command: RetireCommand,
+        /// Send the outcome back with this.
+        ack: Ack,
+    },
+    /// Sync the gateway's agent templates to a version; then acknowledge
+    /// (delivered once synced, failed with the reason otherwise).
+    TemplateSync {
+        /// The version to sync to.
+        command: TemplateSyncCommand,
         /// Send the outcome back with this.
         ack: Ack,
     },
@@ -359,7 +372,10 @@ impl GatewayClient {
                     return Err((Error::Status(closed), connected));
                 }
             };
-            if matches!(message.command, Some(Command::Wake(_) | Command::Retire(_))) {
+            if matches!(
+                message.command,
+                Some(Command::Wake(_) | Command::Retire(_) | Command::TemplateSync(_))
+            ) {
                 let arrival = seen
                     .lock()
                     .expect("seen commands lock")
@@ -390,6 +406,7 @@ impl GatewayClient {
                 }
                 Some(Command::Wake(command)) => GatewayEvent::Wake { command, ack },
                 Some(Command::Retire(command)) => GatewayEvent::Retire { command, ack },
+                Some(Command::TemplateSync(command)) => GatewayEvent::TemplateSync { command, ack },
                 None => continue,
             };
             if events.send(event).await.is_err() {

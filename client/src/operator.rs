@@ -13,7 +13,8 @@ use crate::{
     Agent, AgentEvent, DeleteAgentRequest, Error, Gateway, GatewayTransition,
     GetAgentHistoryRequest, GetAgentRequest, GetGatewayHistoryRequest, ListAgentsRequest,
     ListGatewaysRequest, ProvisionRequest, ProvisionResponse, RegisterGatewayRequest,
-    RegisterGatewayResponse, WakeAgentRequest, WatchAgentRequest, WatchAgentResponse,
+    RegisterGatewayResponse, SyncGatewayTemplatesRequest, SyncGatewayTemplatesResponse,
+    WakeAgentRequest, WatchAgentRequest, WatchAgentResponse,
 };
 
 /// Operator calls. When the service runs with `--operator-token`, attach it
@@ -162,6 +163,30 @@ impl OperatorClient {
             })
             .await?;
         Ok(reply.gateways)
+    }
+
+    /// Tells a gateway to sync its templates to `template_version`. The
+    /// command is kept until the gateway connects and resent until it
+    /// acknowledges; the request and the outcome show in its history. A
+    /// newer request replaces an unacknowledged older one.
+    ///
+    /// # Errors
+    ///
+    /// As [`OperatorClient::list_gateways`]; `NOT_FOUND` for an unknown
+    /// gateway, `INVALID_ARGUMENT` for a missing or malformed version.
+    pub async fn sync_gateway_templates(
+        &self,
+        gateway_id: &str,
+        template_version: &str,
+    ) -> Result<SyncGatewayTemplatesResponse, Error> {
+        let request = SyncGatewayTemplatesRequest {
+            gateway_id: gateway_id.to_owned(),
+            template_version: template_version.to_owned(),
+        };
+        self.on_gateways(|mut client| async move {
+            client.sync_gateway_templates(self.request(request)).await
+        })
+        .await
     }
 
     /// A gateway's state transitions (connected, disconnected), newest

@@ -300,9 +300,9 @@ async fn the_gateway_stream_reconnects_after_an_outage_and_gets_the_next_wake() 
                 ack.delivered().await.expect("ack sent");
                 break;
             }
-            GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. } => {
-                ack.delivered().await.expect("ack sent")
-            }
+            GatewayEvent::Wake { ack, .. }
+            | GatewayEvent::Retire { ack, .. }
+            | GatewayEvent::TemplateSync { ack, .. } => ack.delivered().await.expect("ack sent"),
             other => panic!("expected the wake, got {other:?}"),
         }
     }

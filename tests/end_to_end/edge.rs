@@ -13,8 +13,8 @@ use mission_control_client::{
     AgentRole, CancelRolloutRequest, DeleteAgentRequest, GetAgentHistoryRequest, GetAgentRequest,
     GetDriftRequest, GetRolloutRequest, HeartbeatRequest, ListAgentsRequest, ListGatewaysRequest,
     ListRolloutsRequest, PauseRolloutRequest, ProvisionRequest, RegisterGatewayRequest,
-    ResumeRolloutRequest, StartRolloutRequest, WakeAgentRequest, WatchAgentRequest,
-    WatchRolloutRequest,
+    ResumeRolloutRequest, StartRolloutRequest, SyncGatewayTemplatesRequest, WakeAgentRequest,
+    WatchAgentRequest, WatchRolloutRequest,
 };
 use mission_control_server::edge::hash_line;
 use tonic::transport::Channel;
@@ -137,6 +137,7 @@ enum Rpc {
     RegisterGateway,
     ListGateways,
     ConnectGateway,
+    SyncGatewayTemplates,
     GetDrift,
     /// Over agent `matrix`, on its own.
     StartRollout,
@@ -240,6 +241,14 @@ async fn call(rpc: Rpc, channel: &Channel, credential: Credential, tokens: &Toke
         Rpc::ConnectGateway => code(
             gateways
                 .connect_gateway(request(futures_util::stream::pending(), credential, tokens))
+                .await,
+        ),
+        Rpc::SyncGatewayTemplates => code(
+            gateways
+                .sync_gateway_templates(req!(SyncGatewayTemplatesRequest {
+                    gateway_id: "gw".into(),
+                    template_version: "v2".into(),
+                }))
                 .await,
         ),
         Rpc::GetDrift => code(rollouts.get_drift(req!(GetDriftRequest::default())).await),
@@ -353,7 +362,7 @@ async fn every_rpc_with_every_credential() {
     };
 
     // Columns: none, wrong, agent token, gateway token, viewer, admin.
-    let matrix: [(Rpc, [Code; 6]); 19] = [
+    let matrix: [(Rpc, [Code; 6]); 20] = [
         (Rpc::Provision, [U, U, U, U, P, K]),
         (Rpc::Heartbeat, [U, U, K, U, U, U]),
         (Rpc::WakeAgent, [U, U, U, U, P, K]),
@@ -364,6 +373,7 @@ async fn every_rpc_with_every_credential() {
         (Rpc::RegisterGateway, [U, U, U, U, P, K]),
         (Rpc::ListGateways, [U, U, U, U, K, K]),
         (Rpc::ConnectGateway, [U, U, U, K, U, U]),
+        (Rpc::SyncGatewayTemplates, [U, U, U, U, P, K]),
         (Rpc::GetDrift, [U, U, U, U, K, K]),
         (Rpc::StartRollout, [U, U, U, U, P, K]),
         (Rpc::GetRollout, [U, U, U, U, K, K]),

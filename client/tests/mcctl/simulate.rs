@@ -257,7 +257,11 @@ async fn a_connected_gateway_is_not_taken_over_unless_asked() {
                 break;
             }
             Ok(Some(GatewayEvent::Disconnected { .. } | GatewayEvent::Connected { .. })) => {}
-            Ok(Some(GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. })) => {
+            Ok(Some(
+                GatewayEvent::Wake { ack, .. }
+                | GatewayEvent::Retire { ack, .. }
+                | GatewayEvent::TemplateSync { ack, .. },
+            )) => {
                 let _ = ack.delivered().await;
             }
             other => panic!("expected the old token refused, got {other:?}"),

@@ -132,6 +132,7 @@ mod tests {
             ("Gateways/ListGateways", VIEWER),
             ("Gateways/GetGatewayHistory", VIEWER),
             ("Gateways/ConnectGateway", Access::Gateway),
+            ("Gateways/SyncGatewayTemplates", ADMIN),
             ("Rollouts/GetDrift", VIEWER),
             ("Rollouts/GetRollout", VIEWER),
             ("Rollouts/ListRollouts", VIEWER),

@@ -194,6 +194,11 @@ pub fn gateway_command(command_id: u64, command: &GatewayCommand) -> pb::Gateway
         GatewayCommand::Retire(retire) => {
             pb::gateway_command::Command::Retire(retire_command(retire))
         }
+        GatewayCommand::TemplateSync(sync) => {
+            pb::gateway_command::Command::TemplateSync(pb::TemplateSyncCommand {
+                template_version: sync.template_version.clone(),
+            })
+        }
     };
     pb::GatewayCommand {
         command_id: command_id.to_string(),

@@ -140,6 +140,21 @@ impl Gateways for GatewayService {
         }))
     }
 
+    async fn sync_gateway_templates(
+        &self,
+        request: Request<pb::SyncGatewayTemplatesRequest>,
+    ) -> Result<Response<pb::SyncGatewayTemplatesResponse>, Status> {
+        let (gateway, version) = validate::sync_gateway_templates(request.get_ref())?;
+        let requested = self
+            .lifecycle
+            .sync_gateway_templates(&gateway, version)
+            .await?;
+        Ok(Response::new(pb::SyncGatewayTemplatesResponse {
+            command_id: requested.command_id.to_string(),
+            sent: requested.sent,
+        }))
+    }
+
     async fn get_gateway_history(
         &self,
         request: Request<pb::GetGatewayHistoryRequest>,

@@ -222,6 +222,18 @@ pub fn gateway_history(request: &pb::GetGatewayHistoryRequest) -> Result<(Gatewa
     Ok((gateway, page_size(request.page_size)))
 }
 
+/// The gateway and the (required) version to sync its templates to.
+pub fn sync_gateway_templates(
+    request: &pb::SyncGatewayTemplatesRequest,
+) -> Result<(GatewayId, String)> {
+    let gateway = gateway_id("gateway_id", &request.gateway_id)?;
+    let version = template_version(&request.template_version)?;
+    if version.trim().is_empty() {
+        return Err(LifecycleError::invalid("template_version", "is required"));
+    }
+    Ok((gateway, version))
+}
+
 pub fn history(request: &pb::GetAgentHistoryRequest) -> Result<(AgentId, Option<u64>, usize)> {
     let agent = agent_id("agent_id", &request.agent_id)?;
     // Revisions are stored as Postgres bigint: above i64::MAX is no revision.
@@ -380,5 +392,34 @@ mod tests {
         assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
         assert_eq!(page_size(7), 7);
         assert_eq!(page_size(1_000_000), MAX_PAGE_SIZE);
+    }
+
+    #[test]
+    fn a_template_sync_needs_a_gateway_and_a_clean_version() {
+        let request = |gateway_id: &str, template_version: &str| pb::SyncGatewayTemplatesRequest {
+            gateway_id: gateway_id.into(),
+            template_version: template_version.into(),
+        };
+        let (gateway, version) = sync_gateway_templates(&request("gw-1", "v2")).unwrap();
+        assert_eq!((gateway.as_str(), version.as_str()), ("gw-1", "v2"));
+        let cases = [
+            (request("", "v2"), "gateway_id"),
+            (request("gw-1", ""), "template_version"),
+            (request("gw-1", "  "), "template_version"),
+            (request("gw-1", "v2\n"), "template_version"),
+            (
+                request("gw-1", &"v".repeat(MAX_TEMPLATE_VERSION + 1)),
+                "template_version",
+            ),
+        ];
+        for (bad, field) in cases {
+            assert!(
+                matches!(
+                    sync_gateway_templates(&bad),
+                    Err(LifecycleError::InvalidArgument { field: f, .. }) if f == field
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -94,6 +94,14 @@ pub(super) enum Command {
     GatewayConnected(GatewayId),
     /// A gateway's current stream closed.
     GatewayDisconnected(GatewayId),
+    /// An entry in the gateway's history that leaves its link as it is (a
+    /// template sync asked for, or acknowledged). `reply`: the caller waits
+    /// for the commit.
+    NoteGateway {
+        gateway_id: GatewayId,
+        note: String,
+        reply: Option<Reply<()>>,
+    },
     /// Answered once every earlier batch delivered its effects (a drain
     /// waits for it).
     Barrier {
@@ -111,6 +119,11 @@ impl Command {
             | Command::Wake { reply, .. }
             | Command::Delete { reply, .. } => drop(reply.send(Err(error))),
             Command::Barrier { reply } => drop(reply.send(Err(error))),
+            Command::NoteGateway { reply, .. } => {
+                if let Some(reply) = reply {
+                    drop(reply.send(Err(error)));
+                }
+            }
             Command::StartRollout { reply, .. }
             | Command::PauseRollout { reply, .. }
             | Command::ResumeRollout { reply, .. }
@@ -530,6 +543,11 @@ impl Actor {
             );
         }
         for transition in &committed.gateway_events {
+            if transition.from == transition.to {
+                // A history entry that left the link as it was (a sync).
+                tracing::info!(gateway_id = %transition.gateway_id, reason = %transition.reason, "gateway.history");
+                continue;
+            }
             tracing::info!(
                 gateway_id = %transition.gateway_id,
                 from = transition.from.as_str(),
@@ -772,6 +790,17 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             return None;
         }
         Command::Barrier { reply } => pending(reply, Ok::<_, EngineError>(())),
+        Command::NoteGateway {
+            gateway_id,
+            note,
+            reply,
+        } => {
+            let noted = engine.note_gateway(batch, &gateway_id, note);
+            match reply {
+                Some(reply) => pending(reply, noted),
+                None => return None,
+            }
+        }
         Command::StartRollout { id, spec, reply } => {
             pending(reply, engine.start_rollout(batch, id, spec))
         }

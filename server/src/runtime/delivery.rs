@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::Command;
-use super::gateways::{GatewayCommand, Outbound, Redelivered};
+use super::gateways::{Delivery, GatewayCommand, Outbound, Redelivered, TemplateSync};
 use super::metrics::Metrics;
 use super::{Lifecycle, LifecycleError, Shared, tokens};
 use crate::engine::{Engine, GatewayId};
@@ -71,12 +71,30 @@ impl GatewaySession {
                 tracing::warn!(%gateway_id, command_id, agent_id = %retire.agent_id, %error, "retire failed; resent on the next connection");
                 None
             }
+            (GatewayCommand::TemplateSync(sync), outcome) => {
+                let version = &sync.template_version;
+                let note = match &outcome {
+                    Ok(()) => {
+                        tracing::info!(%gateway_id, command_id, template_version = %version, "gateway.template_sync.done");
+                        template_sync_note(version, command_id, "synced")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%gateway_id, command_id, template_version = %version, %error, "gateway.template_sync.failed");
+                        template_sync_note(version, command_id, &format!("failed: {error}"))
+                    }
+                };
+                Some(Command::NoteGateway {
+                    gateway_id: gateway_id.clone(),
+                    note,
+                    reply: None,
+                })
+            }
         };
         if let Some(command) = followup
             && self.shared.commands.try_send(command).is_err()
         {
             // The deadline timers still cover the wake; the retire is resent
-            // on the next connection.
+            // on the next connection; a sync's outcome is in the log only.
             tracing::warn!(%gateway_id, "writer queue full; acknowledgement dropped");
         }
         Ok(())
@@ -149,8 +167,58 @@ impl Lifecycle {
     }
 }
 
+/// A template sync given to a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncRequested {
+    pub command_id: u64,
+    /// Out on an open stream now; false: kept for the gateway's next one.
+    pub sent: bool,
+}
+
+impl Lifecycle {
+    /// Asks the gateway to sync its templates to `template_version`: noted
+    /// in its history first, then given to its outbox (sent now if it is
+    /// connected, else on its next stream; resent until acknowledged). A
+    /// newer request replaces an unacknowledged older one.
+    pub async fn sync_gateway_templates(
+        &self,
+        gateway_id: &GatewayId,
+        template_version: String,
+    ) -> Result<SyncRequested, LifecycleError> {
+        self.ensure_leader()?;
+        if self.shared.engine().gateway(gateway_id).is_none() {
+            return Err(LifecycleError::NotFound(format!(
+                "gateway {gateway_id} is not registered"
+            )));
+        }
+        let note = format!("template sync to {template_version} requested");
+        self.call(|reply| Command::NoteGateway {
+            gateway_id: gateway_id.clone(),
+            note,
+            reply: Some(reply),
+        })
+        .await?;
+        let command = GatewayCommand::TemplateSync(TemplateSync { template_version });
+        let now = tokio::time::Instant::now();
+        let requested = match self.shared.hub.send(gateway_id, command, now) {
+            Ok(Delivery::Sent(command_id)) => SyncRequested {
+                command_id,
+                sent: true,
+            },
+            Ok(Delivery::Held(command_id)) => SyncRequested {
+                command_id,
+                sent: false,
+            },
+            Err(error) => return Err(LifecycleError::Unavailable(error.to_string())),
+        };
+        tracing::info!(%gateway_id, command_id = requested.command_id, sent = requested.sent, "gateway.template_sync.requested");
+        Ok(requested)
+    }
+}
+
 /// Whether a pending command still has a purpose: a wake whose agent still
-/// awaits the check-in of that very attempt, a retire not yet done.
+/// awaits the check-in of that very attempt, a retire not yet done, a
+/// template sync not yet acknowledged.
 pub(super) fn still_wanted(engine: &Engine, command: &GatewayCommand) -> bool {
     match command {
         GatewayCommand::Wake(order) => engine.agent(&order.agent_id).is_some_and(|agent| {
@@ -159,7 +227,16 @@ pub(super) fn still_wanted(engine: &Engine, command: &GatewayCommand) -> bool {
                 && agent.awaiting_checkin()
         }),
         GatewayCommand::Retire(retire) => engine.retire_pending(retire),
+        // Until acknowledged: a newer sync takes an older one out of the
+        // outbox when it is given (see `Outbox::add`).
+        GatewayCommand::TemplateSync(_) => true,
     }
+}
+
+/// The gateway history's words for a template sync's outcome: "template
+/// sync to v2 (command 17) synced", "... failed: disk full".
+fn template_sync_note(version: &str, command_id: u64, what: &str) -> String {
+    format!("template sync to {version} (command {command_id}) {what}")
 }
 
 fn log_redelivered(shared: &Shared, gateway_id: &GatewayId, done: &Redelivered, why: &str) {
@@ -176,6 +253,11 @@ fn log_redelivered(shared: &Shared, gateway_id: &GatewayId, done: &Redelivered, 
             GatewayCommand::Retire(retire) => tracing::info!(
                 %gateway_id, command_id, kind, sends, why,
                 agent_id = %retire.agent_id, generation = retire.generation,
+                "gateway.command.resent"
+            ),
+            GatewayCommand::TemplateSync(sync) => tracing::info!(
+                %gateway_id, command_id, kind, sends, why,
+                template_version = %sync.template_version,
                 "gateway.command.resent"
             ),
         }

@@ -20,6 +20,14 @@ const MAX_UNACKED: usize = 8192;
 pub enum GatewayCommand {
     Wake(WakeOrder),
     Retire(PendingRetire),
+    /// Sync the gateway's templates to this version.
+    TemplateSync(TemplateSync),
+}
+
+/// A template sync the gateway was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSync {
+    pub template_version: String,
 }
 
 impl GatewayCommand {
@@ -28,6 +36,7 @@ impl GatewayCommand {
         match self {
             GatewayCommand::Wake(_) => "wake",
             GatewayCommand::Retire(_) => "retire",
+            GatewayCommand::TemplateSync(_) => "template_sync",
         }
     }
 }

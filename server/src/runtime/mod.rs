@@ -37,9 +37,9 @@ use actor::{Actor, Command};
 use leader::Leadership;
 
 pub use clock::Clock;
-pub use delivery::GatewaySession;
+pub use delivery::{GatewaySession, SyncRequested};
 pub use error::LifecycleError;
-pub use gateways::{CloseReason, GatewayCommand, Outbound};
+pub use gateways::{CloseReason, GatewayCommand, Outbound, TemplateSync};
 pub use leader::{LeaseTiming, ReplicaRole};
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
 

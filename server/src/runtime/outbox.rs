@@ -48,12 +48,17 @@ impl Outbox {
     }
 
     /// Keeps a new command, not yet sent. A newer wake of an agent makes
-    /// that agent's older pending wakes pointless: they are dropped.
+    /// that agent's older pending wakes pointless, and a newer template sync
+    /// the gateway's older pending syncs: they are dropped.
     pub fn add(&mut self, command_id: u64, command: GatewayCommand) {
-        if let GatewayCommand::Wake(order) = &command {
-            self.pending.retain(|_, p| {
+        match &command {
+            GatewayCommand::Wake(order) => self.pending.retain(|_, p| {
                 !matches!(&p.command, GatewayCommand::Wake(old) if old.agent_id == order.agent_id)
-            });
+            }),
+            GatewayCommand::TemplateSync(_) => self
+                .pending
+                .retain(|_, p| !matches!(p.command, GatewayCommand::TemplateSync(_))),
+            GatewayCommand::Retire(_) => {}
         }
         self.pending.insert(
             command_id,
@@ -186,5 +191,24 @@ mod tests {
         assert_eq!(ids(&due), [3]);
         assert_eq!(ids(&dropped), [2]);
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_newer_template_sync_replaces_the_older_unacknowledged_one() {
+        let sync = |v: &str| {
+            GatewayCommand::TemplateSync(crate::runtime::gateways::TemplateSync {
+                template_version: v.into(),
+            })
+        };
+        let mut outbox = Outbox::default();
+        outbox.add(1, sync("v1"));
+        outbox.add(2, retire("a"));
+        outbox.add(3, sync("v2"));
+        assert_eq!(ids(&outbox.due(None, |_| true).0), [2, 3]);
+        assert_eq!(
+            outbox.remove(1),
+            None,
+            "superseded: its ack matches nothing"
+        );
     }
 }

@@ -114,6 +114,13 @@ pub enum GatewayCommand {
     },
     /// List registered gateways and whether each is connected.
     List,
+    /// Tell a gateway to sync its agent templates to a version. Kept until
+    /// it connects and resent until it acknowledges; the request and its
+    /// outcome show in the gateway's history.
+    Sync {
+        gateway_id: String,
+        template_version: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

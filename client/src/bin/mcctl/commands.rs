@@ -69,6 +69,36 @@ pub async fn gateway(ctx: &Context, command: GatewayCommand) -> Result<(), Failu
                 || table::gateways(&gateways, SystemTime::now()),
             );
         }
+        GatewayCommand::Sync {
+            gateway_id,
+            template_version,
+        } => {
+            let reply = ctx
+                .operator
+                .sync_gateway_templates(&gateway_id, &template_version)
+                .await?;
+            ctx.print(
+                || {
+                    json!({
+                        "gateway_id": gateway_id,
+                        "template_version": template_version,
+                        "command_id": reply.command_id,
+                        "sent": reply.sent,
+                    })
+                },
+                || {
+                    let when = if reply.sent {
+                        "sent"
+                    } else {
+                        "kept until the gateway connects"
+                    };
+                    format!(
+                        "template sync to {template_version} for gateway {gateway_id}: {when} (command {})\n",
+                        reply.command_id
+                    )
+                },
+            );
+        }
     }
     Ok(())
 }

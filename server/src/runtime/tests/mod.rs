@@ -11,6 +11,7 @@ mod redelivery;
 mod rollouts;
 mod shedding;
 mod takeover;
+mod template_sync;
 mod watching;
 
 use std::sync::Arc;
@@ -130,7 +131,7 @@ async fn next_wake(
     loop {
         match next_command(rx, within).await? {
             (id, GatewayCommand::Wake(order)) => return Some((id, order)),
-            (_, GatewayCommand::Retire(_)) => continue,
+            (_, GatewayCommand::Retire(_) | GatewayCommand::TemplateSync(_)) => continue,
         }
     }
 }

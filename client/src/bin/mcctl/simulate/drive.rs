@@ -84,6 +84,12 @@ pub async fn drive(
                 Some(GatewayEvent::Retire { ack, .. }) => {
                     ack.delivered().await.ok();
                 }
+                // The simulated gateway has no templates to fetch: a sync
+                // succeeds at once (its agents report the version they run).
+                Some(GatewayEvent::TemplateSync { command, ack }) => {
+                    ack.delivered().await.ok();
+                    eprintln!("template sync to {} acknowledged", command.template_version);
+                }
                 Some(GatewayEvent::Connected { .. }) => {}
                 Some(GatewayEvent::Disconnected { error, retry_in }) => {
                     eprintln!("gateway stream lost ({error}); reconnecting in {retry_in:?}");
@@ -129,7 +135,9 @@ async fn await_connected(
                 GatewayEvent::Rejected(error) => return Err(error),
                 GatewayEvent::Disconnected { error, .. } => last_error = Some(error),
                 // Nothing is sent before Connected; acknowledge defensively.
-                GatewayEvent::Wake { ack, .. } | GatewayEvent::Retire { ack, .. } => {
+                GatewayEvent::Wake { ack, .. }
+                | GatewayEvent::Retire { ack, .. }
+                | GatewayEvent::TemplateSync { ack, .. } => {
                     ack.delivered().await.ok();
                 }
             }
