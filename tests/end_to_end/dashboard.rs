@@ -57,7 +57,10 @@ impl Browser {
             .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
+            // Not killed on drop: a SIGKILL would leave chromedriver and
+            // Chromium behind. When a failed assertion drops this, its stdin
+            // closes, and the driver ends its (bounded) command, reads the
+            // end of input and quits the browser itself.
             .spawn()
             .expect("python3 runs");
         let stdin = child.stdin.take().unwrap();
