@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mission_control_client::{AgentRole, AgentStatus};
 
+use crate::bench::BenchArgs;
 use crate::rollout::{DriftArgs, RolloutCommand};
 use crate::simulate::SimulateArgs;
 
@@ -98,6 +99,8 @@ pub enum Command {
     Rollout(RolloutCommand),
     /// Play a gateway with a fleet of agents and report how the policy treated them.
     Simulate(SimulateArgs),
+    /// Load a fleet of agents and measure heartbeats against the health check.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -18,6 +18,9 @@ pub struct Context {
     pub endpoints: Endpoints,
     pub operator: OperatorClient,
     pub output: Output,
+    /// For commands that open connections of their own (`bench`).
+    pub tls: mission_control_client::ClientTls,
+    pub operator_token: Option<String>,
 }
 
 impl Context {

@@ -16,6 +16,8 @@ pub enum Failure {
     Stream { status: tonic::Status, hint: String },
     /// A followed rollout stopped short of completing (paused or cancelled).
     Halted(String),
+    /// A measured target was missed (`mcctl bench`).
+    TargetMissed(String),
 }
 
 impl From<Error> for Failure {
@@ -40,6 +42,7 @@ impl Failure {
             }
             Failure::Usage(message) => format!("error: INVALID_ARGUMENT: {message}"),
             Failure::Halted(message) => format!("stopped: {message}"),
+            Failure::TargetMissed(message) => format!("target missed: {message}"),
             Failure::Stream { status, hint } => {
                 let code = code_name(status.code());
                 let mut text = format!("error: {code}: {}", status_message(status));
@@ -61,11 +64,13 @@ impl Failure {
     }
 
     /// 2 for bad usage (as clap does), 3 for a followed rollout that
-    /// paused or was cancelled, 1 for everything else.
+    /// paused or was cancelled (or a bench that could not set up), 4 for a
+    /// bench target missed, 1 for everything else.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Failure::Usage(_) => ExitCode::from(2),
             Failure::Halted(_) => ExitCode::from(3),
+            Failure::TargetMissed(_) => ExitCode::from(4),
             _ => ExitCode::FAILURE,
         }
     }

@@ -1,6 +1,7 @@
 //! `mcctl`: the operator's command line for mission-control, and a fleet
 //! simulator (`mcctl simulate`) to watch the lifecycle policy at work.
 
+mod bench;
 mod cli;
 mod commands;
 mod failure;
@@ -51,6 +52,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         operator,
         endpoints,
         output: cli.output,
+        tls,
+        operator_token: cli.operator_token.clone(),
     };
     // A one-shot command that finds its endpoint unavailable is tried on
     // the next one, once per endpoint (the client moves on by itself).
@@ -59,6 +62,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         cli.command,
         Command::Watch(_)
             | Command::Simulate(_)
+            | Command::Bench(_)
             | Command::Rollout(rollout::RolloutCommand::Start(_))
     ) {
         let mut tries = ctx.endpoints.len();
@@ -72,6 +76,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Watch(args) => watch::run(&ctx, args).await,
         Command::Simulate(args) => simulate::run(&ctx, args).await,
+        Command::Bench(args) => bench::run(&ctx, args).await,
         Command::Rollout(command) => rollout::run(&ctx, &command).await,
         _ => unreachable!("one-shot commands are run above"),
     }
@@ -89,6 +94,8 @@ async fn one_shot(ctx: &Context, command: &Command) -> Result<(), Failure> {
         Command::Heartbeat { token } => commands::heartbeat(ctx, token).await,
         Command::Drift(args) => rollout::drift(ctx, args).await,
         Command::Rollout(command) => rollout::run(ctx, command).await,
-        Command::Watch(_) | Command::Simulate(_) => unreachable!("not one-shot"),
+        Command::Watch(_) | Command::Simulate(_) | Command::Bench(_) => {
+            unreachable!("not one-shot")
+        }
     }
 }

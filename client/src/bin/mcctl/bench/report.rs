@@ -1,0 +1,190 @@
+//! What `mcctl bench` prints: each phase's throughput and latency, the
+//! server's resident memory per agent, and the heartbeat/health verdict.
+
+use serde_json::{Value, json};
+
+use super::BenchArgs;
+use super::load::Phase;
+use super::stats::{load_average, resident_bytes};
+use crate::cli::Output;
+use crate::commands::Context;
+use crate::stdout;
+
+pub struct Report {
+    header: Value,
+    phases: Vec<Value>,
+    memory: Vec<Value>,
+    baseline_rss: Option<u64>,
+    verdict: Option<Value>,
+}
+
+impl Report {
+    pub fn new(args: &BenchArgs) -> Self {
+        Self {
+            header: json!({
+                "agents": args.agents,
+                "connections": args.connections,
+                "streams_per_connection": args.streams,
+                "phase_seconds": args.duration.as_secs_f64(),
+                "rounds": args.rounds,
+                "load_average_at_start": load_average(),
+            }),
+            phases: Vec::new(),
+            memory: Vec::new(),
+            baseline_rss: None,
+            verdict: None,
+        }
+    }
+
+    pub fn phase(&mut self, label: &str, mut phase: Phase) -> f64 {
+        let latency = phase.latencies.summary();
+        let rate = phase.rate();
+        self.phases.push(json!({
+            "phase": label,
+            "calls": phase.ok,
+            "failed": phase.failures,
+            "seconds": phase.elapsed.as_secs_f64(),
+            "calls_per_second": rate.round(),
+            "latency_ms": {
+                "p50": latency.p50, "p90": latency.p90, "p99": latency.p99,
+                "p99_9": latency.p999, "max": latency.max,
+            },
+        }));
+        rate
+    }
+
+    /// The server's resident memory now, and per agent above the first
+    /// reading (taken before any agent was provisioned).
+    pub fn memory(&mut self, label: &str, pid: Option<u32>, agents: u64) {
+        let Some(rss) = pid.and_then(resident_bytes) else {
+            return;
+        };
+        let baseline = *self.baseline_rss.get_or_insert(rss);
+        let per_agent = (agents > 0).then(|| (rss.saturating_sub(baseline)) / agents);
+        self.memory.push(json!({
+            "when": label,
+            "resident_bytes": rss,
+            "bytes_per_agent": per_agent,
+        }));
+    }
+
+    /// Adds the rounds, and judges: heartbeats at least `min_ratio` times
+    /// the health check's rate, none failed.
+    pub fn compare(
+        &mut self,
+        health: Vec<Phase>,
+        beats: Vec<Phase>,
+        distinct: u64,
+        min_ratio: f64,
+    ) -> Result<(), String> {
+        let mut rounds = Vec::new();
+        let (mut health_rate, mut beat_rate, mut failed) = (0.0, 0.0, 0);
+        for (round, (h, b)) in health.into_iter().zip(beats).enumerate() {
+            failed += b.failed();
+            let h_rate = self.phase(&format!("health Check, round {}", round + 1), h);
+            let b_rate = self.phase(&format!("Heartbeat, round {}", round + 1), b);
+            rounds.push(b_rate / h_rate.max(1e-9));
+            health_rate += h_rate;
+            beat_rate += b_rate;
+        }
+        let ratio = beat_rate / f64::max(health_rate, 1e-9);
+        let met = ratio >= min_ratio && failed == 0;
+        self.verdict = Some(json!({
+            "heartbeat_over_health": (ratio * 100.0).round() / 100.0,
+            "per_round": rounds.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            "distinct_agents_beaten": distinct,
+            "failed_heartbeats": failed,
+            "min_ratio": min_ratio,
+            "met": met,
+            "load_average_at_end": load_average(),
+        }));
+        if met {
+            Ok(())
+        } else if failed > 0 {
+            Err(format!("{failed} heartbeats failed"))
+        } else {
+            Err(format!(
+                "heartbeats ran at {ratio:.2}x the health check, below {min_ratio}"
+            ))
+        }
+    }
+
+    pub fn print(&self, ctx: &Context) {
+        let _ = match ctx.output {
+            Output::Json => stdout::emit_line(
+                &json!({
+                    "run": self.header,
+                    "phases": self.phases,
+                    "memory": self.memory,
+                    "verdict": self.verdict,
+                })
+                .to_string(),
+            ),
+            Output::Table => stdout::emit(&self.text()),
+        };
+    }
+
+    fn text(&self) -> String {
+        let h = &self.header;
+        let mut out = format!(
+            "{} agents, {} connections x {} streams, {} s phases x {} rounds, load average {}\n\n",
+            h["agents"],
+            h["connections"],
+            h["streams_per_connection"],
+            h["phase_seconds"],
+            h["rounds"],
+            h["load_average_at_start"].as_str().unwrap_or("?"),
+        );
+        out.push_str(&format!(
+            "{:<30} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "phase", "calls/s", "calls", "p50 ms", "p90 ms", "p99 ms", "p99.9", "failed"
+        ));
+        for p in &self.phases {
+            let l = &p["latency_ms"];
+            let failed: u64 = p["failed"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            out.push_str(&format!(
+                "{:<30} {:>10.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}\n",
+                p["phase"].as_str().unwrap_or(""),
+                p["calls_per_second"].as_f64().unwrap_or(0.0),
+                p["calls"],
+                l["p50"].as_f64().unwrap_or(0.0),
+                l["p90"].as_f64().unwrap_or(0.0),
+                l["p99"].as_f64().unwrap_or(0.0),
+                l["p99_9"].as_f64().unwrap_or(0.0),
+                failed,
+            ));
+            if failed > 0 {
+                out.push_str(&format!("  failures by code: {}\n", p["failed"]));
+            }
+        }
+        if !self.memory.is_empty() {
+            out.push_str("\nserver resident memory\n");
+            for m in &self.memory {
+                out.push_str(&format!(
+                    "  {:<32} {:>8.1} MB  {}\n",
+                    m["when"].as_str().unwrap_or(""),
+                    m["resident_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    m["bytes_per_agent"]
+                        .as_u64()
+                        .map_or(String::new(), |b| format!("{b} bytes per agent")),
+                ));
+            }
+        }
+        if let Some(v) = &self.verdict {
+            out.push_str(&format!(
+                "\nHeartbeat / health Check: {} (rounds {}), {} distinct agents, {} failed; \
+                 target {} -> {}; load average {}\n",
+                v["heartbeat_over_health"],
+                v["per_round"],
+                v["distinct_agents_beaten"],
+                v["failed_heartbeats"],
+                v["min_ratio"],
+                if v["met"] == true { "met" } else { "MISSED" },
+                v["load_average_at_end"].as_str().unwrap_or("?"),
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,69 @@
+//! `mcctl bench`: a small fleet provisioned, checked in and heartbeaten,
+//! and the exit code a missed target gives. No figure is asserted.
+
+use crate::support::{fails, json, server};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_leaves_its_fleet_online_and_fails_when_the_ratio_is_missed() {
+    // A 1 s heartbeat interval: a budget of 2.5 beats a second per agent,
+    // beyond what 100 agents get in these short phases.
+    let server = server("30s", "1h", "1s").await;
+    let args = [
+        "bench",
+        "--agents",
+        "100",
+        "--boards",
+        "7",
+        "--connections",
+        "2",
+        "--streams",
+        "2",
+        "--duration",
+        "100ms",
+        "--rounds",
+        "1",
+        "--min-ratio",
+        "0",
+    ];
+    let report = json(&server.endpoint, &args).await;
+
+    let phases = report["phases"].as_array().unwrap();
+    let named = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p["phase"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} phase: {report:#}"))
+    };
+    for phase in ["Provision", "check-in"] {
+        assert_eq!(named(phase)["calls"], 100, "{report:#}");
+        assert_eq!(named(phase)["failed"], serde_json::json!({}), "{report:#}");
+    }
+    assert!(named("health Check")["calls"].as_u64().unwrap() > 0);
+    assert!(named("Heartbeat")["calls"].as_u64().unwrap() > 0);
+    let verdict = &report["verdict"];
+    assert_eq!(verdict["met"], true, "{report:#}");
+    assert_eq!(verdict["failed_heartbeats"], 0);
+
+    let agents = json(&server.endpoint, &["list", "--gateway", "bench-gw"]).await;
+    let agents = agents.as_array().unwrap();
+    assert_eq!(agents.len(), 100);
+    assert!(agents.iter().all(|a| a["status"] == "online"), "{agents:?}");
+    assert!(agents.iter().any(|a| a["board_id"] == "board-6"));
+
+    // Again on the same fleet (new tokens), with a target no server meets.
+    let mut missed = args.to_vec();
+    *missed.last_mut().unwrap() = "1000";
+    let (code, stderr) = fails(&server.endpoint, &missed).await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.starts_with("target missed: "), "{stderr}");
+    server.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_of_no_agents_is_a_usage_error() {
+    let server = server("30s", "1h", "1s").await;
+    let (code, stderr) = fails(&server.endpoint, &["bench", "--agents", "0"]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("at least 1"), "{stderr}");
+    server.app.shutdown().await;
+}
