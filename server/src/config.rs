@@ -89,12 +89,19 @@ pub struct Config {
     #[arg(long, env = "MC_GATEWAY_GRACE", default_value_t = Policy::DEFAULT.gateway_grace.into())]
     pub gateway_grace: humantime::Duration,
 
-    /// Held wakes sent per second, at most, to a gateway that reconnects,
-    /// earliest deadline first (each deadline starts when its wake is
-    /// sent): a gateway back from an outage starts its fleet at a pace a
-    /// host can take (1,000 agents in 10 s), not all in the same instant.
-    #[arg(long, env = "MC_HELD_WAKE_RATE", default_value_t = Policy::DEFAULT.held_wake_rate)]
-    pub held_wake_rate: u32,
+    /// Wakes sent to one gateway per second, at most (bursts of as many):
+    /// every wake, first or retry, an operator's, a rollout's, one held
+    /// while the gateway was away. Beyond it wakes queue in deadline order,
+    /// and each check-in deadline starts when its wake is sent, so a host
+    /// starts its agents at a pace it can take (1,000 in 10 s).
+    #[arg(long, env = "MC_GATEWAY_WAKE_RATE", default_value_t = Policy::DEFAULT.gateway_wake_rate)]
+    pub gateway_wake_rate: u32,
+
+    /// Wakes sent to all gateways together per second, at most (bursts of
+    /// as many), queued likewise: a restart or a bulk action over 100,000
+    /// agents wakes them in under two minutes without flooding the writer.
+    #[arg(long, env = "MC_TOTAL_WAKE_RATE", default_value_t = Policy::DEFAULT.total_wake_rate)]
+    pub total_wake_rate: u32,
 
     /// Start a wake cycle when an online agent's lease expires.
     #[arg(long, env = "MC_WAKE_ON_LEASE_EXPIRY")]
@@ -262,7 +269,8 @@ impl Config {
             restart_grace: self.restart_grace.into(),
             wake_on_lease_expiry: self.wake_on_lease_expiry,
             gateway_grace: self.gateway_grace.into(),
-            held_wake_rate: self.held_wake_rate,
+            gateway_wake_rate: self.gateway_wake_rate,
+            total_wake_rate: self.total_wake_rate,
         };
         policy.validate()?;
         Ok(policy)

@@ -63,6 +63,24 @@ pub struct GatewayTransition {
     pub wakes_released: u32,
 }
 
+/// What a batch does to the schedule of queued-wake rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    Unchanged,
+    At(Timestamp),
+    /// Nothing is left to send.
+    Idle,
+}
+
+/// A gateway's wake queue started holding more than a second of its
+/// budget (`backing_up`), or is empty again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReport {
+    pub gateway_id: GatewayId,
+    pub queued: usize,
+    pub backing_up: bool,
+}
+
 /// What the reconciler decided about one timer: the reference's log events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoteKind {
@@ -118,8 +136,10 @@ pub struct Batch {
     pub(super) agents: BTreeMap<AgentId, Option<Agent>>,
     pub(super) gateways: BTreeMap<GatewayId, Gateway>,
     pub(super) gateway_events: Vec<GatewayTransition>,
-    /// Held-wake release rounds: the next one's time, `None` when done.
-    pub(super) release_rounds: Vec<(GatewayId, Option<Timestamp>)>,
+    /// When the next round of queued wakes is due.
+    pub(super) release: Release,
+    /// Gateways whose wake queue started backing up, or emptied.
+    pub(super) queue_reports: Vec<QueueReport>,
     pub(super) events: Vec<Event>,
     pub(super) effects: Vec<Effect>,
     pub(super) notes: Vec<Note>,
@@ -144,7 +164,8 @@ impl Batch {
             agents: BTreeMap::new(),
             gateways: BTreeMap::new(),
             gateway_events: Vec::new(),
-            release_rounds: Vec::new(),
+            release: Release::Unchanged,
+            queue_reports: Vec::new(),
             events: Vec::new(),
             effects: Vec::new(),
             notes: Vec::new(),
@@ -217,6 +238,14 @@ impl Batch {
 
     pub fn tombstones(&self) -> &[(AgentId, u64)] {
         &self.tombstones
+    }
+
+    /// Asks for a round of queued wakes by `at` at the latest.
+    pub(super) fn release_by(&mut self, at: Timestamp) {
+        self.release = match self.release {
+            Release::At(earlier) => Release::At(earlier.min(at)),
+            Release::Unchanged | Release::Idle => Release::At(at),
+        };
     }
 
     pub(super) fn note(&mut self, kind: NoteKind, agent: &Agent, deadline: Option<Timestamp>) {
@@ -300,4 +329,5 @@ pub struct Committed {
     /// Rollouts as this batch left them.
     pub rollouts: Vec<Rollout>,
     pub gateway_events: Vec<GatewayTransition>,
+    pub queue_reports: Vec<QueueReport>,
 }

@@ -50,6 +50,7 @@ impl Engine {
             engine
                 .agent_tokens
                 .insert(agent.token_hash, agent.id.clone());
+            engine.index_owed(None, Some(&agent));
             engine.agents.insert(agent.id.clone(), agent);
         }
         engine

@@ -1,18 +1,18 @@
 //! A gateway's link (is its command stream open, since when, why) and what
 //! it means for its agents: the gateway is judged before its agents.
 //!
-//! A wake for an agent whose gateway is away is held, not counted: the
-//! agent's check-in deadline becomes the end of the gateway's grace (the
-//! policy's `gateway_grace` from when it went away). When the gateway comes
-//! back, held wakes go out in deadline order and each deadline starts then.
-//! When the grace runs out first, the held wake counts as a failed attempt
-//! naming the gateway, and the policy goes on as for any failed wake.
-
-use std::time::Duration;
+//! A wake for an agent whose gateway is away is held, not counted: like a
+//! wake queued behind the wake budgets (see `wake_queue`) the agent shows
+//! `wake_held`, and its `checkin_deadline_at` is when the wake fell due.
+//! When the gateway comes back, held wakes join the queue and go out in
+//! deadline order; each deadline starts then. When the gateway's grace runs
+//! out first, the held wake counts as a failed attempt naming the gateway,
+//! and the policy goes on as for any failed wake.
 
 use super::batch::{Change, GatewayTransition};
 use super::model::{Agent, AgentId, Gateway, GatewayId, Reason, Timestamp};
 use super::timers::{Timer, TimerKind};
+use super::wake_queue::RELEASE_ROUND;
 use super::{Batch, Engine, EngineError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,9 +59,10 @@ impl Link {
 }
 
 impl Engine {
-    /// The gateway's stream opened. Its held wakes go out, earliest deadline
-    /// first, at most `held_wake_rate` a second, each with a deadline from
-    /// when it is sent. Returns how many went out at once.
+    /// The gateway's stream opened. Its held wakes join the queue of wakes
+    /// (see `wake_queue`): they go out, earliest due first, within the wake
+    /// budgets, each with a deadline from when it is sent. Returns how many
+    /// queued wakes (of any gateway) went out at once.
     pub fn gateway_connected(
         &mut self,
         batch: &mut Batch,
@@ -69,60 +70,13 @@ impl Engine {
     ) -> Result<usize, EngineError> {
         let gateway = self.gateway_or_err(batch, gateway_id)?;
         if gateway.link.is_connected() {
-            return Ok(0);
+            // A replacing stream: a wake that found none between the two
+            // (held while the engine saw no change) goes out now.
+            return Ok(self.release_queued(batch));
         }
-        let held = self.held_on(batch, gateway_id).len();
+        let held = self.owed_on(batch, gateway_id).len();
         self.set_link(batch, gateway, LinkState::Connected, "stream opened", held);
-        Ok(self.release_round(batch, gateway_id))
-    }
-
-    /// Rounds of held-wake releases that are due.
-    pub(super) fn release_due(&mut self, batch: &mut Batch) {
-        let due: Vec<GatewayId> = self
-            .releasing
-            .iter()
-            .filter(|(_, at)| **at <= batch.now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for gateway_id in due {
-            self.release_round(batch, &gateway_id);
-        }
-    }
-
-    /// Sends up to a second's worth of the gateway's held wakes (the
-    /// policy's `held_wake_rate`), the earliest deadline first (then the
-    /// longest waiting), and schedules the next round a second later if
-    /// any are left. Returns how many were sent.
-    fn release_round(&mut self, batch: &mut Batch, gateway_id: &GatewayId) -> usize {
-        let connected = self
-            .gateway_in(batch, gateway_id)
-            .is_some_and(|g| g.link.is_connected());
-        let mut held = if connected {
-            self.held_on(batch, gateway_id)
-        } else {
-            Vec::new()
-        };
-        held.sort_by_key(|a| (a.checkin_deadline_at, a.last_wake_sent_at, a.id.clone()));
-        let rate = self.policy.held_wake_rate.max(1) as usize;
-        let released = held.len().min(rate);
-        let next = (held.len() > rate).then(|| batch.now.plus(Duration::from_secs(1)));
-        batch.release_rounds.push((gateway_id.clone(), next));
-        for agent in held.into_iter().take(rate) {
-            let mut sent = agent.clone();
-            self.deliver_wake(batch, &mut sent);
-            let change = Change::changed(&agent, Reason::WakeReleased, sent.wake_attempts);
-            self.stage(batch, change, sent);
-        }
-        released
-    }
-
-    /// The gateway's agents whose wake is held, as the batch sees them.
-    fn held_on(&self, batch: &Batch, gateway_id: &GatewayId) -> Vec<Agent> {
-        self.agent_ids_on(batch, gateway_id)
-            .into_iter()
-            .filter_map(|id| self.current(batch, &id))
-            .filter(|agent| agent.wake_held)
-            .collect()
+        Ok(self.release_queued(batch))
     }
 
     /// The gateway's stream closed (or this leader never had one).
@@ -133,8 +87,16 @@ impl Engine {
         reason: &str,
     ) -> Result<(), EngineError> {
         let gateway = self.gateway_or_err(batch, gateway_id)?;
-        if gateway.link.is_connected() {
-            self.set_link(batch, gateway, LinkState::Disconnected, reason, 0);
+        if !gateway.link.is_connected() {
+            return Ok(());
+        }
+        self.set_link(batch, gateway, LinkState::Disconnected, reason, 0);
+        // Wakes queued for it are held from now: each gives up when the
+        // grace runs out, unless the gateway is back by then.
+        if let Some(until) = self.hold_until(batch, gateway_id) {
+            for agent in self.owed_on(batch, gateway_id) {
+                batch.timers_to_arm.push(hold_timer(&agent, until));
+            }
         }
         Ok(())
     }
@@ -163,8 +125,11 @@ impl Engine {
         }
         let grace = self.policy.gateway_grace;
         let until = match self.gateway_in(batch, &previous.gateway_id) {
-            // Gone before the engine heard of it: the grace starts now.
+            // Gone before the engine heard of it: the grace starts now, and
+            // the wake is tried again in the next round unless the news of
+            // the disconnection (already on its way) holds it first.
             Some(gateway) if gateway.link.is_connected() && !grace.is_zero() => {
+                batch.release_by(batch.now.plus(RELEASE_ROUND));
                 Some(batch.now.plus(grace))
             }
             _ => self.hold_until(batch, &previous.gateway_id),
@@ -173,7 +138,8 @@ impl Engine {
             return self.wake_failed(batch, agent_id, generation, attempt, error);
         };
         let mut held = previous.clone();
-        self.hold_wake(batch, &mut held, until);
+        // Its place in the queue: when it found no stream.
+        self.hold_wake(batch, &mut held, batch.now, until);
         let change = Change::changed(&previous, Reason::WakeHeld, attempt);
         self.stage(batch, change, held);
         true
@@ -191,18 +157,29 @@ impl Engine {
         (until > batch.now).then_some(until)
     }
 
-    /// Holds the current attempt's wake until `until`.
-    pub(super) fn hold_wake(&self, batch: &mut Batch, agent: &mut Agent, until: Timestamp) {
+    /// Holds the current attempt's wake, which fell due at `due` (its place
+    /// in the queue), until the gateway's grace ends at `until`.
+    pub(super) fn hold_wake(
+        &self,
+        batch: &mut Batch,
+        agent: &mut Agent,
+        due: Timestamp,
+        until: Timestamp,
+    ) {
         agent.wake_held = true;
-        agent.checkin_deadline_at = Some(until);
-        batch.timers_to_arm.push(Timer {
-            at: until,
-            agent_id: agent.id.clone(),
-            kind: TimerKind::Checkin {
-                generation: agent.generation,
-                attempt: agent.wake_attempts,
-            },
-        });
+        agent.checkin_deadline_at = Some(due);
+        batch.timers_to_arm.push(hold_timer(agent, until));
+    }
+
+    /// Whether a held wake's grace is over: its gateway is still away and
+    /// has been for the whole grace. `None`: the gateway is connected (the
+    /// wake waits in the queue for its budget, not for the gateway).
+    pub(super) fn hold_over(&self, batch: &Batch, agent: &Agent) -> Option<bool> {
+        match self.gateway_in(batch, &agent.gateway_id) {
+            Some(gateway) if gateway.link.is_connected() => None,
+            Some(_) => Some(self.hold_until(batch, &agent.gateway_id).is_none()),
+            None => Some(true),
+        }
     }
 
     /// The grace ran out with the gateway still away: the held wake counts
@@ -281,26 +258,20 @@ impl Engine {
         batch.gateways.insert(gateway.id.clone(), gateway);
     }
 
-    /// Every agent on the gateway, committed or staged.
-    fn agent_ids_on(&self, batch: &Batch, gateway_id: &GatewayId) -> Vec<AgentId> {
-        let mut ids: Vec<AgentId> = self
-            .agents
-            .values()
-            .filter(|a| a.gateway_id == *gateway_id)
-            .map(|a| a.id.clone())
-            .collect();
-        for (id, staged) in &batch.agents {
-            if staged.as_ref().is_some_and(|a| a.gateway_id == *gateway_id)
-                && !self.agents.contains_key(id)
-            {
-                ids.push(id.clone());
-            }
-        }
-        ids
-    }
-
     fn gateway_or_err(&self, batch: &Batch, id: &GatewayId) -> Result<Gateway, EngineError> {
         self.gateway_in(batch, id)
             .ok_or_else(|| EngineError::GatewayNotFound(id.clone()))
+    }
+}
+
+/// The check a held wake gets when its gateway's grace ends.
+pub(super) fn hold_timer(agent: &Agent, until: Timestamp) -> Timer {
+    Timer {
+        at: until,
+        agent_id: agent.id.clone(),
+        kind: TimerKind::Checkin {
+            generation: agent.generation,
+            attempt: agent.wake_attempts,
+        },
     }
 }

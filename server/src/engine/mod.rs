@@ -18,11 +18,14 @@ mod reconcile;
 mod restore;
 pub mod rollout;
 pub mod timers;
+mod wake_queue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-pub use batch::{Batch, Committed, Effect, GatewayTransition, Note, NoteKind, WakeOrder};
+pub use batch::{
+    Batch, Committed, Effect, GatewayTransition, Note, NoteKind, QueueReport, WakeOrder,
+};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
 pub use follow::{Diverged, StoredLease};
@@ -33,6 +36,7 @@ pub use model::{
 };
 pub use policy::Policy;
 pub use restore::StoredState;
+pub use wake_queue::RELEASE_ROUND;
 
 use timers::{Timer, TimerKind, TimerWheel};
 
@@ -170,9 +174,14 @@ pub struct Engine {
     timers: TimerWheel,
     /// Agents staged in a batch that is being committed.
     in_flight: HashSet<AgentId>,
-    /// Gateways with held wakes still to release, and when the next round
-    /// of releases is due (see `gateway_state`).
-    releasing: BTreeMap<GatewayId, Timestamp>,
+    /// Wake budgets per gateway and in total (see `wake_queue`).
+    wake_limits: wake_queue::WakeLimits,
+    /// Committed agents whose wake waits (held or queued), by gateway.
+    wakes_owed: wake_queue::OwedIndex,
+    /// When the next round of queued wakes is due.
+    next_release: Option<Timestamp>,
+    /// Gateways whose wake queue is backing up (reported once each time).
+    backed_up: HashSet<GatewayId>,
     /// Heartbeats that need a commit, by the time they arrived.
     pending_checkins: HashMap<AgentId, PendingCheckIn>,
     /// Online agents whose lease changed since the last checkpoint.
@@ -187,6 +196,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(policy: Policy) -> Self {
         Self {
+            wake_limits: wake_queue::WakeLimits::new(&policy),
             policy,
             agents: BTreeMap::new(),
             agent_tokens: HashMap::new(),
@@ -196,7 +206,9 @@ impl Engine {
             tombstones: HashMap::new(),
             timers: TimerWheel::default(),
             in_flight: HashSet::new(),
-            releasing: BTreeMap::new(),
+            wakes_owed: HashMap::new(),
+            next_release: None,
+            backed_up: HashSet::new(),
             pending_checkins: HashMap::new(),
             dirty_leases: HashSet::new(),
             revision: 0,
@@ -287,9 +299,9 @@ impl Engine {
     }
 
     /// When there is next something to do as time passes: a timer, or a
-    /// round of held wakes to release.
+    /// round of queued wakes to send.
     pub fn next_timer_at(&self) -> Option<Timestamp> {
-        let release = self.releasing.values().min().copied();
+        let release = self.next_release;
         match (self.timers.next_at(), release) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -432,9 +444,11 @@ impl Engine {
     pub fn commit(&mut self, batch: Batch) -> Committed {
         for (id, staged) in batch.agents {
             self.in_flight.remove(&id);
-            if let Some(old) = self.agents.remove(&id) {
+            let old = self.agents.remove(&id);
+            if let Some(old) = &old {
                 self.agent_tokens.remove(&old.token_hash);
             }
+            self.index_owed(old.as_ref(), staged.as_ref());
             match staged {
                 Some(agent) => {
                     self.agent_tokens.insert(agent.token_hash, id.clone());
@@ -463,12 +477,7 @@ impl Engine {
         for timer in batch.timers_to_arm {
             self.timers.arm(timer);
         }
-        for (gateway, next) in batch.release_rounds {
-            match next {
-                Some(at) => self.releasing.insert(gateway, at),
-                None => self.releasing.remove(&gateway),
-            };
-        }
+        self.commit_release(batch.release, &batch.queue_reports);
         let rollouts: Vec<rollout::Rollout> = batch.rollouts.into_values().collect();
         for rollout in &rollouts {
             self.commit_rollout(rollout.clone());
@@ -480,6 +489,7 @@ impl Engine {
             notes: batch.notes,
             rollouts,
             gateway_events: batch.gateway_events,
+            queue_reports: batch.queue_reports,
         }
     }
 
@@ -518,15 +528,16 @@ impl Engine {
     }
 
     /// The next wake of the current cycle: sent, with its deadline armed,
-    /// or held while the agent's gateway is away (see `gateway_state`).
+    /// held while the agent's gateway is away (see `gateway_state`), or
+    /// queued behind the wake budgets (see `wake_queue`).
     fn send_wake(&self, batch: &mut Batch, agent: &mut Agent) {
         agent.wake_attempts += 1;
         match self.hold_until(batch, &agent.gateway_id) {
             Some(until) => {
-                self.hold_wake(batch, agent, until);
+                self.hold_wake(batch, agent, batch.now, until);
                 batch.note(NoteKind::Enqueued, agent, Some(until));
             }
-            None => self.deliver_wake(batch, agent),
+            None => self.deliver_or_queue(batch, agent),
         }
     }
 

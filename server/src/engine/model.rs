@@ -249,9 +249,10 @@ pub struct Agent {
     pub updated_at: Timestamp,
     /// The revision of the last committed event about this agent.
     pub revision: u64,
-    /// The current attempt's wake waits for its gateway to reconnect: not
-    /// sent, not counted against the agent. `checkin_deadline_at` is then
-    /// when the hold gives up (the gateway's grace runs out).
+    /// The current attempt's wake waits to go out, for its gateway to
+    /// reconnect or behind the wake rate limits: not sent, not counted
+    /// against the agent. `checkin_deadline_at` is then when the wake fell
+    /// due, its place in the queue.
     #[serde(default)]
     pub wake_held: bool,
     /// Never serialized into event history.
@@ -334,7 +335,8 @@ pub enum Reason {
     RolloutUpdate,
     /// The wake could not reach the gateway: held until it reconnects.
     WakeHeld,
-    /// The gateway reconnected: the held wake was sent, the deadline starts.
+    /// A wake that waited (held for its gateway, or queued behind a wake
+    /// rate limit) was sent: the deadline starts.
     WakeReleased,
 }
 
@@ -436,7 +438,7 @@ impl Event {
                 self.agent.gateway_id
             ),
             Reason::WakeReleased => format!(
-                "gateway {} reconnected: held wake attempt {attempt} sent",
+                "waiting wake attempt {attempt} sent to gateway {}",
                 self.agent.gateway_id
             ),
             Reason::RolloutUpdate => {

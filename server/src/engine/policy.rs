@@ -27,9 +27,14 @@ pub struct Policy {
     /// How long wakes for a disconnected gateway's agents are held (not
     /// counted) before they count as failed attempts. Zero: never held.
     pub gateway_grace: Duration,
-    /// Held wakes sent per second to a gateway that reconnects, at most,
-    /// in deadline order; each one's deadline starts when it is sent.
-    pub held_wake_rate: u32,
+    /// Wakes sent to one gateway per second, at most (in bursts of at most
+    /// as many): every wake, first or retry, operator's, rollout's or held.
+    /// Beyond it wakes queue in deadline order; each deadline starts when
+    /// its wake is sent.
+    pub gateway_wake_rate: u32,
+    /// Wakes sent to all gateways together per second, at most (in bursts
+    /// of at most as many), queued likewise.
+    pub total_wake_rate: u32,
 }
 
 impl Policy {
@@ -40,6 +45,11 @@ impl Policy {
     /// its agents no attempt: longer than the seed's whole escalation (90 s),
     /// so a short outage never makes a fleet OFFLINE, and short enough that a
     /// dead gateway's agents are reported within 3 minutes plus the policy.
+    /// At most 100 wakes a second to one gateway: a host starts its agents
+    /// at a pace it can take (1,000 in 10 s, a third of one check-in
+    /// deadline, which starts only when each wake is sent anyway); 1,000 a
+    /// second in all: 100,000 agents woken after a restart in under two
+    /// minutes, while wakes stay a small share of what the writer commits.
     pub const DEFAULT: Policy = Policy {
         checkin_deadline: Duration::from_secs(30),
         max_wake_attempts: 3,
@@ -49,7 +59,8 @@ impl Policy {
         wake_on_lease_expiry: false,
         heartbeat_jitter: 0.2,
         gateway_grace: Duration::from_secs(180),
-        held_wake_rate: 100,
+        gateway_wake_rate: 100,
+        total_wake_rate: 1000,
     };
 }
 
@@ -90,8 +101,11 @@ impl Policy {
                 interval: self.heartbeat_interval,
             });
         }
-        if self.held_wake_rate == 0 {
-            return Err(PolicyError::Zero("the held wake rate"));
+        if self.gateway_wake_rate == 0 {
+            return Err(PolicyError::Zero("the gateway wake rate"));
+        }
+        if self.total_wake_rate == 0 {
+            return Err(PolicyError::Zero("the total wake rate"));
         }
         if !(0.0..1.0).contains(&self.heartbeat_jitter) {
             return Err(PolicyError::Jitter);
@@ -132,7 +146,8 @@ mod tests {
         assert!(!policy.wake_on_lease_expiry);
         assert_eq!(policy.heartbeat_jitter, 0.2);
         assert_eq!(policy.gateway_grace, Duration::from_secs(180));
-        assert_eq!(policy.held_wake_rate, 100);
+        assert_eq!(policy.gateway_wake_rate, 100);
+        assert_eq!(policy.total_wake_rate, 1000);
         assert_eq!(policy.validate(), Ok(()));
     }
 }

@@ -57,18 +57,21 @@ impl Engine {
             note(batch, NoteKind::SkipMissingAgent, attempt, Some(timer.at));
             return;
         };
-        let hold_over = agent.wake_held
-            && agent.generation == generation
-            && agent.wake_attempts == attempt
-            && agent.checkin_deadline_at.is_some_and(|d| d <= batch.now);
-        if hold_over {
-            let after = self.expire_hold(batch, agent);
-            note(
-                batch,
-                NoteKind::WorkerSuccess,
-                attempt,
-                after.checkin_deadline_at,
-            );
+        if agent.wake_held && agent.generation == generation && agent.wake_attempts == attempt {
+            // A held or queued wake is never judged: it was not sent. Only
+            // a gateway away for its whole grace makes it count as failed;
+            // one back meanwhile (or away again since) leaves it waiting.
+            let after = match self.hold_over(batch, &agent) {
+                Some(true) => self.expire_hold(batch, agent),
+                Some(false) => agent,
+                // Connected: it waits for its budget; a round sends it.
+                None => {
+                    batch.release_by(batch.now);
+                    agent
+                }
+            };
+            let deadline = (!after.wake_held).then_some(after.checkin_deadline_at);
+            note(batch, NoteKind::WorkerSuccess, attempt, deadline.flatten());
             return;
         }
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::LeaseCheckpoint;
 use super::batch::Change;
+use super::gateway_state::hold_timer;
 use super::model::{Agent, AgentId, Gateway, GatewayId, PendingRetire, Reason, Status, Timestamp};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine, Policy};
@@ -87,9 +88,9 @@ impl Engine {
             .filter(|g| g.link.is_connected())
             .map(|g| g.id.clone())
             .collect();
-        for id in connected {
+        for id in &connected {
             engine
-                .gateway_disconnected(&mut batch, &id, "no stream to this leader yet")
+                .gateway_disconnected(&mut batch, id, "no stream to this leader yet")
                 .expect("listed above");
         }
         let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
@@ -118,20 +119,23 @@ impl Engine {
                 engine.dirty_leases.insert(id.clone());
             }
             let agent = agent.clone();
-            let timers = restored_timers(&agent);
-            // A held wake waits for its gateway's whole grace, which for a
-            // gateway that was connected until the restart starts now.
-            let hold = agent
-                .wake_held
-                .then(|| engine.hold_until(&batch, &agent.gateway_id))
-                .flatten()
-                .filter(|until| agent.checkin_deadline_at.is_some_and(|d| d < *until));
-            if let Some(until) = hold {
-                let mut extended = agent.clone();
-                extended.checkin_deadline_at = Some(until);
-                batch.timers_to_arm.extend(restored_timers(&extended));
-                let change = Change::changed(&agent, Reason::WakeHeld, agent.wake_attempts);
-                engine.stage(&mut batch, change, extended);
+            if agent.wake_held {
+                // Held or queued: never judged, it was not sent. Its gateway
+                // has no stream to this leader yet, so it is held for the
+                // gateway's grace (from now, for one that was connected)
+                // and goes out, in deadline order, when the gateway is back.
+                match engine.hold_until(&batch, &agent.gateway_id) {
+                    // One that was connected had its hold armed above.
+                    Some(_) if connected.contains(&agent.gateway_id) => {}
+                    Some(until) => engine.timers.arm(hold_timer(&agent, until)),
+                    // Nothing to wait for: it goes out (and fails if the
+                    // gateway is still away, as any wake does then).
+                    None => batch.release_by(now),
+                }
+                restored_timers(&agent)
+                    .into_iter()
+                    .filter(|t| t.kind == TimerKind::Lease)
+                    .for_each(|t| engine.timers.arm(t));
             } else if agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
                 // A deadline is committed state: extended with an event.
                 let mut extended = agent.clone();
@@ -140,7 +144,9 @@ impl Engine {
                 let change = Change::changed(&agent, Reason::RestartGrace, agent.wake_attempts);
                 engine.stage(&mut batch, change, extended);
             } else {
-                timers.into_iter().for_each(|t| engine.timers.arm(t));
+                restored_timers(&agent)
+                    .into_iter()
+                    .for_each(|t| engine.timers.arm(t));
             }
         }
         (engine, batch)

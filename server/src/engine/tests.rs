@@ -1015,3 +1015,4 @@ fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
 mod drift;
 mod gateway;
 mod rollout;
+mod wake_rate;

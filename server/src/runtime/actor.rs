@@ -557,6 +557,15 @@ impl Actor {
                 "gateway.state"
             );
         }
+        let rate = self.shared.settings.policy.gateway_wake_rate;
+        for report in &committed.queue_reports {
+            let (gateway_id, queued) = (&report.gateway_id, report.queued);
+            if report.backing_up {
+                tracing::warn!(%gateway_id, queued, rate, "gateway.wakes.backing_up");
+            } else {
+                tracing::info!(%gateway_id, "gateway.wakes.caught_up");
+            }
+        }
         committed.notes.iter().for_each(|note| log_note(note, now));
         committed.rollouts.iter().for_each(log_rollout);
         // Committed while the lease held (the fence saw to it), but the

@@ -70,6 +70,8 @@ pub(super) struct Gauges {
     /// Registered gateways whose stream is not open (as committed).
     pub gateways_disconnected: usize,
     pub wakes_held: usize,
+    /// Wakes held or queued, per gateway.
+    pub wakes_queued: Vec<(crate::engine::GatewayId, usize)>,
     pub watches_open: usize,
     pub database_reachable: bool,
     pub timers: usize,
@@ -216,9 +218,17 @@ impl Metrics {
         gauge(
             &mut out,
             "mission_control_wakes_held",
-            "Agents whose wake waits for their gateway to reconnect.",
+            "Agents whose wake waits to go out: held for a gateway away, or queued behind a wake rate limit.",
             gauges.wakes_held,
         );
+        let name = "mission_control_wakes_queued";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Wakes waiting to go out (held or queued), per gateway.\n# TYPE {name} gauge"
+        );
+        for (gateway, queued) in &gauges.wakes_queued {
+            let _ = writeln!(out, "{name}{{gateway=\"{gateway}\"}} {queued}");
+        }
         gauge(
             &mut out,
             "mission_control_gateway_commands_pending",
@@ -294,6 +304,7 @@ mod tests {
             commands_pending: 4,
             gateways_disconnected: 2,
             wakes_held: 7,
+            wakes_queued: vec![(crate::engine::GatewayId::parse("gw-1").unwrap(), 7)],
             watches_open: 0,
             database_reachable: true,
             timers: 3,
@@ -323,6 +334,7 @@ mod tests {
         assert!(text.contains("mission_control_gateway_commands_pending 4"));
         assert!(text.contains("mission_control_gateways_disconnected 2"));
         assert!(text.contains("mission_control_wakes_held 7"));
+        assert!(text.contains("mission_control_wakes_queued{gateway=\"gw-1\"} 7"));
         assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"0.5\"} 0"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));

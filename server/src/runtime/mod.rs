@@ -738,17 +738,19 @@ impl Lifecycle {
             (
                 agents,
                 engine.timer_count(),
-                engine.drift(),
+                (engine.drift(), engine.wakes_owed()),
                 wakes_held,
                 away,
             )
         };
+        let (drift, wakes_queued) = drift;
         self.shared.metrics.render(&metrics::Gauges {
             agents,
             gateways_connected: self.shared.hub.connected_count(),
             commands_pending: self.shared.hub.pending_total(),
             gateways_disconnected: gateways_away,
             wakes_held,
+            wakes_queued,
             watches_open: self
                 .shared
                 .open_watches

@@ -182,8 +182,7 @@ pub async fn gateway_state_and_held_wakes_round_trip(store: &dyn Store) {
     assert_eq!(loaded, f.state());
     let held = &loaded.agents[0];
     assert!(held.wake_held);
-    let grace = Policy::default().gateway_grace;
-    assert_eq!(held.checkin_deadline_at, Some(at(1).plus(grace)));
+    assert_eq!(held.checkin_deadline_at, Some(at(2)), "when it fell due");
     let link = &loaded.gateways[0].link;
     assert_eq!((link.state, link.since), (LinkState::Disconnected, at(1)));
     assert_eq!(link.reason, "stream closed");

@@ -27,7 +27,11 @@ fn a_wake_for_an_away_gateway_is_held_not_counted_and_sent_on_reconnect() {
     assert!(agent.wake_held);
     assert_eq!(agent.wake_attempts, 1);
     assert_eq!(agent.last_wake_sent_at, None);
-    assert_eq!(agent.checkin_deadline_at, Some(t(GRACE as i64)));
+    assert_eq!(
+        agent.checkin_deadline_at,
+        Some(t(10)),
+        "when it fell due: its place in the queue, not a deadline"
+    );
 
     // Its first deadline would have been t(40): nothing happens then.
     assert!(h.advance_to(t(100)).events.is_empty());
@@ -114,10 +118,25 @@ fn an_undelivered_wake_is_held_within_the_grace_and_failed_after_it() {
     });
     assert!(held);
     assert_eq!(reasons(&committed), [Reason::WakeHeld]);
-    assert_eq!(h.agent("a").checkin_deadline_at, Some(t(5 + GRACE as i64)));
+    assert_eq!(h.agent("a").checkin_deadline_at, Some(t(5)));
     // A second report of the same wake changes nothing.
     let (again, _) = h.run(|engine, batch| engine.wake_undelivered(batch, &id("a"), 1, 1, "again"));
     assert!(!again);
+    // The news of the disconnection follows: held for the grace from then.
+    h.now = t(6);
+    disconnect(&mut h);
+    assert!(h.advance_to(t(5 + GRACE as i64)).events.is_empty());
+    let expired = h.advance_to(t(6 + GRACE as i64));
+    assert_eq!(reasons(&expired), [Reason::WakeFailed]);
+
+    // Had no such news come (a stream replaced in between), the wake is
+    // tried again in the next round, same attempt.
+    let mut h = Harness::new();
+    h.provision("c");
+    h.run(|engine, batch| engine.wake_undelivered(batch, &id("c"), 1, 1, "gone"));
+    let again = h.advance_to(t(0).plus(RELEASE_ROUND));
+    assert_eq!(wakes(&again), [("c".into(), 1, 1)]);
+    assert_eq!(reasons(&again), [Reason::WakeReleased]);
 
     // Long away: a wake now is sent and its failure counts.
     let mut h = Harness::new();
@@ -189,9 +208,14 @@ fn a_restart_keeps_held_wakes_and_starts_a_connected_gateways_grace_anew() {
     engine.commit(grace);
     let agent = engine.agent(&id("held")).unwrap();
     assert!(agent.wake_held, "held wakes survive the restart");
-    assert_eq!(
-        agent.checkin_deadline_at,
-        Some(restart.plus(Duration::from_secs(GRACE))),
-        "for the gateway's whole grace from the restart"
-    );
+    assert_eq!(agent.checkin_deadline_at, Some(t(10)), "its place kept");
+    // Held for the gateway's whole grace from the restart, then failed.
+    let mut h = Harness {
+        engine,
+        now: restart,
+        next_token: 50,
+    };
+    let end = restart.plus(Duration::from_secs(GRACE));
+    assert!(h.advance_to(t(99 + GRACE as i64)).events.is_empty());
+    assert_eq!(reasons(&h.advance_to(end)), [Reason::WakeFailed]);
 }

@@ -136,6 +136,26 @@ async fn next_wake(
     }
 }
 
+/// Wakes sent at `(time since a start, agent)` kept within `burst` at once
+/// and `rate` a second after it, and were no slower than that allows (a
+/// round late at most).
+fn assert_paced(sent: &[(Duration, String)], burst: usize, rate: usize) {
+    let round = crate::engine::RELEASE_ROUND.as_secs_f64();
+    for (index, (after, agent)) in sent.iter().enumerate() {
+        let count = (index + 1) as f64;
+        let at = after.as_secs_f64();
+        assert!(
+            count <= burst as f64 + rate as f64 * at + 1e-9,
+            "wake {index} ({agent}) at {at}s: over the budget"
+        );
+        let due = ((count - burst as f64) / rate as f64).max(0.0);
+        assert!(
+            at <= due + round + 1e-9,
+            "wake {index} ({agent}) at {at}s: later than the budget makes it"
+        );
+    }
+}
+
 fn fast_settings() -> Settings {
     Settings {
         // Far apart, so the tests below see only what they cause.

@@ -1,0 +1,291 @@
+//! Wake rate limits, per gateway and in total, for every wake: first wakes,
+//! retries, operators', rollouts', restarts', and wakes held for a gateway
+//! that reconnects. A wake over either budget is queued, not sent: the agent
+//! shows `wake_held`, and its `checkin_deadline_at` is when the wake fell
+//! due (its place in the queue). Queued wakes go out in rounds, earliest
+//! due first across all gateways, and each one's check-in deadline starts
+//! when it is sent, so no agent is judged before its wake went out.
+//!
+//! The budgets are GCRA (`governor`) on the batch's clock, so paused-time
+//! tests and the engine's plain-time tests see the same pacing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use super::batch::{Change, QueueReport, Release};
+use super::model::{Agent, AgentId, GatewayId, Reason, Timestamp};
+use super::{Batch, Engine, Policy};
+
+/// Queued wakes go out at most this often: a round is one batch, so wakes
+/// over a budget cost ten commits a second, not one commit per wake.
+pub const RELEASE_ROUND: Duration = Duration::from_millis(100);
+
+/// The batch's time as `governor` sees it.
+#[derive(Debug, Clone, Default)]
+struct BatchClock(Arc<AtomicI64>);
+
+impl GovernorClock for BatchClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed).max(0) as u64)
+    }
+}
+
+type Keyed =
+    RateLimiter<GatewayId, HashMapStateStore<GatewayId>, BatchClock, NoOpMiddleware<Duration>>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, BatchClock, NoOpMiddleware<Duration>>;
+
+#[derive(Debug)]
+pub(super) struct WakeLimits {
+    clock: BatchClock,
+    per_gateway: Keyed,
+    total: Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Send,
+    GatewayFull,
+    TotalFull,
+}
+
+impl WakeLimits {
+    pub fn new(policy: &Policy) -> Self {
+        let clock = BatchClock::default();
+        Self {
+            per_gateway: RateLimiter::hashmap_with_clock(
+                per_second(policy.gateway_wake_rate),
+                clock.clone(),
+            ),
+            total: RateLimiter::direct_with_clock(
+                per_second(policy.total_wake_rate),
+                clock.clone(),
+            ),
+            clock,
+        }
+    }
+
+    /// Spends one wake of the gateway's budget, then one of the total.
+    /// `governor` cannot look without spending, so a gateway whose wake the
+    /// total refuses loses that one: the round then stops, so at most one
+    /// per gateway per round.
+    fn admit(&self, gateway: &GatewayId, now: Timestamp) -> Admit {
+        let micros = now.as_micros();
+        // Never backwards: a limiter's state is ahead of an older reading.
+        self.clock.0.fetch_max(micros, Ordering::Relaxed);
+        if self.per_gateway.check_key(gateway).is_err() {
+            return Admit::GatewayFull;
+        }
+        if self.total.check().is_err() {
+            return Admit::TotalFull;
+        }
+        Admit::Send
+    }
+}
+
+fn per_second(rate: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate.max(1)).expect("at least one"))
+}
+
+impl Engine {
+    /// Sends the current attempt's wake now if both budgets allow it and no
+    /// wake that fell due earlier still waits to go out; queues it otherwise.
+    pub(super) fn deliver_or_queue(&self, batch: &mut Batch, agent: &mut Agent) {
+        if !self.any_queued(batch)
+            && self.wake_limits.admit(&agent.gateway_id, batch.now) == Admit::Send
+        {
+            self.deliver_wake(batch, agent);
+        } else {
+            agent.wake_held = true;
+            agent.checkin_deadline_at = Some(batch.now);
+            batch.release_by(batch.now.plus(RELEASE_ROUND));
+        }
+    }
+
+    /// Whether a queued wake waits for a gateway it may go to now.
+    fn any_queued(&self, batch: &Batch) -> bool {
+        let staged = batch
+            .agents
+            .values()
+            .flatten()
+            .any(|a| a.wake_held && self.hold_until(batch, &a.gateway_id).is_none());
+        staged
+            || self.wakes_owed.iter().any(|(gateway, ids)| {
+                self.hold_until(batch, gateway).is_none()
+                    && ids
+                        .iter()
+                        .any(|id| self.current(batch, id).is_some_and(|a| a.wake_held))
+            })
+    }
+
+    /// A round of queued wakes, if one is due.
+    pub(super) fn release_due(&mut self, batch: &mut Batch) {
+        if self.next_release.is_some_and(|at| at <= batch.now) {
+            self.release_queued(batch);
+        }
+    }
+
+    /// Sends queued wakes earliest due first (then the longest waiting),
+    /// across every gateway they may go to now, while both budgets allow;
+    /// schedules the next round if any are left. Returns how many went out.
+    pub(super) fn release_queued(&mut self, batch: &mut Batch) -> usize {
+        let mut queued = self.releasable(batch);
+        queued.sort_by(|a, b| {
+            (a.checkin_deadline_at, a.last_wake_sent_at, &a.id).cmp(&(
+                b.checkin_deadline_at,
+                b.last_wake_sent_at,
+                &b.id,
+            ))
+        });
+        let mut full: HashSet<GatewayId> = HashSet::new();
+        let mut total_full = false;
+        let mut left: BTreeMap<GatewayId, usize> = BTreeMap::new();
+        let mut sent = 0;
+        for agent in queued {
+            if total_full || full.contains(&agent.gateway_id) {
+                *left.entry(agent.gateway_id.clone()).or_default() += 1;
+                continue;
+            }
+            match self.wake_limits.admit(&agent.gateway_id, batch.now) {
+                Admit::Send => {
+                    let mut out = agent.clone();
+                    self.deliver_wake(batch, &mut out);
+                    let change = Change::changed(&agent, Reason::WakeReleased, out.wake_attempts);
+                    self.stage(batch, change, out);
+                    sent += 1;
+                }
+                verdict => {
+                    total_full |= verdict == Admit::TotalFull;
+                    full.insert(agent.gateway_id.clone());
+                    *left.entry(agent.gateway_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        batch.release = if left.is_empty() {
+            Release::Idle
+        } else {
+            Release::At(batch.now.plus(RELEASE_ROUND))
+        };
+        self.report_backlogs(batch, &left);
+        sent
+    }
+
+    /// Says when a gateway's queue starts holding more than a second of its
+    /// budget, and when it is empty again.
+    fn report_backlogs(&self, batch: &mut Batch, left: &BTreeMap<GatewayId, usize>) {
+        let rate = self.policy.gateway_wake_rate as usize;
+        for (gateway, queued) in left {
+            if *queued > rate && !self.backed_up.contains(gateway) {
+                batch.queue_reports.push(QueueReport {
+                    gateway_id: gateway.clone(),
+                    queued: *queued,
+                    backing_up: true,
+                });
+            }
+        }
+        for gateway in &self.backed_up {
+            if !left.contains_key(gateway) {
+                batch.queue_reports.push(QueueReport {
+                    gateway_id: gateway.clone(),
+                    queued: 0,
+                    backing_up: false,
+                });
+            }
+        }
+    }
+
+    /// Queued wakes, as the batch sees them, for gateways they may go to
+    /// now (connected, or past their grace: such a wake then fails as any
+    /// wake to an absent gateway does).
+    fn releasable(&self, batch: &Batch) -> Vec<Agent> {
+        let mut ids: BTreeSet<&AgentId> = BTreeSet::new();
+        for (gateway, owed) in &self.wakes_owed {
+            if self.hold_until(batch, gateway).is_none() {
+                ids.extend(owed);
+            }
+        }
+        ids.extend(
+            batch
+                .agents
+                .iter()
+                .filter(|(_, a)| a.as_ref().is_some_and(|a| a.wake_held))
+                .map(|(id, _)| id),
+        );
+        ids.into_iter()
+            .filter_map(|id| self.current(batch, id))
+            .filter(|a| a.wake_held && self.hold_until(batch, &a.gateway_id).is_none())
+            .collect()
+    }
+
+    /// The gateway's agents whose wake waits (held or queued), as the batch
+    /// sees them.
+    pub(super) fn owed_on(&self, batch: &Batch, gateway_id: &GatewayId) -> Vec<Agent> {
+        let committed = self.wakes_owed.get(gateway_id).into_iter().flatten();
+        let staged = batch
+            .agents
+            .iter()
+            .filter(|(_, a)| a.as_ref().is_some_and(|a| a.gateway_id == *gateway_id))
+            .map(|(id, _)| id);
+        let ids: BTreeSet<&AgentId> = committed.chain(staged).collect();
+        ids.into_iter()
+            .filter_map(|id| self.current(batch, id))
+            .filter(|a| a.wake_held)
+            .collect()
+    }
+
+    /// Queued or held wakes per gateway, as committed.
+    pub fn wakes_owed(&self) -> Vec<(GatewayId, usize)> {
+        self.wakes_owed
+            .iter()
+            .map(|(gateway, ids)| (gateway.clone(), ids.len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Keeps the index of owed wakes in step with a committed agent.
+    pub(super) fn index_owed(&mut self, old: Option<&Agent>, new: Option<&Agent>) {
+        if let Some(old) = old.filter(|a| a.wake_held)
+            && let Some(ids) = self.wakes_owed.get_mut(&old.gateway_id)
+        {
+            ids.remove(&old.id);
+            if ids.is_empty() {
+                self.wakes_owed.remove(&old.gateway_id);
+            }
+        }
+        if let Some(new) = new.filter(|a| a.wake_held) {
+            self.wakes_owed
+                .entry(new.gateway_id.clone())
+                .or_default()
+                .insert(new.id.clone());
+        }
+    }
+
+    /// Applies a batch's release schedule and backlog reports.
+    pub(super) fn commit_release(&mut self, release: Release, reports: &[QueueReport]) {
+        match release {
+            Release::Unchanged => {}
+            Release::At(at) => self.next_release = Some(at),
+            Release::Idle => self.next_release = None,
+        }
+        for report in reports {
+            if report.backing_up {
+                self.backed_up.insert(report.gateway_id.clone());
+            } else {
+                self.backed_up.remove(&report.gateway_id);
+            }
+        }
+    }
+}
+
+/// Owed wakes by gateway: the agents with `wake_held`.
+pub(super) type OwedIndex = HashMap<GatewayId, BTreeSet<AgentId>>;
