@@ -364,7 +364,13 @@ impl GatewayClient {
         };
         let mut connected = false;
         loop {
-            let message = match inbound.next().await {
+            // A consumer that drops its events ends the session now, not
+            // when the next command finds nobody to take it.
+            let next = tokio::select! {
+                next = inbound.next() => next,
+                () = events.closed() => return Ok(()),
+            };
+            let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(status)) => return Err((Error::from_status(status), connected)),
                 None => {

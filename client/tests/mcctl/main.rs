@@ -2,6 +2,7 @@
 //! in-process on an in-memory store.
 
 mod bench;
+mod gateway_history;
 mod gateway_sync;
 mod operator;
 mod rollout;

@@ -46,12 +46,15 @@ pub async fn server_with(
         lease_ttl,
         "--drain-timeout",
         "1s",
-        // Wakes to a gateway that is not connected fail at once, as the
-        // per-agent policy alone says.
-        "--gateway-grace",
-        "0s",
     ];
-    let config = Config::parse_from(flags.iter().chain(extra));
+    // Wakes to a gateway that is not connected fail at once, as the
+    // per-agent policy alone says, unless `extra` says otherwise.
+    let grace: &[&str] = if extra.contains(&"--gateway-grace") {
+        &[]
+    } else {
+        &["--gateway-grace", "0s"]
+    };
+    let config = Config::parse_from(flags.iter().chain(grace).chain(extra));
     let app = App::start(&config).await.expect("the server starts");
     let endpoint = format!("http://{}", app.addr());
     let operator = OperatorClient::connect(&endpoint).unwrap();

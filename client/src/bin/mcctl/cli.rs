@@ -124,6 +124,10 @@ pub enum GatewayCommand {
         gateway_id: String,
         template_version: String,
     },
+    /// A gateway's history, newest first (up to 100): when it connected or
+    /// went away and why, how many held wakes waited when it came back, and
+    /// template syncs asked for and answered.
+    History { gateway_id: String },
 }
 
 #[derive(Debug, Clone, Args)]

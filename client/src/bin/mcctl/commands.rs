@@ -102,6 +102,13 @@ pub async fn gateway(ctx: &Context, command: GatewayCommand) -> Result<(), Failu
                 },
             );
         }
+        GatewayCommand::History { gateway_id } => {
+            let transitions = ctx.operator.gateway_history(&gateway_id).await?;
+            ctx.print(
+                || transitions.iter().map(json::gateway_transition).collect(),
+                || table::gateway_history(&transitions),
+            );
+        }
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! RFC3339 strings or null.
 
 use mission_control_client::{
-    Agent, AgentEvent, Gateway, HeartbeatResponse, HeartbeatSeen, WatchAgentResponse,
-    watch_agent_response::Kind,
+    Agent, AgentEvent, Gateway, GatewayTransition, HeartbeatResponse, HeartbeatSeen,
+    WatchAgentResponse, watch_agent_response::Kind,
 };
 use serde_json::{Value, json};
 
@@ -47,6 +47,17 @@ pub fn gateway(gateway: &Gateway) -> Value {
         "state_reason": gateway.state_reason,
         "commands_pending": gateway.commands_pending,
         "created_at": rfc3339_or_null(&gateway.created_at),
+    })
+}
+
+pub fn gateway_transition(transition: &GatewayTransition) -> Value {
+    json!({
+        "gateway_id": transition.gateway_id,
+        "at": rfc3339_or_null(&transition.at),
+        "from": names::gateway_state(transition.from),
+        "to": names::gateway_state(transition.to),
+        "reason": transition.reason,
+        "wakes_released": transition.wakes_released,
     })
 }
 

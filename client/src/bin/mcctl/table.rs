@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use mission_control_client::{Agent, AgentEvent, Gateway};
+use mission_control_client::{Agent, AgentEvent, Gateway, GatewayTransition};
 
 use crate::names;
 use crate::time::{ago, countdown, instant, rfc3339};
@@ -91,6 +91,32 @@ pub fn gateways(gateways: &[Gateway], now: SystemTime) -> String {
         &["ID", "NAME", "STATE", "SINCE", "WHY", "UNACKED", "CREATED"],
         &rows,
     )
+}
+
+/// `gateway history`: newest first, as the service returns it. A row that
+/// left the state as it was (a template sync) shows one state.
+pub fn gateway_history(transitions: &[GatewayTransition]) -> String {
+    let rows: Vec<Vec<String>> = transitions
+        .iter()
+        .map(|t| {
+            let (from, to) = (names::gateway_state(t.from), names::gateway_state(t.to));
+            vec![
+                instant(&t.at).map_or("-".into(), rfc3339),
+                if from == to {
+                    to
+                } else {
+                    format!("{from} -> {to}")
+                },
+                t.reason.clone(),
+                if t.wakes_released == 0 {
+                    "-".into()
+                } else {
+                    t.wakes_released.to_string()
+                },
+            ]
+        })
+        .collect();
+    render(&["AT", "STATE", "WHY", "HELD WAKES"], &rows)
 }
 
 /// `history`: newest first, as the service returns it.
