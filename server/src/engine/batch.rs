@@ -67,9 +67,10 @@ pub struct GatewayTransition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Release {
     Unchanged,
-    At(Timestamp),
-    /// Nothing is left to send.
-    Idle,
+    /// A round is wanted by then (an earlier one already set stands).
+    By(Timestamp),
+    /// A round ran: the next one, `None` if nothing is left to send.
+    Next(Option<Timestamp>),
 }
 
 /// A gateway's wake queue started holding more than a second of its
@@ -243,8 +244,9 @@ impl Batch {
     /// Asks for a round of queued wakes by `at` at the latest.
     pub(super) fn release_by(&mut self, at: Timestamp) {
         self.release = match self.release {
-            Release::At(earlier) => Release::At(earlier.min(at)),
-            Release::Unchanged | Release::Idle => Release::At(at),
+            Release::Unchanged => Release::By(at),
+            Release::By(earlier) => Release::By(earlier.min(at)),
+            Release::Next(next) => Release::Next(Some(next.map_or(at, |n| n.min(at)))),
         };
     }
 

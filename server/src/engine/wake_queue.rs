@@ -171,11 +171,8 @@ impl Engine {
                 }
             }
         }
-        batch.release = if left.is_empty() {
-            Release::Idle
-        } else {
-            Release::At(batch.now.plus(RELEASE_ROUND))
-        };
+        let next = (!left.is_empty()).then(|| batch.now.plus(RELEASE_ROUND));
+        batch.release = Release::Next(next);
         self.report_backlogs(batch, &left);
         sent
     }
@@ -274,8 +271,10 @@ impl Engine {
     pub(super) fn commit_release(&mut self, release: Release, reports: &[QueueReport]) {
         match release {
             Release::Unchanged => {}
-            Release::At(at) => self.next_release = Some(at),
-            Release::Idle => self.next_release = None,
+            Release::By(at) => {
+                self.next_release = Some(self.next_release.map_or(at, |next| next.min(at)));
+            }
+            Release::Next(next) => self.next_release = next,
         }
         for report in reports {
             if report.backing_up {

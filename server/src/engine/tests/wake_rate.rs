@@ -198,3 +198,21 @@ fn queued_wakes_wait_while_their_gateway_is_away_and_keep_their_order() {
     let next = h.advance_to(t(61).plus(RELEASE_ROUND * 5));
     assert_eq!(wakes(&next)[0].0, "late");
 }
+
+#[test]
+fn a_steady_trickle_of_new_wakes_never_postpones_the_next_round() {
+    let mut h = limited(1, 1000);
+    provision_all(&mut h, &names("a", 2));
+    let mut sent_at = None;
+    for step in 1..=60 {
+        h.now = t(0).plus(Duration::from_millis(50) * step);
+        let (_, provisioned) = h.provision(&format!("late{step:02}"));
+        let released = h.advance_to(h.now);
+        let out = wakes(&provisioned).into_iter().chain(wakes(&released));
+        if sent_at.is_none() && out.into_iter().any(|w| w.0 == "a001") {
+            sent_at = Some(h.now);
+        }
+    }
+    let sent_at = sent_at.expect("a001 went out");
+    assert!(sent_at <= t(1).plus(RELEASE_ROUND), "{sent_at}");
+}

@@ -12,6 +12,7 @@ mod rollouts;
 mod shedding;
 mod takeover;
 mod template_sync;
+mod wake_rate;
 mod watching;
 
 use std::sync::Arc;
