@@ -96,7 +96,10 @@ async fn template_sync_acknowledged_and_resent_across_a_reconnect() {
     let history = sync_history(&server, "gw1", |h| h.len() >= 2).await;
     assert_eq!(
         history,
-        ["template sync to v2 requested".to_owned(), synced]
+        [
+            format!("template sync to v2 (command {command_id}) requested"),
+            synced
+        ]
     );
 
     // Connected now: sent at once; a failure is recorded with its reason.
@@ -106,14 +109,15 @@ async fn template_sync_acknowledged_and_resent_across_a_reconnect() {
     let (command, ack) = next_sync(&mut second).await;
     assert_eq!(command.template_version, "v3");
     ack.failed("registry unreachable").await.unwrap();
-    let failed = format!(
-        "template sync to v3 (command {}) failed: registry unreachable",
-        sent["command_id"].as_str().unwrap()
-    );
+    let v3_id = sent["command_id"].as_str().unwrap();
+    let failed = format!("template sync to v3 (command {v3_id}) failed: registry unreachable");
     let history = sync_history(&server, "gw1", |h| h.len() >= 4).await;
     assert_eq!(
         history[2..],
-        ["template sync to v3 requested".to_owned(), failed]
+        [
+            format!("template sync to v3 (command {v3_id}) requested"),
+            failed
+        ]
     );
 
     // Bad input: an unknown gateway, a missing version.
@@ -149,14 +153,14 @@ async fn the_simulated_gateway_acknowledges_a_template_sync() {
         "2s",
     ];
     ok(endpoint, &args).await;
-    let synced = format!(
-        "template sync to v5 (command {}) synced",
-        requested["command_id"].as_str().unwrap()
-    );
+    let command_id = requested["command_id"].as_str().unwrap();
     let history = sync_history(&server, "gw-sim", |h| h.len() >= 2).await;
     assert_eq!(
         history,
-        ["template sync to v5 requested".to_owned(), synced]
+        [
+            format!("template sync to v5 (command {command_id}) requested"),
+            format!("template sync to v5 (command {command_id}) synced"),
+        ]
     );
     server.app.shutdown().await;
 }

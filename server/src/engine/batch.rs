@@ -9,6 +9,7 @@ use super::model::{
     RolloutId, Status, Timestamp,
 };
 use super::rollout::Rollout;
+use super::template_sync::PendingSync;
 use super::timers::Timer;
 
 /// Something to do once the batch is committed.
@@ -155,6 +156,9 @@ pub struct Batch {
     pub(super) applied_checkins: Vec<(AgentId, super::PendingCheckIn)>,
     /// The final state of each rollout this batch changed.
     pub(super) rollouts: BTreeMap<RolloutId, Rollout>,
+    /// Each touched gateway's template sync as the batch leaves it; `None`:
+    /// none pending any more.
+    pub(super) template_syncs: BTreeMap<GatewayId, Option<PendingSync>>,
 }
 
 impl Batch {
@@ -177,6 +181,7 @@ impl Batch {
             tombstones: Vec::new(),
             applied_checkins: Vec::new(),
             rollouts: BTreeMap::new(),
+            template_syncs: BTreeMap::new(),
         }
     }
 
@@ -193,7 +198,15 @@ impl Batch {
             && self.retires_added.is_empty()
             && self.retires_done.is_empty()
             && self.tombstones.is_empty()
-            && self.rollouts.is_empty())
+            && self.rollouts.is_empty()
+            && self.template_syncs.is_empty())
+    }
+
+    /// Template syncs to store (`Some`) or to remove (`None`), by gateway.
+    pub fn template_sync_writes(&self) -> impl Iterator<Item = (&GatewayId, Option<&PendingSync>)> {
+        self.template_syncs
+            .iter()
+            .map(|(id, sync)| (id, sync.as_ref()))
     }
 
     pub fn rollout_writes(&self) -> impl Iterator<Item = &Rollout> {

@@ -4,7 +4,7 @@
 //! Events move the copy forward and feed this replica's watchers, but they do
 //! not carry everything a takeover needs: token hashes, leases checkpointed
 //! without an event, and the small tables (gateways, pending retires,
-//! rollouts). The store reads those
+//! rollouts, template syncs). The store reads those
 //! (see `Store::changes_since`), and [`Engine::apply_rows`] lays them over the
 //! copy, so that after each complete read the copy's agents equal the
 //! store's.
@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 
 use super::model::{Agent, AgentId, Event, EventKind, Gateway, PendingRetire, Timestamp};
 use super::rollout::Rollout;
+use super::template_sync::PendingSync;
 use super::{Engine, Policy, StoredState};
 
 /// An agent's lease fields as a lease checkpoint left them in the store.
@@ -42,6 +43,9 @@ impl Engine {
             engine.gateways.insert(gateway.id.clone(), gateway);
         }
         engine.pending_retires.extend(state.pending_retires);
+        for sync in state.pending_syncs {
+            engine.template_syncs.insert(sync.gateway_id.clone(), sync);
+        }
         for rollout in state.rollouts {
             engine.commit_rollout(rollout);
         }
@@ -137,6 +141,7 @@ impl Engine {
         gateways: Vec<Gateway>,
         pending_retires: Vec<PendingRetire>,
         rollouts: Vec<Rollout>,
+        pending_syncs: Vec<PendingSync>,
         checkpoint: u64,
     ) -> StoredState {
         StoredState {
@@ -147,6 +152,7 @@ impl Engine {
             revision: self.revision,
             rollouts,
             checkpoint,
+            pending_syncs,
         }
     }
 

@@ -214,26 +214,6 @@ impl Engine {
         self.stage(batch, change, next)
     }
 
-    /// Records something done with the gateway that leaves its link as it
-    /// is (a template sync asked for, or acknowledged) in its history.
-    pub fn note_gateway(
-        &mut self,
-        batch: &mut Batch,
-        gateway_id: &GatewayId,
-        reason: String,
-    ) -> Result<(), EngineError> {
-        let gateway = self.gateway_or_err(batch, gateway_id)?;
-        batch.gateway_events.push(GatewayTransition {
-            gateway_id: gateway.id,
-            at: batch.now,
-            from: gateway.link.state,
-            to: gateway.link.state,
-            reason,
-            wakes_released: 0,
-        });
-        Ok(())
-    }
-
     fn set_link(
         &mut self,
         batch: &mut Batch,

@@ -17,6 +17,7 @@ pub mod policy;
 mod reconcile;
 mod restore;
 pub mod rollout;
+mod template_sync;
 pub mod timers;
 mod wake_queue;
 
@@ -36,6 +37,7 @@ pub use model::{
 };
 pub use policy::Policy;
 pub use restore::StoredState;
+pub use template_sync::PendingSync;
 pub use wake_queue::RELEASE_ROUND;
 
 use timers::{Timer, TimerKind, TimerWheel};
@@ -191,6 +193,8 @@ pub struct Engine {
     rollouts: BTreeMap<RolloutId, rollout::Rollout>,
     /// The active rollout of each agent in one.
     rollout_index: HashMap<AgentId, RolloutId>,
+    /// Each gateway's unacknowledged template sync (see `template_sync`).
+    template_syncs: BTreeMap<GatewayId, PendingSync>,
 }
 
 impl Engine {
@@ -214,6 +218,7 @@ impl Engine {
             revision: 0,
             rollouts: BTreeMap::new(),
             rollout_index: HashMap::new(),
+            template_syncs: BTreeMap::new(),
         }
     }
 
@@ -470,6 +475,12 @@ impl Engine {
             self.pending_retires.remove(&retire);
         }
         self.pending_retires.extend(batch.retires_added);
+        for (gateway, sync) in batch.template_syncs {
+            match sync {
+                Some(sync) => self.template_syncs.insert(gateway, sync),
+                None => self.template_syncs.remove(&gateway),
+            };
+        }
         for (id, generation) in batch.tombstones {
             let reached = self.tombstones.entry(id).or_default();
             *reached = (*reached).max(generation);

@@ -23,6 +23,8 @@ pub struct StoredState {
     pub rollouts: Vec<super::rollout::Rollout>,
     /// The last lease checkpoint committed (see `Store::changes_since`).
     pub checkpoint: u64,
+    /// Template syncs gateways have not acknowledged, by gateway.
+    pub pending_syncs: Vec<super::PendingSync>,
 }
 
 impl StoredState {

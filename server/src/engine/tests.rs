@@ -643,6 +643,7 @@ fn a_re_created_agent_starts_above_the_generation_its_earlier_self_reached() {
         revision: h.engine.revision(),
         rollouts: vec![],
         checkpoint: 0,
+        pending_syncs: vec![],
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(5));
     engine.commit(batch);
@@ -725,6 +726,7 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
         revision: h.engine.revision(),
         rollouts: vec![],
         checkpoint: 0,
+        pending_syncs: vec![],
     };
     let grace = Duration::from_secs(10);
     let policy = Policy {
@@ -847,6 +849,7 @@ fn a_deadline_for_an_agent_whose_gateway_is_gone_ends_escalation() {
         revision: h.engine.revision(),
         rollouts: vec![],
         checkpoint: 0,
+        pending_syncs: vec![],
     };
     let (mut engine, batch) = Engine::restore(Policy::default(), state, t(1));
     engine.commit(batch);

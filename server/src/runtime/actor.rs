@@ -25,8 +25,8 @@ use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
     Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayId,
-    GatewayRegistered, GatewaySpec, Note, NoteKind, PendingRetire, ProvisionSpec, Provisioned,
-    Reason, RolloutId, StoredState, Timestamp, TokenHash,
+    GatewayRegistered, GatewaySpec, Note, NoteKind, PendingRetire, PendingSync, ProvisionSpec,
+    Provisioned, Reason, RolloutId, StoredState, Timestamp, TokenHash,
 };
 use crate::store::StoreError;
 
@@ -94,13 +94,17 @@ pub(super) enum Command {
     GatewayConnected(GatewayId),
     /// A gateway's current stream closed.
     GatewayDisconnected(GatewayId),
-    /// An entry in the gateway's history that leaves its link as it is (a
-    /// template sync asked for, or acknowledged). `reply`: the caller waits
-    /// for the commit.
-    NoteGateway {
+    /// A template sync asked for under `command_id` (taken from the hub).
+    RequestTemplateSync {
         gateway_id: GatewayId,
-        note: String,
-        reply: Option<Reply<()>>,
+        command_id: u64,
+        template_version: String,
+        reply: Reply<PendingSync>,
+    },
+    /// The gateway answered a template sync.
+    TemplateSyncAcknowledged {
+        sync: PendingSync,
+        outcome: Result<(), String>,
     },
     /// Answered once every earlier batch delivered its effects (a drain
     /// waits for it).
@@ -119,11 +123,7 @@ impl Command {
             | Command::Wake { reply, .. }
             | Command::Delete { reply, .. } => drop(reply.send(Err(error))),
             Command::Barrier { reply } => drop(reply.send(Err(error))),
-            Command::NoteGateway { reply, .. } => {
-                if let Some(reply) = reply {
-                    drop(reply.send(Err(error)));
-                }
-            }
+            Command::RequestTemplateSync { reply, .. } => drop(reply.send(Err(error))),
             Command::StartRollout { reply, .. }
             | Command::PauseRollout { reply, .. }
             | Command::ResumeRollout { reply, .. }
@@ -132,7 +132,8 @@ impl Command {
             | Command::RetireDelivered(_)
             | Command::WakeUndelivered { .. }
             | Command::GatewayConnected(_)
-            | Command::GatewayDisconnected(_) => {}
+            | Command::GatewayDisconnected(_)
+            | Command::TemplateSyncAcknowledged { .. } => {}
         }
     }
 }
@@ -799,16 +800,25 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
             return None;
         }
         Command::Barrier { reply } => pending(reply, Ok::<_, EngineError>(())),
-        Command::NoteGateway {
+        Command::RequestTemplateSync {
             gateway_id,
-            note,
+            command_id,
+            template_version,
             reply,
-        } => {
-            let noted = engine.note_gateway(batch, &gateway_id, note);
-            match reply {
-                Some(reply) => pending(reply, noted),
-                None => return None,
-            }
+        } => pending(
+            reply,
+            engine.request_template_sync(batch, &gateway_id, command_id, template_version),
+        ),
+        Command::TemplateSyncAcknowledged { sync, outcome } => {
+            // Unknown only if it was never registered: nothing to do.
+            let _ = engine.template_sync_acknowledged(
+                batch,
+                &sync.gateway_id,
+                sync.command_id,
+                &sync.template_version,
+                &outcome,
+            );
+            return None;
         }
         Command::StartRollout { id, spec, reply } => {
             pending(reply, engine.start_rollout(batch, id, spec))

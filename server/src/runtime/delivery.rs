@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::Command;
-use super::gateways::{Delivery, GatewayCommand, Outbound, Redelivered, TemplateSync};
+use super::gateways::{GatewayCommand, Outbound, Redelivered};
 use super::metrics::Metrics;
 use super::{Lifecycle, LifecycleError, Shared, tokens};
 use crate::engine::{Engine, GatewayId};
@@ -73,28 +73,23 @@ impl GatewaySession {
             }
             (GatewayCommand::TemplateSync(sync), outcome) => {
                 let version = &sync.template_version;
-                let note = match &outcome {
+                match &outcome {
                     Ok(()) => {
-                        tracing::info!(%gateway_id, command_id, template_version = %version, "gateway.template_sync.done");
-                        template_sync_note(version, command_id, "synced")
+                        tracing::info!(%gateway_id, command_id, template_version = %version, "gateway.template_sync.done")
                     }
                     Err(error) => {
-                        tracing::warn!(%gateway_id, command_id, template_version = %version, %error, "gateway.template_sync.failed");
-                        template_sync_note(version, command_id, &format!("failed: {error}"))
+                        tracing::warn!(%gateway_id, command_id, template_version = %version, %error, "gateway.template_sync.failed")
                     }
-                };
-                Some(Command::NoteGateway {
-                    gateway_id: gateway_id.clone(),
-                    note,
-                    reply: None,
-                })
+                }
+                Some(Command::TemplateSyncAcknowledged { sync, outcome })
             }
         };
         if let Some(command) = followup
             && self.shared.commands.try_send(command).is_err()
         {
-            // The deadline timers still cover the wake; the retire is resent
-            // on the next connection; a sync's outcome is in the log only.
+            // The deadline timers still cover the wake; the retire and the
+            // sync (still pending in the store) are resent on the next
+            // connection, and the gateway answers a copy again.
             tracing::warn!(%gateway_id, "writer queue full; acknowledgement dropped");
         }
         Ok(())
@@ -121,8 +116,8 @@ impl Drop for GatewaySession {
 impl Lifecycle {
     /// Authenticates a gateway and opens its command stream, replacing any
     /// older stream of the same gateway. The stream starts with every
-    /// command the gateway has not acknowledged (same ids), and retires it
-    /// owes from before this leader started.
+    /// command the gateway has not acknowledged (same ids), and retires and
+    /// the template sync it owes from before this leader started.
     pub fn connect_gateway(
         &self,
         token: &str,
@@ -139,6 +134,10 @@ impl Lifecycle {
         let connection = shared.hub.connect(&gateway_id, shared.clock.now());
         for retire in engine.pending_retires(&gateway_id) {
             shared.hub.hold(&gateway_id, GatewayCommand::Retire(retire));
+        }
+        if let Some(sync) = engine.pending_sync(&gateway_id) {
+            let command = GatewayCommand::TemplateSync(sync.clone());
+            shared.hub.hold_as(&gateway_id, sync.command_id, command);
         }
         let now = tokio::time::Instant::now();
         let redelivered = shared
@@ -167,55 +166,6 @@ impl Lifecycle {
     }
 }
 
-/// A template sync given to a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncRequested {
-    pub command_id: u64,
-    /// Out on an open stream now; false: kept for the gateway's next one.
-    pub sent: bool,
-}
-
-impl Lifecycle {
-    /// Asks the gateway to sync its templates to `template_version`: noted
-    /// in its history first, then given to its outbox (sent now if it is
-    /// connected, else on its next stream; resent until acknowledged). A
-    /// newer request replaces an unacknowledged older one.
-    pub async fn sync_gateway_templates(
-        &self,
-        gateway_id: &GatewayId,
-        template_version: String,
-    ) -> Result<SyncRequested, LifecycleError> {
-        self.ensure_leader()?;
-        if self.shared.engine().gateway(gateway_id).is_none() {
-            return Err(LifecycleError::NotFound(format!(
-                "gateway {gateway_id} is not registered"
-            )));
-        }
-        let note = format!("template sync to {template_version} requested");
-        self.call(|reply| Command::NoteGateway {
-            gateway_id: gateway_id.clone(),
-            note,
-            reply: Some(reply),
-        })
-        .await?;
-        let command = GatewayCommand::TemplateSync(TemplateSync { template_version });
-        let now = tokio::time::Instant::now();
-        let requested = match self.shared.hub.send(gateway_id, command, now) {
-            Ok(Delivery::Sent(command_id)) => SyncRequested {
-                command_id,
-                sent: true,
-            },
-            Ok(Delivery::Held(command_id)) => SyncRequested {
-                command_id,
-                sent: false,
-            },
-            Err(error) => return Err(LifecycleError::Unavailable(error.to_string())),
-        };
-        tracing::info!(%gateway_id, command_id = requested.command_id, sent = requested.sent, "gateway.template_sync.requested");
-        Ok(requested)
-    }
-}
-
 /// Whether a pending command still has a purpose: a wake whose agent still
 /// awaits the check-in of that very attempt, a retire not yet done, a
 /// template sync not yet acknowledged.
@@ -227,16 +177,11 @@ pub(super) fn still_wanted(engine: &Engine, command: &GatewayCommand) -> bool {
                 && agent.awaiting_checkin()
         }),
         GatewayCommand::Retire(retire) => engine.retire_pending(retire),
-        // Until acknowledged: a newer sync takes an older one out of the
-        // outbox when it is given (see `Outbox::add`).
-        GatewayCommand::TemplateSync(_) => true,
+        // Until acknowledged or replaced by a newer one.
+        GatewayCommand::TemplateSync(sync) => engine
+            .pending_sync(&sync.gateway_id)
+            .is_some_and(|pending| pending.command_id == sync.command_id),
     }
-}
-
-/// The gateway history's words for a template sync's outcome: "template
-/// sync to v2 (command 17) synced", "... failed: disk full".
-fn template_sync_note(version: &str, command_id: u64, what: &str) -> String {
-    format!("template sync to {version} (command {command_id}) {what}")
 }
 
 fn log_redelivered(shared: &Shared, gateway_id: &GatewayId, done: &Redelivered, why: &str) {

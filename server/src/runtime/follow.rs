@@ -150,6 +150,7 @@ impl Follower {
             directory.gateways,
             directory.pending_retires,
             directory.rollouts,
+            directory.pending_syncs,
             self.checkpoint,
         )
     }

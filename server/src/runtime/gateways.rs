@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::outbox::{Commands, Outbox, Outgoing};
-use crate::engine::{GatewayId, PendingRetire, Timestamp, WakeOrder};
+use crate::engine::{GatewayId, PendingRetire, PendingSync, Timestamp, WakeOrder};
 
 /// Commands queued for one stream beyond this are refused: the gateway is
 /// not keeping up, and the wake counts as failed.
@@ -20,14 +20,9 @@ const MAX_UNACKED: usize = 8192;
 pub enum GatewayCommand {
     Wake(WakeOrder),
     Retire(PendingRetire),
-    /// Sync the gateway's templates to this version.
-    TemplateSync(TemplateSync),
-}
-
-/// A template sync the gateway was asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateSync {
-    pub template_version: String,
+    /// Sync the gateway's templates to a version; committed (with its
+    /// command id) before it goes out.
+    TemplateSync(PendingSync),
 }
 
 impl GatewayCommand {
@@ -221,6 +216,82 @@ impl GatewayHub {
             // The stream is ending; its session's drop reports the
             // disconnection. The command waits for the next stream.
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(Delivery::Held(command_id)),
+        }
+    }
+
+    /// A command id for a command to be given later with
+    /// [`GatewayHub::send_as`] (one committed before it goes out).
+    pub fn next_command_id(&self) -> u64 {
+        self.state().next_id()
+    }
+
+    /// Whether a command given now would be taken, not refused as backlogged
+    /// (see [`GatewayHub::send`]).
+    pub fn admits(&self, gateway: &GatewayId) -> Result<(), SendError> {
+        let state = self.state();
+        let outbox_full = state
+            .outboxes
+            .get(gateway)
+            .is_some_and(|outbox| outbox.len() >= MAX_UNACKED);
+        let stream_full = state
+            .sessions
+            .get(gateway)
+            .is_some_and(|session| session.tx.capacity() == 0);
+        if outbox_full || stream_full {
+            return Err(SendError::Backlogged(gateway.clone()));
+        }
+        Ok(())
+    }
+
+    /// Gives the gateway a command under `command_id` (from
+    /// [`GatewayHub::next_command_id`], or stored): kept until acknowledged,
+    /// and sent at once if its stream has room, otherwise with the next
+    /// redelivery. Never refused: the caller has committed to it. A command
+    /// already pending under that id is left as it is.
+    pub fn send_as(
+        &self,
+        gateway: &GatewayId,
+        command_id: u64,
+        command: GatewayCommand,
+        now: Instant,
+    ) -> Delivery {
+        let mut state = self.state();
+        state.next_id = state.next_id.max(command_id);
+        let State {
+            sessions, outboxes, ..
+        } = &mut *state;
+        let outbox = outboxes.entry(gateway.clone()).or_default();
+        if let Some(sent) = outbox.was_sent(command_id) {
+            return match sent {
+                true => Delivery::Sent(command_id),
+                false => Delivery::Held(command_id),
+            };
+        }
+        outbox.add(command_id, command.clone());
+        let Some(session) = sessions.get(gateway) else {
+            return Delivery::Held(command_id);
+        };
+        let outbound = Outbound::Command {
+            command_id,
+            command,
+        };
+        match session.tx.try_send(outbound) {
+            Ok(()) => {
+                outbox.mark_sent(command_id, now);
+                Delivery::Sent(command_id)
+            }
+            Err(_) => Delivery::Held(command_id),
+        }
+    }
+
+    /// Keeps a command under a stored `command_id` for the gateway's next
+    /// stream, without sending it, unless it is pending already.
+    pub fn hold_as(&self, gateway: &GatewayId, command_id: u64, command: GatewayCommand) {
+        let mut state = self.state();
+        state.next_id = state.next_id.max(command_id);
+        let outbox = state.outboxes.entry(gateway.clone()).or_default();
+        if outbox.was_sent(command_id).is_none() {
+            outbox.add(command_id, command);
         }
     }
 
@@ -419,6 +490,57 @@ mod tests {
         assert_eq!(hub.connected_since(&gw()), Some(Timestamp::from_micros(2)));
         assert!(hub.disconnect(&gw(), new.session));
         assert_eq!(hub.connected_since(&gw()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_given_under_a_stored_id_keeps_it_and_later_ids_count_past_it() {
+        let hub = GatewayHub::new(100);
+        let now = Instant::now();
+        hub.hold_as(&gw(), 5_000, retire(1));
+        hub.hold_as(&gw(), 5_000, retire(1));
+        assert_eq!(hub.pending_count(&gw()), 1, "held once");
+        assert_eq!(hub.next_command_id(), 5_001, "never reused");
+
+        let mut conn = hub.connect(&gw(), Timestamp::from_micros(1));
+        assert_eq!(
+            hub.send_as(&gw(), 7_000, retire(2), now),
+            Delivery::Sent(7_000)
+        );
+        assert_eq!(sent_id(&mut conn.commands), 7_000);
+        assert_eq!(
+            hub.send_as(&gw(), 7_000, retire(2), now),
+            Delivery::Sent(7_000),
+            "already pending: not sent twice"
+        );
+        assert!(conn.commands.try_recv().is_err());
+        assert_eq!(
+            hub.send_as(&gw(), 5_000, retire(1), now),
+            Delivery::Held(5_000)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_that_stops_reading_is_not_admitted_and_a_committed_command_waits() {
+        let hub = GatewayHub::default();
+        let mut conn = hub.connect(&gw(), Timestamp::from_micros(1));
+        for n in 0..QUEUE as u64 {
+            assert_eq!(hub.admits(&gw()), Ok(()));
+            hub.send(&gw(), retire(n), Instant::now()).unwrap();
+        }
+        assert_eq!(hub.admits(&gw()), Err(SendError::Backlogged(gw())));
+        let id = hub.next_command_id();
+        let kept = hub.send_as(&gw(), id, retire(9_999), Instant::now());
+        assert_eq!(kept, Delivery::Held(id), "kept for the next redelivery");
+        assert_eq!(hub.pending_count(&gw()), QUEUE + 1);
+        // Once it reads and answers, the kept command goes out with the
+        // next round.
+        while let Ok(Outbound::Command { command_id, .. }) = conn.commands.try_recv() {
+            hub.acknowledge(&gw(), conn.session, command_id).unwrap();
+        }
+        let round = hub.redeliver(&gw(), Some(Instant::now()), Instant::now(), |_| true);
+        assert_eq!(round.resent.len(), 1);
+        assert_eq!(round.resent[0].command_id, id);
+        assert_eq!(sent_id(&mut conn.commands), id);
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,6 +17,7 @@ mod metrics;
 mod outbox;
 mod rollouts;
 mod tasks;
+mod template_sync;
 pub mod tokens;
 mod watch;
 
@@ -37,10 +38,11 @@ use actor::{Actor, Command};
 use leader::Leadership;
 
 pub use clock::Clock;
-pub use delivery::{GatewaySession, SyncRequested};
+pub use delivery::GatewaySession;
 pub use error::LifecycleError;
-pub use gateways::{CloseReason, GatewayCommand, Outbound, TemplateSync};
+pub use gateways::{CloseReason, GatewayCommand, Outbound};
 pub use leader::{LeaseTiming, ReplicaRole};
+pub use template_sync::SyncRequested;
 pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
 
 /// Commands (and, separately, due timers) per committed batch, by default.

@@ -78,6 +78,13 @@ impl Outbox {
             .map(|(id, _)| *id)
     }
 
+    /// Whether the command with this id has gone out; `None`: not pending.
+    pub fn was_sent(&self, command_id: u64) -> Option<bool> {
+        self.pending
+            .get(&command_id)
+            .map(|pending| pending.sent_at.is_some())
+    }
+
     /// Records that the command went out at `now`.
     pub fn mark_sent(&mut self, command_id: u64, now: Instant) -> Option<u32> {
         let pending = self.pending.get_mut(&command_id)?;
@@ -195,15 +202,20 @@ mod tests {
 
     #[test]
     fn a_newer_template_sync_replaces_the_older_unacknowledged_one() {
-        let sync = |v: &str| {
-            GatewayCommand::TemplateSync(crate::runtime::gateways::TemplateSync {
+        let sync = |command_id: u64, v: &str| {
+            GatewayCommand::TemplateSync(crate::engine::PendingSync {
+                gateway_id: GatewayId::parse("gw").unwrap(),
+                command_id,
                 template_version: v.into(),
+                requested_at: Timestamp::from_micros(1),
             })
         };
         let mut outbox = Outbox::default();
-        outbox.add(1, sync("v1"));
+        outbox.add(1, sync(1, "v1"));
         outbox.add(2, retire("a"));
-        outbox.add(3, sync("v2"));
+        outbox.add(3, sync(3, "v2"));
+        assert_eq!(outbox.was_sent(3), Some(false));
+        assert_eq!(outbox.was_sent(1), None);
         assert_eq!(ids(&outbox.due(None, |_| true).0), [2, 3]);
         assert_eq!(
             outbox.remove(1),

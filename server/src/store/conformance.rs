@@ -26,6 +26,7 @@ macro_rules! store_conformance_tests {
             ping_answers,
             rollouts_round_trip_with_their_events,
             gateway_state_and_held_wakes_round_trip,
+            template_syncs_survive_a_restart_until_acknowledged,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -144,6 +145,7 @@ impl<'a> Fixture<'a> {
             revision: self.engine.revision(),
             rollouts: self.engine.rollouts().into_iter().cloned().collect(),
             checkpoint: 0,
+            pending_syncs: self.engine.pending_syncs().cloned().collect(),
         }
     }
 }
@@ -554,6 +556,94 @@ pub async fn changes_since_reads_what_events_do_not_carry(store: &dyn Store) {
     assert!(rows.agents.is_empty());
     assert!(rows.leases.is_empty(), "no checkpoint since");
     assert!(rows.directory.is_none());
+}
+
+/// A template sync committed and not acknowledged is there after a restart
+/// (a load, or a follower's read), under the same command id, until its
+/// acknowledgement is committed; a newer one replaces it.
+pub async fn template_syncs_survive_a_restart_until_acknowledged(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    let start = store.load().await.unwrap();
+    assert!(start.pending_syncs.is_empty());
+    for (command_id, version) in [(1_750_000_000_000_017, "v2"), (1_750_000_000_000_018, "v3")] {
+        f.run(at(1), |engine, batch| {
+            engine
+                .request_template_sync(batch, &gateway(), command_id, version.into())
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, f.state());
+    let pending = &loaded.pending_syncs;
+    assert_eq!(
+        pending.len(),
+        1,
+        "the newer replaced the older: {pending:?}"
+    );
+    assert_eq!(
+        (pending[0].command_id, pending[0].template_version.as_str()),
+        (1_750_000_000_000_018, "v3")
+    );
+    assert_eq!(pending[0].requested_at, at(1));
+    let read = store
+        .changes_since(ChangesRequest {
+            revision: start.revision,
+            checkpoint: start.checkpoint,
+            named: &[],
+            limit: 10,
+            directory: true,
+        })
+        .await
+        .unwrap();
+    let directory = read.rows.and_then(|rows| rows.directory).unwrap();
+    assert_eq!(&directory.pending_syncs, pending, "a follower reads it too");
+
+    // A restart rebuilds from the load, and knows the sync still owed.
+    let (mut restarted, grace) = Engine::restore(Policy::default(), loaded.clone(), at(2));
+    assert_eq!(restarted.pending_sync(&gateway()), Some(&pending[0]));
+    store.commit(&grace).await.unwrap();
+    restarted.commit(grace);
+    f.engine = restarted;
+
+    // A late answer to the replaced one changes nothing; the answer to the
+    // pending one is committed, and it is gone for good.
+    f.run(at(3), |engine, batch| {
+        engine
+            .template_sync_acknowledged(batch, &gateway(), 1_750_000_000_000_017, "v2", &Ok(()))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.load().await.unwrap().pending_syncs.len(), 1);
+    f.run(at(4), |engine, batch| {
+        engine
+            .template_sync_acknowledged(batch, &gateway(), 1_750_000_000_000_018, "v3", &Ok(()))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let after = store.load().await.unwrap();
+    assert!(after.pending_syncs.is_empty());
+    assert_eq!(after, f.state());
+    let history: Vec<String> = store
+        .gateway_history(&gateway(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.reason.starts_with("template sync"))
+        .map(|t| t.reason)
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "template sync to v3 (command 1750000000000018) synced",
+            "template sync to v2 (command 1750000000000017) synced",
+            "template sync to v3 (command 1750000000000018) requested",
+            "template sync to v2 (command 1750000000000017) requested",
+        ]
+    );
 }
 
 pub async fn ping_answers(store: &dyn Store) {

@@ -15,7 +15,7 @@ use super::{
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, Event, Gateway, GatewayId, GatewayTransition, LeaseCheckpoint,
-    PendingRetire, RolloutId, Status, StoredLease, StoredState, Timestamp,
+    PendingRetire, PendingSync, RolloutId, Status, StoredLease, StoredState, Timestamp,
 };
 
 /// One replica's handle on the in-memory data; [`MemoryStore::replica`]
@@ -57,6 +57,7 @@ struct State {
     retires: BTreeSet<PendingRetire>,
     tombstones: BTreeMap<AgentId, u64>,
     rollouts: BTreeMap<RolloutId, Rollout>,
+    syncs: BTreeMap<GatewayId, PendingSync>,
     events: BTreeMap<u64, Event>,
     gateway_events: Vec<GatewayTransition>,
     last_revision: u64,
@@ -184,6 +185,7 @@ impl Store for MemoryStore {
             revision: state.last_revision,
             rollouts: state.rollouts.values().cloned().collect(),
             checkpoint: state.lease_clock,
+            pending_syncs: state.syncs.values().cloned().collect(),
         })
     }
 
@@ -243,6 +245,12 @@ impl Store for MemoryStore {
         }
         for rollout in batch.rollout_writes() {
             state.rollouts.insert(rollout.id.clone(), rollout.clone());
+        }
+        for (gateway, sync) in batch.template_sync_writes() {
+            match sync {
+                Some(sync) => state.syncs.insert(gateway.clone(), sync.clone()),
+                None => state.syncs.remove(gateway),
+            };
         }
         for event in batch.events() {
             state.last_revision = event.revision;
@@ -334,6 +342,7 @@ impl Store for MemoryStore {
                     gateways: state.gateways.values().cloned().collect(),
                     pending_retires: state.retires.iter().cloned().collect(),
                     rollouts: state.rollouts.values().cloned().collect(),
+                    pending_syncs: state.syncs.values().cloned().collect(),
                 }),
             }
         });

@@ -30,6 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_gateway_state",
         include_str!("../../../migrations/0006_gateway_state.sql"),
     ),
+    (
+        "0007_pending_template_syncs",
+        include_str!("../../../migrations/0007_pending_template_syncs.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, Event, Gateway, GatewayId, GatewayTransition, LeaseCheckpoint,
-    PendingRetire, StoredLease, StoredState, Timestamp,
+    PendingRetire, PendingSync, StoredLease, StoredState, Timestamp,
 };
 
 pub use memory::MemoryStore;
@@ -118,6 +118,8 @@ pub struct Directory {
     pub gateways: Vec<Gateway>,
     pub pending_retires: Vec<PendingRetire>,
     pub rollouts: Vec<Rollout>,
+    /// Template syncs not yet acknowledged, by gateway.
+    pub pending_syncs: Vec<PendingSync>,
 }
 
 #[async_trait]

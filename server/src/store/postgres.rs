@@ -24,8 +24,8 @@ use super::{
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, GatewayTransition,
-    LeaseCheckpoint, Link, LinkState, PendingRetire, Reason, Role, RolloutId, Status, StoredLease,
-    StoredState, Timestamp, TokenHash,
+    LeaseCheckpoint, Link, LinkState, PendingRetire, PendingSync, Reason, Role, RolloutId, Status,
+    StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -256,10 +256,11 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     })
 }
 
-/// The small tables a load reads whole: gateways, pending retires and
-/// rollouts. A follower's takeover reads them too, so a new one belongs here.
+/// The small tables a load reads whole: gateways, pending retires,
+/// rollouts and template syncs. A follower's takeover reads them too, so a
+/// new one belongs here.
 async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Directory, StoreError> {
-    let (gateways, retires, rollouts) = tokio::try_join!(
+    let (gateways, retires, rollouts, syncs) = tokio::try_join!(
         tx.query(
             "SELECT id, name, token_hash, created_at, link_state, link_since, link_reason
              FROM gateways ORDER BY id",
@@ -270,6 +271,11 @@ async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Director
             &[],
         ),
         tx.query("SELECT body FROM rollouts ORDER BY id", &[]),
+        tx.query(
+            "SELECT gateway_id, command_id, template_version, requested_at
+             FROM pending_template_syncs ORDER BY gateway_id",
+            &[],
+        ),
     )
     .map_err(classify)?;
     let gateway_id =
@@ -308,10 +314,22 @@ async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Director
                 .map_err(|e| StoreError::Corrupt(format!("rollout: {e}")))
         })
         .collect::<Result<_, StoreError>>()?;
+    let pending_syncs = syncs
+        .iter()
+        .map(|row| {
+            Ok(PendingSync {
+                gateway_id: gateway_id(row.get("gateway_id"))?,
+                command_id: row.get::<_, i64>("command_id") as u64,
+                template_version: row.get("template_version"),
+                requested_at: Timestamp::from_system_time(row.get("requested_at")),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
     Ok(Directory {
         gateways,
         pending_retires,
         rollouts,
+        pending_syncs,
     })
 }
 
@@ -505,6 +523,7 @@ impl Store for PostgresStore {
             revision: revision as u64,
             rollouts: directory.rollouts,
             checkpoint,
+            pending_syncs: directory.pending_syncs,
         })
     }
 
@@ -677,6 +696,21 @@ impl Store for PostgresStore {
                     .collect::<Vec<_>>(),
             )
         };
+        let (mut sy_gateway, mut sy_command, mut sy_version, mut sy_at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sy_done: Vec<&str> = Vec::new();
+        for (gateway, sync) in batch.template_sync_writes() {
+            match sync {
+                Some(sync) => {
+                    sy_gateway.push(gateway.as_str());
+                    // Command ids count wall-clock microseconds: far below i64::MAX.
+                    sy_command.push(sync.command_id as i64);
+                    sy_version.push(sync.template_version.as_str());
+                    sy_at.push(time(sync.requested_at));
+                }
+                None => sy_done.push(gateway.as_str()),
+            }
+        }
         let added = retire_columns(batch.retires_added());
         let done = retire_columns(batch.retires_done());
 
@@ -791,6 +825,24 @@ impl Store for PostgresStore {
                  WHERE (gateway_id, agent_id, generation) IN
                        (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]))",
                 vec![&done.0, &done.1, &done.2],
+            ));
+        }
+
+        if !sy_gateway.is_empty() {
+            statements.push((
+                "INSERT INTO pending_template_syncs
+                     (gateway_id, command_id, template_version, requested_at)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::timestamptz[])
+                 ON CONFLICT (gateway_id) DO UPDATE SET command_id = EXCLUDED.command_id,
+                     template_version = EXCLUDED.template_version,
+                     requested_at = EXCLUDED.requested_at",
+                vec![&sy_gateway, &sy_command, &sy_version, &sy_at],
+            ));
+        }
+        if !sy_done.is_empty() {
+            statements.push((
+                "DELETE FROM pending_template_syncs WHERE gateway_id = ANY($1)",
+                vec![&sy_done],
             ));
         }
 

@@ -195,6 +195,7 @@ fn a_restart_keeps_held_wakes_and_starts_a_connected_gateways_grace_anew() {
         revision: h.engine.revision(),
         rollouts: vec![],
         checkpoint: 0,
+        pending_syncs: vec![],
     };
     assert!(state.gateways[0].link.is_connected());
     let restart = t(100);

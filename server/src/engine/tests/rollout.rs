@@ -281,6 +281,7 @@ fn a_restored_engine_keeps_rollouts_and_resumes_judging() {
         revision: h.engine.revision(),
         rollouts: h.engine.rollouts().into_iter().cloned().collect(),
         checkpoint: 0,
+        pending_syncs: vec![],
     };
     let (mut engine, grace) = Engine::restore(Policy::default(), state, h.now);
     engine.commit(grace);

@@ -2,7 +2,8 @@
 //! no tasks and no timers, the test holds the clock. A leader makes a
 //! random sequence of changes (provisions, token rotations, deletes, wakes,
 //! check-ins, heartbeats and their checkpoints, time passing: re-wakes and
-//! OFFLINE marks, retires delivered, gateway tokens rotated, rollouts). Followers that
+//! OFFLINE marks, retires delivered, gateway tokens rotated, rollouts, template
+//! syncs asked and answered). Followers that
 //! read after every change, now and then in pages of three events (as if
 //! notifications were lost), or that start late, must each hold what a
 //! fresh load of the database holds, field for field.
@@ -34,6 +35,7 @@ struct Leader {
     now: Timestamp,
     tokens: u64,
     rollouts: u32,
+    syncs: u64,
 }
 
 impl Leader {
@@ -51,6 +53,7 @@ impl Leader {
             now: Timestamp::from_micros(1_800_000_000_000_000 + 123_456),
             tokens: 0,
             rollouts: 0,
+            syncs: 0,
         };
         for gateway in GATEWAYS {
             leader.register(gateway).await;
@@ -137,6 +140,31 @@ impl Leader {
             .await;
     }
 
+    /// A template sync (its row changes without events): asked of a
+    /// gateway, replacing any it owes, or the one it owes acknowledged.
+    async fn sync_step(&mut self, rng: &mut fastrand::Rng) {
+        let gateway = GatewayId::parse(GATEWAYS[rng.usize(..2)]).unwrap();
+        self.syncs += 1;
+        let owed = self.engine.pending_sync(&gateway).cloned();
+        match owed {
+            Some(sync) if rng.bool() => {
+                self.run(|engine, batch| {
+                    let outcome = Ok(());
+                    let (id, version) = (sync.command_id, &sync.template_version);
+                    drop(engine.template_sync_acknowledged(batch, &gateway, id, version, &outcome))
+                })
+                .await
+            }
+            _ => {
+                let (id, version) = (self.syncs, format!("v{}", rng.u8(1..4)));
+                self.run(|engine, batch| {
+                    drop(engine.request_template_sync(batch, &gateway, id, version))
+                })
+                .await
+            }
+        }
+    }
+
     /// One random change, committed.
     async fn step(&mut self, rng: &mut fastrand::Rng) {
         match rng.u32(0..100) {
@@ -198,7 +226,8 @@ impl Leader {
                 self.now = self.now.plus(Duration::from_secs(rng.u64(1..45)));
                 self.run(|engine, batch| engine.fire_due(batch)).await;
             }
-            90..95 => {
+            93..95 => self.sync_step(rng).await,
+            90..93 => {
                 let retires: Vec<PendingRetire> = GATEWAYS
                     .iter()
                     .flat_map(|g| self.engine.pending_retires(&GatewayId::parse(*g).unwrap()))
@@ -300,6 +329,7 @@ fn normalized(mut state: StoredState) -> StoredState {
     state.pending_retires.sort();
     state.tombstones.sort();
     state.rollouts.sort_by(|a, b| a.id.cmp(&b.id));
+    state.pending_syncs.sort();
     state
 }
 
@@ -316,6 +346,7 @@ fn assert_same(warm: StoredState, loaded: StoredState, context: &str) {
     assert_eq!(warm.revision, loaded.revision, "{context}: revision");
     assert_eq!(warm.rollouts, loaded.rollouts, "{context}: rollouts");
     assert_eq!(warm.checkpoint, loaded.checkpoint, "{context}: checkpoint");
+    assert_eq!(warm.pending_syncs, loaded.pending_syncs, "{context}: syncs");
 }
 
 async fn random_history_is_followed(seed: u64) {
@@ -350,6 +381,7 @@ async fn random_history_is_followed(seed: u64) {
     assert!(loaded.checkpoint > 5, "{} checkpoints", loaded.checkpoint);
     assert!(!loaded.tombstones.is_empty());
     assert!(!loaded.rollouts.is_empty());
+    assert!(leader.syncs > 0, "template syncs asked and answered");
     let events = store.events_after(0, 10_000).await.unwrap();
     assert!(events.iter().any(|e| e.agent.status == Status::Offline));
 }
