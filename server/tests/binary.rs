@@ -397,6 +397,14 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
     assert!(transitions.iter().any(|e| e["agent_id"] == "silent"
         && e["to"] == "offline"
         && e["reason"] == "max_attempts_reached"));
+    // A deletion reads as one, not as `from=online to=online`.
+    let deleted: Vec<_> = transitions
+        .iter()
+        .filter(|e| e["agent_id"] == "doomed" && e["reason"] == "deleted")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0]["to"], "deleted", "{}", deleted[0]);
+    assert_eq!(deleted[0]["from"], "provisioning", "{}", deleted[0]);
 
     // Every token minted here: two for the gateway (one rotated), four for
     // agents, one rotated. None may appear, not even its secret part alone.

@@ -6,6 +6,7 @@ mod dashboard;
 mod drain;
 mod edge;
 mod grpcurl;
+mod held;
 mod lifecycle;
 mod outage;
 mod python;

@@ -70,8 +70,12 @@ impl Engine {
                     agent
                 }
             };
-            let deadline = (!after.wake_held).then_some(after.checkin_deadline_at);
-            note(batch, NoteKind::WorkerSuccess, attempt, deadline.flatten());
+            note(
+                batch,
+                NoteKind::WorkerSuccess,
+                attempt,
+                sent_deadline(&after),
+            );
             return;
         }
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);
@@ -98,7 +102,7 @@ impl Engine {
                 self.send_wake(batch, &mut next);
                 let retriggered = &mut batch.notes[verdict_at];
                 retriggered.attempt = next.wake_attempts;
-                retriggered.deadline = next.checkin_deadline_at;
+                retriggered.deadline = sent_deadline(&next);
                 let change = Change::changed(&agent, Reason::DeadlineMissed, next.wake_attempts);
                 self.stage(batch, change, next)
             }
@@ -121,7 +125,7 @@ impl Engine {
             batch,
             NoteKind::WorkerSuccess,
             attempt,
-            after.checkin_deadline_at,
+            sent_deadline(&after),
         );
     }
 
@@ -216,4 +220,10 @@ impl Engine {
         batch.gateways.contains_key(&agent.gateway_id)
             || self.gateways.contains_key(&agent.gateway_id)
     }
+}
+
+/// The agent's check-in deadline, if its wake went out: a held or queued
+/// wake's `checkin_deadline_at` is its place in the queue, not a deadline.
+fn sent_deadline(agent: &Agent) -> Option<super::model::Timestamp> {
+    agent.checkin_deadline_at.filter(|_| !agent.wake_held)
 }
