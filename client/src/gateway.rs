@@ -113,6 +113,12 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// The id of the command this answers: the same on every copy of the
+    /// command, across reconnects and service restarts.
+    pub fn command_id(&self) -> &str {
+        &self.command_id
+    }
+
     /// The command was carried out: the agent was started (a wake), or
     /// stopped and forgotten (a retire).
     ///

@@ -12,6 +12,7 @@ mod outage;
 mod python;
 mod replicas;
 mod restart;
+mod rollout;
 mod support;
 mod tls;
 mod watch;

@@ -12,7 +12,7 @@ use mission_control_client::gateway::{GatewayClient, GatewayEvent};
 use mission_control_client::{AgentRole, ProvisionRequest};
 use serde_json::Value;
 
-use crate::support::{PATIENCE, fails, json, mcctl, ok, server};
+use crate::support::{PATIENCE, Server, fails, json, mcctl, ok, server, server_on_postgres};
 
 /// Agents that keep reporting their old template for this version.
 type Stubborn = Arc<Mutex<HashMap<String, Vec<String>>>>;
@@ -80,10 +80,20 @@ async fn drifted(endpoint: &str) -> u64 {
         .unwrap()
 }
 
+// Long deadlines: agents are judged by what they report, not by time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_completes_pauses_itself_resumes_and_refuses_bad_input() {
-    // Long deadlines: agents are judged by what they report, not by time.
-    let server = server("60s", "300s", "100s").await;
+    rollout_scenario(server("60s", "300s", "100s").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_on_postgres_completes_pauses_itself_resumes_and_refuses_bad_input() {
+    rollout_scenario(server_on_postgres("60s", "300s", "100s").await).await;
+}
+
+/// `mcctl rollout` and `mcctl drift` over six agents: a rollout to the end,
+/// one that pauses itself, resume, cancel, and bad input.
+async fn rollout_scenario(server: Server) {
     let endpoint = server.endpoint.as_str();
     let operator = &server.operator;
     let gateway = operator.register_gateway("gw1", "", false).await.unwrap();

@@ -1,5 +1,6 @@
-//! A real server in-process on port 0 (in-memory store), and the built
-//! `mcctl` binary run against it as a user would.
+//! A real server in-process on port 0 (in-memory store, or Postgres where
+//! a test says so), and the built `mcctl` binary run against it as a user
+//! would.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use clap::Parser;
 use mission_control_client::operator::OperatorClient;
 use mission_control_server::app::App;
 use mission_control_server::config::Config;
+use mission_control_server::testing::TestDatabase;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -19,6 +21,8 @@ pub struct Server {
     pub app: App,
     pub endpoint: String,
     pub operator: OperatorClient,
+    /// The server's own Postgres database, dropped with it; `None`: in memory.
+    _database: Option<TestDatabase>,
 }
 
 /// A server with this check-in deadline, lease and heartbeat interval.
@@ -33,9 +37,42 @@ pub async fn server_with(
     heartbeat_interval: &str,
     extra: &[&str],
 ) -> Server {
+    start(checkin_deadline, lease_ttl, heartbeat_interval, extra, None).await
+}
+
+/// As [`server`], on a fresh Postgres database of its own.
+pub async fn server_on_postgres(
+    checkin_deadline: &str,
+    lease_ttl: &str,
+    heartbeat_interval: &str,
+) -> Server {
+    let database = TestDatabase::create().await;
+    let url = database.url().to_owned();
+    let extra = ["--database-url", url.as_str()];
+    let store = Some(database);
+    start(
+        checkin_deadline,
+        lease_ttl,
+        heartbeat_interval,
+        &extra,
+        store,
+    )
+    .await
+}
+
+async fn start(
+    checkin_deadline: &str,
+    lease_ttl: &str,
+    heartbeat_interval: &str,
+    extra: &[&str],
+    database: Option<TestDatabase>,
+) -> Server {
+    let store: &[&str] = match database {
+        Some(_) => &[],
+        None => &["--dev"],
+    };
     let flags = [
         "mission-control",
-        "--dev",
         "--listen",
         "127.0.0.1:0",
         "--checkin-deadline",
@@ -54,7 +91,7 @@ pub async fn server_with(
     } else {
         &["--gateway-grace", "0s"]
     };
-    let config = Config::parse_from(flags.iter().chain(grace).chain(extra));
+    let config = Config::parse_from(flags.iter().chain(store).chain(grace).chain(extra));
     let app = App::start(&config).await.expect("the server starts");
     let endpoint = format!("http://{}", app.addr());
     let operator = OperatorClient::connect(&endpoint).unwrap();
@@ -62,6 +99,7 @@ pub async fn server_with(
         app,
         endpoint,
         operator,
+        _database: database,
     }
 }
 
