@@ -8,7 +8,8 @@
 //! - `wrong-tokens ENDPOINT OPERATOR_TOKEN AGENTS WRONG`: AGENTS valid agents
 //!   heartbeat at the pace the service asks while WRONG heartbeats with
 //!   wrong tokens are sent as fast as they are answered; prints the valid
-//!   heartbeats' latency percentiles and how many agents are ONLINE after.
+//!   heartbeats' latency percentiles, beside theirs in the 6 s before the
+//!   attack, and how many agents are ONLINE after.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -178,20 +179,31 @@ async fn wrong_tokens(endpoint: &str, operator_token: &str, agents: usize, wrong
     }
 
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Before the attack (the baseline, on the same machine at the same
+    // load), then during it.
+    let attacking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let baseline = Arc::new(std::sync::Mutex::new(Vec::new()));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let failures = Arc::new(AtomicUsize::new(0));
     let mut valid = Vec::new();
     for mut client in clients {
-        let (latencies, failures, finished) =
-            (latencies.clone(), failures.clone(), finished.clone());
+        let (baseline, latencies, failures, finished, attacking) = (
+            baseline.clone(),
+            latencies.clone(),
+            failures.clone(),
+            finished.clone(),
+            attacking.clone(),
+        );
         valid.push(tokio::spawn(async move {
             // Start spread over the first second.
             tokio::time::sleep(Duration::from_millis(fastrand_ms())).await;
             while !finished.load(Ordering::Relaxed) {
                 let started = Instant::now();
+                let during = attacking.load(Ordering::Relaxed);
                 let pause = match client.heartbeat().await {
                     Ok(reply) => {
-                        latencies.lock().unwrap().push(started.elapsed());
+                        let into = if during { &latencies } else { &baseline };
+                        into.lock().unwrap().push(started.elapsed());
                         reply
                             .next_heartbeat_in
                             .map(|d| Duration::new(d.seconds as u64, d.nanos as u32))
@@ -207,6 +219,8 @@ async fn wrong_tokens(endpoint: &str, operator_token: &str, agents: usize, wrong
         }));
     }
 
+    tokio::time::sleep(BASELINE).await;
+    attacking.store(true, Ordering::Relaxed);
     let sent = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
     let attack_started = Instant::now();
@@ -234,6 +248,9 @@ async fn wrong_tokens(endpoint: &str, operator_token: &str, agents: usize, wrong
     let mut latencies = std::mem::take(&mut *latencies.lock().unwrap());
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let mut baseline = std::mem::take(&mut *baseline.lock().unwrap());
+    baseline.sort();
+    let before = |p: f64| baseline[((baseline.len() as f64 * p) as usize).min(baseline.len() - 1)];
     let mut online = 0;
     let mut page_token = String::new();
     loop {
@@ -271,7 +288,21 @@ async fn wrong_tokens(endpoint: &str, operator_token: &str, agents: usize, wrong
         latencies.last().unwrap().as_secs_f64() * 1e3,
         failures.load(Ordering::Relaxed),
     );
+    println!(
+        "wrong-tokens: baseline (the same agents for {} s before the attack): {} heartbeats, \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; during / baseline: p50 {:.2}, p99 {:.2}",
+        BASELINE.as_secs(),
+        baseline.len(),
+        before(0.50).as_secs_f64() * 1e3,
+        before(0.99).as_secs_f64() * 1e3,
+        baseline.last().unwrap().as_secs_f64() * 1e3,
+        pct(0.50).as_secs_f64() / before(0.50).as_secs_f64(),
+        pct(0.99).as_secs_f64() / before(0.99).as_secs_f64(),
+    );
 }
+
+/// How long the valid agents heartbeat before the attack begins.
+const BASELINE: Duration = Duration::from_secs(6);
 
 fn fastrand_ms() -> u64 {
     (std::time::SystemTime::now()

@@ -63,10 +63,7 @@ impl App {
             addr: config.listen,
             source,
         })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let addr = listener.local_addr();
         settings.advertise_address = config.advertise_address(addr);
         let store = open_store(config).await?;
         let lifecycle = Lifecycle::start(store, settings, Clock::system()).await?;
@@ -128,7 +125,7 @@ impl App {
                         addr: metrics_addr,
                         source,
                     })?;
-                let bound = listener.local_addr().unwrap_or(metrics_addr);
+                let bound = listener.local_addr();
                 tokio::spawn(crate::grpc::serve_metrics(
                     lifecycle.clone(),
                     edge_for_metrics,

@@ -419,6 +419,19 @@ impl Config {
     }
 }
 
+/// True when `args` (the process's, program name first) carry the operator
+/// token itself, where `ps` shows it to every user of the host.
+pub fn operator_token_on_command_line<I, S>(args: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    args.into_iter().skip(1).any(|arg| {
+        let arg = arg.as_ref().to_string_lossy();
+        arg == "--operator-token" || arg.starts_with("--operator-token=")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,5 +553,15 @@ mod tests {
             let error = parse(&bad).connections(None).unwrap_err();
             assert!(error.contains(bad[0]), "{error}");
         }
+    }
+
+    #[test]
+    fn an_operator_token_on_the_command_line_is_noticed() {
+        let on = |args: &[&str]| operator_token_on_command_line(args);
+        assert!(on(&["mc", "--operator-token", "t"]));
+        assert!(on(&["mc", "--dev", "--operator-token=t"]));
+        assert!(!on(&["mc", "--operator-token-file", "/run/token"]));
+        assert!(!on(&["mc", "--operator-token-file=/run/token"]));
+        assert!(!on(&["--operator-token", "--dev"]));
     }
 }

@@ -19,6 +19,14 @@ fn main() -> std::process::ExitCode {
 async fn run() -> std::process::ExitCode {
     let config = Config::parse();
     logging::init(config.log_format);
+    if config.operator_token.is_some()
+        && mission_control_server::config::operator_token_on_command_line(std::env::args_os())
+    {
+        tracing::warn!(
+            "--operator-token on the command line shows in `ps` to every user of this host: \
+             use --operator-token-file or MC_OPERATOR_TOKEN"
+        );
+    }
     let app = match App::start(&config).await {
         Ok(app) => app,
         Err(error) => {

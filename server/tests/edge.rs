@@ -73,6 +73,39 @@ async fn beyond_loopback_it_refuses_to_start_unless_something_authenticates() {
 }
 
 #[tokio::test]
+async fn an_operator_token_on_the_command_line_is_warned_about_without_printing_it() {
+    let token = "cmdline-tok-4d1e";
+    let mut on_command_line = Running::spawn(Command::new(BINARY).args([
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--operator-token",
+        token,
+    ]));
+    assert!(
+        on_command_line.wait_for("\"listening\"").await,
+        "{}",
+        on_command_line.text()
+    );
+    let said = on_command_line.text();
+    assert!(said.contains("--operator-token-file"), "{said}");
+    assert!(!said.contains(token), "{said}");
+
+    // From the environment: nothing to warn about.
+    let mut from_env = Running::spawn(
+        Command::new(BINARY)
+            .args(["--dev", "--listen", "127.0.0.1:0"])
+            .env("MC_OPERATOR_TOKEN", token),
+    );
+    assert!(
+        from_env.wait_for("\"listening\"").await,
+        "{}",
+        from_env.text()
+    );
+    assert!(!from_env.text().contains("`ps`"), "{}", from_env.text());
+}
+
+#[tokio::test]
 async fn hash_token_prints_the_roles_file_credential() {
     let mut child = Command::new(BINARY)
         .arg("hash-token")

@@ -11,10 +11,10 @@ use mission_control_client::gateways_client::GatewaysClient;
 use mission_control_client::rollouts_client::RolloutsClient;
 use mission_control_client::{
     AgentRole, CancelRolloutRequest, DeleteAgentRequest, GetAgentHistoryRequest, GetAgentRequest,
-    GetDriftRequest, GetRolloutRequest, HeartbeatRequest, ListAgentsRequest, ListGatewaysRequest,
-    ListRolloutsRequest, PauseRolloutRequest, ProvisionRequest, RegisterGatewayRequest,
-    ResumeRolloutRequest, StartRolloutRequest, SyncGatewayTemplatesRequest, WakeAgentRequest,
-    WatchAgentRequest, WatchRolloutRequest,
+    GetDriftRequest, GetGatewayHistoryRequest, GetRolloutRequest, HeartbeatRequest,
+    ListAgentsRequest, ListGatewaysRequest, ListRolloutsRequest, PauseRolloutRequest,
+    ProvisionRequest, RegisterGatewayRequest, ResumeRolloutRequest, StartRolloutRequest,
+    SyncGatewayTemplatesRequest, WakeAgentRequest, WatchAgentRequest, WatchRolloutRequest,
 };
 use mission_control_server::edge::hash_line;
 use tonic::transport::Channel;
@@ -136,6 +136,7 @@ enum Rpc {
     GetAgentHistory,
     RegisterGateway,
     ListGateways,
+    GetGatewayHistory,
     ConnectGateway,
     SyncGatewayTemplates,
     GetDrift,
@@ -236,6 +237,14 @@ async fn call(rpc: Rpc, channel: &Channel, credential: Credential, tokens: &Toke
         Rpc::ListGateways => code(
             gateways
                 .list_gateways(request(ListGatewaysRequest::default(), credential, tokens))
+                .await,
+        ),
+        Rpc::GetGatewayHistory => code(
+            gateways
+                .get_gateway_history(req!(GetGatewayHistoryRequest {
+                    gateway_id: "gw".into(),
+                    page_size: 0,
+                }))
                 .await,
         ),
         Rpc::ConnectGateway => code(
@@ -362,7 +371,7 @@ async fn every_rpc_with_every_credential() {
     };
 
     // Columns: none, wrong, agent token, gateway token, viewer, admin.
-    let matrix: [(Rpc, [Code; 6]); 20] = [
+    let matrix: [(Rpc, [Code; 6]); 21] = [
         (Rpc::Provision, [U, U, U, U, P, K]),
         (Rpc::Heartbeat, [U, U, K, U, U, U]),
         (Rpc::WakeAgent, [U, U, U, U, P, K]),
@@ -372,6 +381,7 @@ async fn every_rpc_with_every_credential() {
         (Rpc::GetAgentHistory, [U, U, U, U, K, K]),
         (Rpc::RegisterGateway, [U, U, U, U, P, K]),
         (Rpc::ListGateways, [U, U, U, U, K, K]),
+        (Rpc::GetGatewayHistory, [U, U, U, U, K, K]),
         (Rpc::ConnectGateway, [U, U, U, K, U, U]),
         (Rpc::SyncGatewayTemplates, [U, U, U, U, P, K]),
         (Rpc::GetDrift, [U, U, U, U, K, K]),

@@ -1,9 +1,10 @@
-//! The accept loop: admits connections under the cap, gives each one
-//! deadline for its TLS handshake and HTTP/2 preface, and backs off when the
-//! process runs out of file descriptors instead of spinning.
+//! The accept loop, one per listening socket: admits connections under the
+//! cap, gives each one deadline for its TLS handshake and HTTP/2 preface,
+//! and backs off when the process runs out of file descriptors instead of
+//! spinning.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,7 @@ pub(super) struct Acceptor {
     pub listener: TcpListener,
     pub limit: ConnectionLimit,
     pub connections: Connections,
+    pub trouble: Trouble,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub stop: CancellationToken,
@@ -72,6 +74,7 @@ impl Acceptor {
                     },
                     _ = pending.evicted() => return,
                 }
+                let _ = tcp.set_nodelay(true);
                 let idle = connections.timer(Some(peer), idle_timeout);
                 let conn = Conn::new(tcp, slot, pending, deadline, idle);
                 let _ = tx.send(Ok(conn)).await;
@@ -102,6 +105,7 @@ impl Acceptor {
                     deadline,
                     peer,
                 } = admitted;
+                let _ = tcp.set_nodelay(true);
                 let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
                 let stream = tokio::select! {
                     result = handshake => match result {
@@ -134,12 +138,14 @@ impl Acceptor {
         F: FnMut(Admitted),
     {
         let mut backoff = BACKOFF_START;
-        let mut out_of_files = Throttled::default();
-        let mut refused = Throttled::default();
+        // Made once, not per accept: each registers a waiter when polled.
+        let stopped = self.stop.cancelled();
+        let closed = tx.closed();
+        tokio::pin!(stopped, closed);
         loop {
             let accepted = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tx.closed() => return,
+                _ = &mut stopped => return,
+                _ = &mut closed => return,
                 accepted = self.listener.accept() => accepted,
             };
             let (tcp, peer) = match accepted {
@@ -148,12 +154,12 @@ impl Acceptor {
                     accepted
                 }
                 Err(error) if is_resource_exhaustion(&error) => {
-                    if let Some(times) = out_of_files.note() {
+                    if let Some(times) = Throttled::note(&self.trouble.out_of_files) {
                         tracing::warn!(%error, times, open = self.limit.open(),
                             "cannot accept connections: out of file descriptors or memory; backing off");
                     }
                     tokio::select! {
-                        _ = self.stop.cancelled() => return,
+                        _ = &mut stopped => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -171,7 +177,7 @@ impl Acceptor {
                     (slot, pending)
                 }
                 Admission::Refused => {
-                    if let Some(times) = refused.note() {
+                    if let Some(times) = Throttled::note(&self.trouble.refused) {
                         tracing::warn!(%peer, times, max = self.limit.max(),
                             "connection cap reached; refusing new connections");
                     }
@@ -179,7 +185,6 @@ impl Acceptor {
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
             let deadline = Instant::now() + self.handshake_timeout;
             admit(Admitted {
                 tcp,
@@ -198,6 +203,14 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
+/// What the accept loops of one listener log, shared so that together they
+/// log each kind at most once per interval.
+#[derive(Clone, Default)]
+pub(super) struct Trouble {
+    out_of_files: Arc<Mutex<Throttled>>,
+    refused: Arc<Mutex<Throttled>>,
+}
+
 /// Counts occurrences and says when to log: at most once per interval,
 /// with how many happened since the last line.
 #[derive(Default)]
@@ -207,7 +220,14 @@ struct Throttled {
 }
 
 impl Throttled {
-    fn note(&mut self) -> Option<u64> {
+    fn note(shared: &Mutex<Self>) -> Option<u64> {
+        let mut this = shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        this.record()
+    }
+
+    fn record(&mut self) -> Option<u64> {
         self.since += 1;
         let now = Instant::now();
         if self
@@ -228,11 +248,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn trouble_is_logged_at_most_once_per_interval_with_a_count() {
         let mut throttled = Throttled::default();
-        assert_eq!(throttled.note(), Some(1));
-        assert_eq!(throttled.note(), None);
-        assert_eq!(throttled.note(), None);
+        assert_eq!(throttled.record(), Some(1));
+        assert_eq!(throttled.record(), None);
+        assert_eq!(throttled.record(), None);
         tokio::time::advance(LOG_INTERVAL).await;
-        assert_eq!(throttled.note(), Some(3));
+        assert_eq!(throttled.record(), Some(3));
     }
 
     #[test]

@@ -50,14 +50,15 @@ impl ConnectionLimit {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Called by the one accept loop for each new connection. The count may
-    /// pass the cap for a moment by the connections just evicted (each is
-    /// closed at its next poll).
+    /// Called by the accept loops for each new connection; one decision at
+    /// a time, so together they never pass the cap. The count may pass it
+    /// for a moment by the connections just evicted (each is closed at its
+    /// next poll).
     pub fn admit(&self) -> Admission {
+        let mut set = self.pending_set();
         let mut replaced = false;
         if self.open.load(Ordering::Relaxed) >= self.max {
-            let oldest = self.pending_set().by_age.pop_first();
-            match oldest {
+            match set.by_age.pop_first() {
                 Some((_, token)) => {
                     token.cancel();
                     replaced = true;
@@ -70,13 +71,10 @@ impl ConnectionLimit {
             open: Arc::clone(&self.open),
         };
         let token = CancellationToken::new();
-        let id = {
-            let mut set = self.pending_set();
-            let id = set.next_id;
-            set.next_id += 1;
-            set.by_age.insert(id, token.clone());
-            id
-        };
+        let id = set.next_id;
+        set.next_id += 1;
+        set.by_age.insert(id, token.clone());
+        drop(set);
         let pending = Pending {
             id,
             token,
@@ -165,5 +163,28 @@ mod tests {
         // A connection that closes frees its slot.
         drop(c);
         assert!(matches!(limit.admit(), Admission::Admitted(..)));
+    }
+
+    #[test]
+    fn accept_loops_admitting_at_once_never_pass_the_cap() {
+        let limit = ConnectionLimit::new(50);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let limit = limit.clone();
+                std::thread::spawn(move || {
+                    let mut slots = Vec::new();
+                    for _ in 0..100 {
+                        // Every connection speaks at once: none can be
+                        // replaced, so past the cap all are refused.
+                        if let Admission::Admitted(slot, _spoke) = limit.admit() {
+                            slots.push(slot);
+                        }
+                    }
+                    slots
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap().len()).sum();
+        assert_eq!(admitted, 50);
     }
 }

@@ -4,6 +4,7 @@
 //! connections tonic gets and when a silent or idle one is closed.
 
 mod accept;
+mod bind;
 mod conn;
 mod idle;
 mod limit;
@@ -14,35 +15,16 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+pub use bind::{Bound, bind};
 pub use conn::Conn;
 pub use idle::TrackCallsLayer;
 pub use peer::{PeerTls, PeerTlsFiles};
 pub use tls::{ReloadingTls, TlsFiles};
-
-/// Connections the kernel queues before they are accepted. tokio's default
-/// (1,024) overflows under a flood of silent connections, and a health check
-/// whose SYN is dropped waits a second to resend it; the kernel caps this at
-/// `net.core.somaxconn`.
-const LISTEN_BACKLOG: u32 = 8192;
-
-/// Binds `addr` with a deep accept backlog.
-pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // As std's bind does on Unix: a restarted server can take its port back
-    // while old connections linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 /// How connections are held; the defaults are the flags' defaults.
 #[derive(Debug, Clone)]
@@ -95,32 +77,41 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Starts accepting on `listener` until `stop` (or until tonic drops
-    /// the incoming stream).
+    /// Starts accepting on every socket of `bound` until `stop` (or until
+    /// tonic drops the incoming stream).
     pub fn start(
-        listener: TcpListener,
+        bound: impl Into<Bound>,
         tls: Option<Arc<ReloadingTls>>,
         settings: &ConnectionSettings,
         stop: CancellationToken,
     ) -> Self {
         let connections = idle::Connections::default();
-        let acceptor = accept::Acceptor {
-            listener,
-            limit: limit::ConnectionLimit::new(settings.max_connections),
-            connections: connections.clone(),
-            handshake_timeout: settings.handshake_timeout,
-            idle_timeout: settings.idle_timeout,
-            stop,
-        };
+        let limit = limit::ConnectionLimit::new(settings.max_connections);
+        let trouble = accept::Trouble::default();
+        let acceptors: Vec<_> = (bound.into().listeners.into_iter())
+            .map(|listener| accept::Acceptor {
+                listener,
+                limit: limit.clone(),
+                connections: connections.clone(),
+                trouble: trouble.clone(),
+                handshake_timeout: settings.handshake_timeout,
+                idle_timeout: settings.idle_timeout,
+                stop: stop.clone(),
+            })
+            .collect();
         let incoming = match tls {
             None => {
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(acceptor.run_plain(tx));
+                for acceptor in acceptors {
+                    tokio::spawn(acceptor.run_plain(tx.clone()));
+                }
                 Incoming::Plain(ReceiverStream::new(rx))
             }
             Some(tls) => {
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(acceptor.run_tls(tls, tx));
+                for acceptor in acceptors {
+                    tokio::spawn(acceptor.run_tls(Arc::clone(&tls), tx.clone()));
+                }
                 Incoming::Tls(ReceiverStream::new(rx))
             }
         };

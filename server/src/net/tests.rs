@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mission_control_proto::tls::{ClientTls, endpoint};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::pb::HealthCheckRequest;
@@ -33,8 +32,8 @@ fn settings() -> ConnectionSettings {
 type Seen = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
 
 async fn serve_health(tls: Arc<ReloadingTls>, seen: Seen) -> (String, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
     let stop = CancellationToken::new();
     let listener = Listener::start(listener, Some(tls), &settings(), stop.clone());
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -200,5 +199,40 @@ async fn new_files_replace_the_certificate_and_bad_ones_keep_the_old() {
     check(&uri, &trusts(&second_ca)).await.unwrap();
     let old = check(&uri, &trusts(&first_ca)).await.unwrap_err();
     assert_eq!(old.code(), tonic::Code::Unavailable);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_connection_is_served_whichever_of_the_ports_sockets_the_kernel_gives_it_to() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+
+    // The kernel picks a socket by the connection's addresses; 200
+    // connections reach each of 8 sockets but with odds of 1 in 10^10.
+    const CLIENTS: usize = 200;
+    let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = bound.local_addr();
+    let stop = CancellationToken::new();
+    let settings = ConnectionSettings {
+        max_connections: 1000,
+        ..settings()
+    };
+    let Incoming::Plain(mut incoming) =
+        Listener::start(bound, None, &settings, stop.clone()).incoming
+    else {
+        panic!("a plaintext listener");
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"P").await.unwrap();
+        clients.push(client);
+    }
+    for served in 0..CLIENTS {
+        let conn = tokio::time::timeout(Duration::from_secs(30), incoming.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {served} of {CLIENTS} connections reached tonic"));
+        conn.expect("the listener is open").expect("a connection");
+    }
     stop.cancel();
 }
