@@ -22,6 +22,8 @@ async fn a_bench_leaves_its_fleet_online_and_fails_when_the_ratio_is_missed() {
         "100ms",
         "--rounds",
         "1",
+        "--min-distinct",
+        "0",
         "--min-ratio",
         "0",
     ];
@@ -65,5 +67,25 @@ async fn a_bench_of_no_agents_is_a_usage_error() {
     let (code, stderr) = fails(&server.endpoint, &["bench", "--agents", "0"]).await;
     assert_eq!(code, 2);
     assert!(stderr.contains("at least 1"), "{stderr}");
+    server.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_that_reaches_too_few_agents_fails() {
+    let server = server("30s", "1h", "1s").await;
+    let args = [
+        "bench",
+        "--agents",
+        "20",
+        "--duration",
+        "50ms",
+        "--rounds",
+        "1",
+        "--min-ratio",
+        "0",
+    ];
+    let (code, stderr) = fails(&server.endpoint, &args).await;
+    assert_eq!(code, 4);
+    assert!(stderr.contains("fewer than 100000"), "{stderr}");
     server.app.shutdown().await;
 }

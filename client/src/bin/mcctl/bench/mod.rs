@@ -36,7 +36,7 @@ the set-up and a heartbeat budget the spread load stays within:
   cargo build --release
   target/release/mission-control --database-url postgres://... \\
       --lease-ttl 1h --heartbeat-interval 1s --log-format text &
-  target/release/mcctl bench --agents 100000 --server-pid $!
+  target/release/mcctl bench --agents 100000 --duration 30s --server-pid $!
 Re-running against the same server re-provisions the same agents (new
 tokens). See BENCHMARKS.md for figures and how they were taken.";
 
@@ -45,7 +45,7 @@ tokens). See BENCHMARKS.md for figures and how they were taken.";
 #[command(after_long_help = EXAMPLE)]
 pub struct BenchArgs {
     /// How many agents to provision and heartbeat (ids PREFIX-0000000 on).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100_000)]
     pub agents: u64,
     /// The agents' id prefix.
     #[arg(long, default_value = "bench")]
@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// at least 100,000 distinct agents.
     #[arg(long, default_value_t = 0.8)]
     pub min_ratio: f64,
+    /// Fail (exit 4) when the heartbeat rounds reached fewer distinct
+    /// agents than this (raise --duration or --rounds to reach them).
+    #[arg(long, default_value_t = 100_000)]
+    pub min_distinct: u64,
     /// The server's process id, to report its resident memory per agent
     /// (same machine only).
     #[arg(long)]
@@ -151,7 +155,11 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         beats.push(phase);
     }
     report.memory("after the heartbeat rounds", args.server_pid, args.agents);
-    let verdict = report.compare(health, beats, args.agents.min(offset), args.min_ratio);
+    let target = report::Target {
+        min_ratio: args.min_ratio,
+        min_distinct: args.min_distinct,
+    };
+    let verdict = report.compare(health, beats, args.agents.min(offset), target);
     report.print(ctx);
     verdict.map_err(Failure::TargetMissed)
 }

@@ -10,6 +10,12 @@ use crate::cli::Output;
 use crate::commands::Context;
 use crate::stdout;
 
+/// What a run must show to pass.
+pub struct Target {
+    pub min_ratio: f64,
+    pub min_distinct: u64,
+}
+
 pub struct Report {
     header: Value,
     phases: Vec<Value>,
@@ -75,8 +81,9 @@ impl Report {
         health: Vec<Phase>,
         beats: Vec<Phase>,
         distinct: u64,
-        min_ratio: f64,
+        target: Target,
     ) -> Result<(), String> {
+        let min_ratio = target.min_ratio;
         let mut rounds = Vec::new();
         let (mut health_rate, mut beat_rate, mut failed) = (0.0, 0.0, 0);
         for (round, (h, b)) in health.into_iter().zip(beats).enumerate() {
@@ -88,13 +95,14 @@ impl Report {
             beat_rate += b_rate;
         }
         let ratio = beat_rate / f64::max(health_rate, 1e-9);
-        let met = ratio >= min_ratio && failed == 0;
+        let met = ratio >= min_ratio && failed == 0 && distinct >= target.min_distinct;
         self.verdict = Some(json!({
             "heartbeat_over_health": (ratio * 100.0).round() / 100.0,
             "per_round": rounds.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
             "distinct_agents_beaten": distinct,
             "failed_heartbeats": failed,
             "min_ratio": min_ratio,
+            "min_distinct": target.min_distinct,
             "met": met,
             "load_average_at_end": load_average(),
         }));
@@ -102,6 +110,12 @@ impl Report {
             Ok(())
         } else if failed > 0 {
             Err(format!("{failed} heartbeats failed"))
+        } else if distinct < target.min_distinct {
+            Err(format!(
+                "heartbeats reached {distinct} distinct agents, fewer than {}: \
+                 raise --duration or --rounds (or --agents)",
+                target.min_distinct
+            ))
         } else {
             Err(format!(
                 "heartbeats ran at {ratio:.2}x the health check, below {min_ratio}"
@@ -175,12 +189,13 @@ impl Report {
         if let Some(v) = &self.verdict {
             out.push_str(&format!(
                 "\nHeartbeat / health Check: {} (rounds {}), {} distinct agents, {} failed; \
-                 target {} -> {}; load average {}\n",
+                 target {}x over {} distinct agents -> {}; load average {}\n",
                 v["heartbeat_over_health"],
                 v["per_round"],
                 v["distinct_agents_beaten"],
                 v["failed_heartbeats"],
                 v["min_ratio"],
+                v["min_distinct"],
                 if v["met"] == true { "met" } else { "MISSED" },
                 v["load_average_at_end"].as_str().unwrap_or("?"),
             ));
