@@ -171,6 +171,15 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
+        // Every line, kept for a look at a failure after the run.
+        if let Some(dir) = std::env::var_os("MC_HARNESS_LOG_DIR") {
+            let path = std::path::Path::new(&dir).join(format!(
+                "replica-{}-pid-{}.log",
+                self.index,
+                self.pid()
+            ));
+            let _ = std::fs::write(path, self.logs.lock().unwrap().join("\n"));
+        }
         if self.running() {
             let _ = Command::new("kill")
                 .args(["-CONT", &self.pid().to_string()])

@@ -9,6 +9,7 @@
 //! `MC_HARNESS_VERBOSE` prints each replica's leadership log lines and
 //! warnings once writes are back (they are printed anyway when writes were
 //! away for longer than four leader leases, or a check fails);
+//! `MC_HARNESS_LOG_DIR` keeps every replica's whole log there, a file each;
 //! `scripts/replicas-soak` runs a heavier variant.
 
 mod harness;
