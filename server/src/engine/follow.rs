@@ -36,19 +36,12 @@ impl Engine {
     pub fn from_stored(policy: Policy, state: StoredState) -> Engine {
         let mut engine = Engine::new(policy);
         engine.revision = state.revision;
-        for gateway in state.gateways {
-            engine
-                .gateway_tokens
-                .insert(gateway.token_hash, gateway.id.clone());
-            engine.gateways.insert(gateway.id.clone(), gateway);
-        }
-        engine.pending_retires.extend(state.pending_retires);
-        for sync in state.pending_syncs {
-            engine.template_syncs.insert(sync.gateway_id.clone(), sync);
-        }
-        for rollout in state.rollouts {
-            engine.commit_rollout(rollout);
-        }
+        engine.replace_directory(
+            state.gateways,
+            state.pending_retires,
+            state.rollouts,
+            state.pending_syncs,
+        );
         engine.tombstones.extend(state.tombstones);
         for agent in state.agents {
             engine
@@ -69,6 +62,7 @@ impl Engine {
             EventKind::Deleted => {
                 if let Some(old) = self.agents.remove(id) {
                     self.forget_token(&old);
+                    self.index_owed(Some(&old), None);
                 }
                 // As the leader's delete writes it: the generation reached.
                 let reached = self.tombstones.entry(id.clone()).or_default();
@@ -76,9 +70,12 @@ impl Engine {
             }
             EventKind::Added | EventKind::Changed => {
                 let mut agent = event.agent.clone();
-                if let Some(old) = self.agents.get(id) {
+                let old = self.agents.remove(id);
+                if let Some(old) = &old {
                     agent.token_hash = old.token_hash;
                 }
+                // Kept in step, so that a takeover in place finds it right.
+                self.index_owed(old.as_ref(), Some(&agent));
                 self.agents.insert(id.clone(), agent);
             }
         }
@@ -117,9 +114,11 @@ impl Engine {
                 return Err(Diverged(format!("agent {} was not asked for", row.id)));
             }
             stored.insert(row.id.clone());
-            if let Some(old) = self.agents.remove(&row.id) {
-                self.forget_token(&old);
+            let old = self.agents.remove(&row.id);
+            if let Some(old) = &old {
+                self.forget_token(old);
             }
+            self.index_owed(old.as_ref(), Some(&row));
             self.agent_tokens.insert(row.token_hash, row.id.clone());
             self.agents.insert(row.id.clone(), row);
         }
@@ -134,8 +133,40 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces the small tables (gateways, pending retires, rollouts,
+    /// template syncs) with the store's: events do not carry them, so a
+    /// takeover from a warm copy reads them whole and lays them here before
+    /// [`Engine::lead_from`].
+    pub fn replace_directory(
+        &mut self,
+        gateways: Vec<Gateway>,
+        pending_retires: Vec<PendingRetire>,
+        rollouts: Vec<Rollout>,
+        pending_syncs: Vec<PendingSync>,
+    ) {
+        self.gateways.clear();
+        self.gateway_tokens.clear();
+        for gateway in gateways {
+            self.gateway_tokens
+                .insert(gateway.token_hash, gateway.id.clone());
+            self.gateways.insert(gateway.id.clone(), gateway);
+        }
+        self.pending_retires = pending_retires.into_iter().collect();
+        self.template_syncs = pending_syncs
+            .into_iter()
+            .map(|sync| (sync.gateway_id.clone(), sync))
+            .collect();
+        self.rollouts.clear();
+        self.rollout_index.clear();
+        for rollout in rollouts {
+            self.commit_rollout(rollout);
+        }
+    }
+
     /// What a load of the store would return, from this copy and the small
-    /// tables read beside it. [`Engine::restore`] takes it from there.
+    /// tables read beside it: the randomized follower test compares it
+    /// with a load.
+    #[cfg(test)]
     pub fn warm_state(
         &self,
         gateways: Vec<Gateway>,

@@ -68,90 +68,106 @@ fn avalanche(mut x: u64) -> u64 {
 }
 
 impl Engine {
-    /// Rebuilds the engine and its timers from stored state.
-    ///
-    /// Deadlines and leases that passed while the service was down, or fall
-    /// due within the grace period, are extended once, to
-    /// `now + grace + spread`, instead of all firing at start. A lease also
-    /// runs at least `lease_ttl` (plus the spread) past `now`: a heartbeat the
-    /// previous leader acknowledged but never checkpointed promised that much. Deadlines get
-    /// an event each; leases, soft state, are only marked for a checkpoint
-    /// (see [`Engine::dirty_lease_count`]). The returned batch holds the
-    /// deadline extensions and must be committed like any other batch.
+    /// Rebuilds the engine and its timers from stored state: a copy of it
+    /// ([`Engine::from_stored`]) made a leader's ([`Engine::lead_from`]).
     pub fn restore(policy: Policy, state: StoredState, now: Timestamp) -> (Engine, Batch) {
         let mut engine = Engine::from_stored(policy, state);
-        let mut batch = engine.begin(now);
+        let batch = engine.lead_from(now);
+        (engine, batch)
+    }
+
+    /// Makes this copy of stored state (no timers, no grace: a follower's)
+    /// the leader's at `now`, in place, so a takeover copies no agent.
+    ///
+    /// Deadlines and leases that passed while no leader served, or fall
+    /// due within the grace period, are extended once, to
+    /// `now + grace + spread`, instead of all firing at once. A lease also
+    /// runs at least `lease_ttl` (plus the spread) past `now`: a heartbeat the
+    /// previous leader acknowledged but never checkpointed promised that much.
+    /// Deadlines get an event each; leases, soft state, are extended in
+    /// memory and written a slice per checkpoint (see
+    /// [`Engine::take_dirty_leases`]): the promise holds without them, as
+    /// the next leader extends again from its own start. The returned batch
+    /// holds the deadline extensions and must be committed like any other.
+    pub fn lead_from(&mut self, now: Timestamp) -> Batch {
+        let mut batch = self.begin(now);
         // No gateway has a stream to this leader yet: one that was connected
         // is away from now, and its grace starts now. Held wakes stay held
         // (they are stored) and go out when it connects.
-        let connected: Vec<GatewayId> = engine
+        let connected: Vec<GatewayId> = self
             .gateways
             .values()
             .filter(|g| g.link.is_connected())
             .map(|g| g.id.clone())
             .collect();
         for id in &connected {
-            engine
-                .gateway_disconnected(&mut batch, id, "no stream to this leader yet")
+            self.gateway_disconnected(&mut batch, id, "no stream to this leader yet")
                 .expect("listed above");
         }
-        let ids: Vec<AgentId> = engine.agents.keys().cloned().collect();
+        let policy = &self.policy;
         // Due within the grace period: agents could not check in or
         // heartbeat while the service was down, and may still be backing
         // off from that.
-        let due_soon = now.plus(engine.policy.restart_grace);
+        let due_soon = now.plus(policy.restart_grace);
         // The previous leader may have acknowledged heartbeats it never
         // checkpointed; each promised at most `lease_ttl` from before `now`.
         // No lease restored here ends before that promise could.
-        let promised_until = now.plus(engine.policy.lease_ttl);
-        for id in ids {
-            let unit = spread_unit(&id);
-            let grace_until = now.plus(engine.policy.grace_offset(unit));
-            let lease_until =
-                grace_until.max(promised_until.plus(engine.policy.restart_grace.mul_f64(unit)));
-            let agent = engine.agents.get_mut(&id).expect("listed above");
+        let promised_until = now.plus(policy.lease_ttl);
+        let mut timers = Vec::with_capacity(self.agents.len());
+        // The few agents with a held wake or a deadline to extend: below.
+        let mut special = Vec::new();
+        for (id, agent) in &mut self.agents {
+            let unit = spread_unit(id);
             // A lease is soft state (renewals are not events): extended in
-            // place, written at the next checkpoint.
+            // place, written by later checkpoints.
             if agent.status == Status::Online
                 && agent
                     .lease_expires_at
                     .is_none_or(|l| l <= due_soon || l < promised_until)
             {
-                agent.lease_expires_at = Some(lease_until);
-                engine.dirty_leases.insert(id.clone());
+                let grace_until = now.plus(policy.grace_offset(unit));
+                let floor = promised_until.plus(policy.restart_grace.mul_f64(unit));
+                agent.lease_expires_at = Some(grace_until.max(floor));
+                self.extended_leases.push(id.clone());
             }
-            let agent = agent.clone();
+            if agent.wake_held || agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
+                special.push((id.clone(), unit));
+            } else {
+                timers.extend(restored_timers(agent));
+            }
+        }
+        for (id, unit) in special {
+            let agent = self.agents[&id].clone();
             if agent.wake_held {
                 // Held or queued: never judged, it was not sent. Its gateway
                 // has no stream to this leader yet, so it is held for the
                 // gateway's grace (from now, for one that was connected)
                 // and goes out, in deadline order, when the gateway is back.
-                match engine.hold_until(&batch, &agent.gateway_id) {
+                match self.hold_until(&batch, &agent.gateway_id) {
                     // One that was connected had its hold armed above.
                     Some(_) if connected.contains(&agent.gateway_id) => {}
-                    Some(until) => engine.timers.arm(hold_timer(&agent, until)),
+                    Some(until) => timers.push(hold_timer(&agent, until)),
                     // Nothing to wait for: it goes out (and fails if the
                     // gateway is still away, as any wake does then).
                     None => batch.release_by(now),
                 }
-                restored_timers(&agent)
-                    .into_iter()
-                    .filter(|t| t.kind == TimerKind::Lease)
-                    .for_each(|t| engine.timers.arm(t));
-            } else if agent.checkin_deadline_at.is_some_and(|d| d <= due_soon) {
+                timers.extend(
+                    restored_timers(&agent)
+                        .into_iter()
+                        .filter(|t| t.kind == TimerKind::Lease),
+                );
+            } else {
                 // A deadline is committed state: extended with an event.
+                let grace_until = now.plus(self.policy.grace_offset(unit));
                 let mut extended = agent.clone();
                 extended.checkin_deadline_at = Some(grace_until);
                 batch.timers_to_arm.extend(restored_timers(&extended));
                 let change = Change::changed(&agent, Reason::RestartGrace, agent.wake_attempts);
-                engine.stage(&mut batch, change, extended);
-            } else {
-                restored_timers(&agent)
-                    .into_iter()
-                    .for_each(|t| engine.timers.arm(t));
+                self.stage(&mut batch, change, extended);
             }
         }
-        (engine, batch)
+        timers.into_iter().for_each(|t| self.timers.arm(t));
+        batch
     }
 }
 

@@ -957,6 +957,77 @@ fn checkpoints_carry_only_renewed_online_leases() {
 }
 
 #[test]
+fn leases_a_takeover_extended_are_checkpointed_a_slice_at_a_time() {
+    let mut h = Harness::new();
+    h.provision("template");
+    h.check_in("template");
+    let template = h.agent("template");
+    let count = EXTENDED_LEASES_PER_CHECKPOINT + 10;
+    let token_of = |n: usize| {
+        let mut hash = [0u8; 32];
+        hash[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        TokenHash(hash)
+    };
+    let agents = (0..count)
+        .map(|n| Agent {
+            id: id(&format!("agent-{n:05}")),
+            token_hash: token_of(n),
+            ..template.clone()
+        })
+        .collect();
+    let state = StoredState {
+        agents,
+        gateways: h.engine.gateways().cloned().collect(),
+        revision: h.engine.revision(),
+        ..StoredState::default()
+    };
+    // Every lease ran out long ago: the takeover extends them all.
+    let takeover = t(1000);
+    let (mut engine, grace) = Engine::restore(Policy::default(), state, takeover);
+    engine.commit(grace);
+    assert_eq!(
+        engine.dirty_lease_count(),
+        count,
+        "all extended, none written"
+    );
+    let promised = takeover.plus(Policy::default().lease_ttl);
+    assert!(
+        engine
+            .agents()
+            .all(|a| a.lease_expires_at >= Some(promised))
+    );
+
+    // A heartbeat meanwhile is written with the next checkpoint, whichever
+    // slice its agent's extension falls in (ids are taken from the end).
+    let renewed = engine.renew_lease(&token_of(0), None, takeover.plus(Duration::from_secs(1)));
+    assert!(matches!(renewed, Renewal::Renewed(_)));
+    let first = engine.take_dirty_leases();
+    assert_eq!(first.len(), EXTENDED_LEASES_PER_CHECKPOINT + 1);
+    assert!(first.iter().any(|l| l.agent_id == id("agent-00000")));
+    let second = engine.take_dirty_leases();
+    assert_eq!(second.len(), 10, "the rest of the extensions");
+    assert!(engine.take_dirty_leases().is_empty());
+    assert_eq!(engine.dirty_lease_count(), 0);
+}
+
+#[test]
+fn adopting_the_leases_an_engine_already_has_writes_nothing_again() {
+    let mut h = Harness::new();
+    h.provision("a");
+    h.check_in("a");
+    let token = h.agent("a").token_hash;
+    h.engine.renew_lease(&token, None, t(5));
+    let same = h.engine.online_leases();
+    h.engine.take_dirty_leases();
+    h.engine.adopt_leases(same.clone());
+    assert_eq!(h.engine.dirty_lease_count(), 0);
+    let mut newer = same;
+    newer[0].lease_expires_at = newer[0].lease_expires_at.plus(Duration::from_secs(1));
+    h.engine.adopt_leases(newer);
+    assert_eq!(h.engine.dirty_lease_count(), 1);
+}
+
+#[test]
 fn re_registering_a_gateway_without_a_name_keeps_its_name() {
     let mut h = Harness::new();
     let register = |name: Option<&str>| GatewaySpec {

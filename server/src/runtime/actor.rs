@@ -28,7 +28,7 @@ use crate::engine::{
     GatewayRegistered, GatewaySpec, Note, NoteKind, PendingRetire, PendingSync, ProvisionSpec,
     Provisioned, Reason, RolloutId, StoredState, Timestamp, TokenHash,
 };
-use crate::store::StoreError;
+use crate::store::{Directory, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
 
@@ -360,9 +360,38 @@ impl Actor {
     async fn warm_resync(&mut self) -> Result<CaughtUp, FollowError> {
         let mut read = self.catch_up(true, WARM_BACKLOG).await?;
         let directory = read.directory.take().unwrap_or_default();
-        let state = self.follower.warm_state(&self.shared.engine(), directory);
-        self.install(state, Vec::new()).await?;
+        self.lead_copy(directory).await?;
         Ok(read)
+    }
+
+    /// Makes the warm copy the leader's engine where it stands: no agent
+    /// is copied (at 100,000 agents, copying them out and back was most of
+    /// a takeover). If the grace commit fails, the copy, half a leader's
+    /// now, is not trusted again: the retry loads the whole state.
+    async fn lead_copy(&mut self, directory: Directory) -> Result<(), StoreError> {
+        let now = self.shared.clock.now();
+        let grace = {
+            let mut engine = self.shared.engine();
+            engine.replace_directory(
+                directory.gateways,
+                directory.pending_retires,
+                directory.rollouts,
+                directory.pending_syncs,
+            );
+            engine.lead_from(now)
+        };
+        if let Err(error) = self.shared.store.commit(&grace).await {
+            self.shared.engine().abort(grace);
+            self.follower = Follower::distrusted("a takeover from it failed half-way");
+            return Err(error);
+        }
+        self.followups.clear();
+        let mut engine = self.shared.engine();
+        let committed = engine.commit(grace);
+        for event in committed.events {
+            let _ = self.shared.events.send(Arc::new(event));
+        }
+        Ok(())
     }
 
     /// Keeps the engine a copy of the leader's until this replica holds the
@@ -719,12 +748,15 @@ impl Actor {
         self.followups.clear();
         let mut guard = self.shared.engine();
         let renewed_meanwhile = guard.online_leases();
-        *guard = engine;
+        let old = std::mem::replace(&mut *guard, engine);
         let committed = guard.commit(grace);
         guard.adopt_leases(renewed_meanwhile);
         for event in missed.into_iter().chain(committed.events) {
             let _ = self.shared.events.send(Arc::new(event));
         }
+        drop(guard);
+        // Freed without the lock: readers need not wait for it.
+        drop(old);
         Ok(())
     }
 }

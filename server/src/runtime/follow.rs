@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use crate::engine::{AgentId, Diverged, Engine, Event, StoredState};
+use crate::engine::{AgentId, Diverged, Engine, Event};
 use crate::store::{ChangesRequest, Directory, Store, StoreError};
 
 /// Events read per page while following.
@@ -145,6 +145,7 @@ impl Follower {
 
     /// The state a full load would give, from the copy after a complete
     /// catch-up with `directory`.
+    #[cfg(test)]
     pub fn warm_state(&self, engine: &Engine, directory: Directory) -> StoredState {
         engine.warm_state(
             directory.gateways,
@@ -158,6 +159,9 @@ impl Follower {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+use crate::engine::StoredState;
 
 fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
     engine.lock().expect("engine lock poisoned")
