@@ -75,6 +75,10 @@ pub struct Ledger {
     pub acks: Mutex<HashMap<String, Vec<Ack>>>,
     /// Refusals by gRPC code and replica, to explain gaps.
     pub refusals: Mutex<HashMap<(String, usize), u64>>,
+    /// Each failed heartbeat, per agent: when it was sent, to which
+    /// replica, and the code, to tell an agent whose beats did not get
+    /// through from one the service judged wrongly.
+    pub failures: Mutex<HashMap<String, Vec<(SystemTime, usize, tonic::Code)>>>,
     /// Acknowledgements sticky agents got from their sticky replica.
     pub sticky_acks: AtomicU64,
     pub heartbeats_acked: AtomicU64,
@@ -306,6 +310,13 @@ async fn heartbeat_loop(
             }
             Err(status) => {
                 ledger.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                ledger
+                    .failures
+                    .lock()
+                    .unwrap()
+                    .entry(agent.id.clone())
+                    .or_default()
+                    .push((sent_at, replica, status.code()));
                 *ledger
                     .refusals
                     .lock()

@@ -171,10 +171,20 @@ pub async fn verify(
             .iter()
             .map(|ack| format!("{:.2}@{}", before_stop(ack.sent_at), ack.replica))
             .collect();
+        let failed: Vec<String> = ledger
+            .failures
+            .lock()
+            .unwrap()
+            .get(&agent)
+            .into_iter()
+            .flatten()
+            .map(|(sent, replica, code)| format!("{:.2}@{replica}:{code:?}", before_stop(*sent)))
+            .collect();
         eprintln!(
-            "OFFLINE {agent} at -{:.2}s (before the load stopped); acks at -s: {}",
+            "OFFLINE {agent} at -{:.2}s (before the load stopped); acks at -s: {}; failed beats at -s: {}",
             before_stop(at),
-            acked.join(" ")
+            acked.join(" "),
+            failed.join(" ")
         );
         // Before the fault, with no heartbeat acknowledged for a whole
         // lease before it: the load did not get through (a machine too busy
