@@ -78,13 +78,16 @@ pub struct Ledger {
     /// Each failed heartbeat, per agent: when it was sent, to which
     /// replica, and the code, to tell an agent whose beats did not get
     /// through from one the service judged wrongly.
-    pub failures: Mutex<HashMap<String, Vec<(SystemTime, usize, tonic::Code)>>>,
+    pub failures: Mutex<HashMap<String, Vec<FailedBeat>>>,
     /// Acknowledgements sticky agents got from their sticky replica.
     pub sticky_acks: AtomicU64,
     pub heartbeats_acked: AtomicU64,
     pub heartbeats_failed: AtomicU64,
     pub provisions_failed: AtomicU64,
 }
+
+/// A heartbeat that failed: when it was sent, to which replica, the code.
+pub type FailedBeat = (SystemTime, usize, tonic::Code);
 
 /// One acknowledged heartbeat.
 #[derive(Debug, Clone, Copy)]
