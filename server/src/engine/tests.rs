@@ -1011,6 +1011,34 @@ fn leases_a_takeover_extended_are_checkpointed_a_slice_at_a_time() {
 }
 
 #[test]
+fn a_followers_copy_keeps_its_owed_wakes_in_step_with_the_events() {
+    let mut h = Harness::new();
+    let state = StoredState {
+        gateways: h.engine.gateways().cloned().collect(),
+        revision: h.engine.revision(),
+        ..StoredState::default()
+    };
+    let mut copy = Engine::from_stored(Policy::default(), state);
+    let follow = |committed: Committed, copy: &mut Engine| {
+        committed.events.iter().for_each(|e| copy.apply_event(e));
+    };
+    // The gateway is away: a provision's wake is held, and owed.
+    let (_, away) = h.run(|e, b| e.gateway_disconnected(b, &gw(), "test"));
+    follow(away, &mut copy);
+    let (_, held) = h.provision("a");
+    follow(held, &mut copy);
+    assert_eq!(h.engine.wakes_owed(), [(gw(), 1)]);
+    assert_eq!(
+        copy.wakes_owed(),
+        h.engine.wakes_owed(),
+        "a takeover in place owes it too"
+    );
+    let (_, deleted) = h.run(|e, b| e.delete(b, &id("a")));
+    follow(deleted, &mut copy);
+    assert!(copy.wakes_owed().is_empty());
+}
+
+#[test]
 fn adopting_the_leases_an_engine_already_has_writes_nothing_again() {
     let mut h = Harness::new();
     h.provision("a");
