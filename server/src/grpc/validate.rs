@@ -1,6 +1,9 @@
 //! Request validation: protocol messages in, domain values out, and an
 //! INVALID_ARGUMENT naming the field for anything else.
 
+use std::time::Duration;
+
+use mission_control_proto::prost_types;
 use mission_control_proto::v1 as pb;
 
 use super::{convert, page_token};
@@ -259,7 +262,24 @@ pub fn watch(request: &pb::WatchAgentRequest) -> Result<WatchRequest> {
         },
         start_revision: request.start_revision,
         include_heartbeats: request.include_heartbeats,
+        bookmark_interval: request
+            .bookmark_interval
+            .as_ref()
+            .map(bookmark_interval)
+            .transpose()?,
     })
+}
+
+/// Often enough to notice a dead connection within seconds; no more often,
+/// so a client cannot make the server spin.
+const BOOKMARK_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+fn bookmark_interval(value: &prost_types::Duration) -> Result<Duration> {
+    let wanted = (value.seconds >= 0 && (0..1_000_000_000).contains(&value.nanos))
+        .then(|| Duration::new(value.seconds as u64, value.nanos as u32))
+        .filter(|d| BOOKMARK_INTERVALS.contains(d));
+    wanted.ok_or_else(|| LifecycleError::invalid("bookmark_interval", "must be from 1s to 1h"))
 }
 
 #[cfg(test)]
@@ -282,6 +302,38 @@ mod tests {
         match result {
             Err(LifecycleError::InvalidArgument { field, .. }) => field,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_watch_may_ask_for_bookmarks_from_every_second_to_every_hour() {
+        let asking = |seconds, nanos| {
+            watch(&pb::WatchAgentRequest {
+                bookmark_interval: Some(prost_types::Duration { seconds, nanos }),
+                ..Default::default()
+            })
+        };
+        let unset = watch(&pb::WatchAgentRequest::default()).unwrap();
+        assert_eq!(unset.bookmark_interval, None, "the service's setting");
+        for (seconds, nanos, wanted) in [(1, 0, 1000), (2, 500_000_000, 2500), (3600, 0, 3_600_000)]
+        {
+            let parsed = asking(seconds, nanos).unwrap().bookmark_interval;
+            assert_eq!(parsed, Some(Duration::from_millis(wanted)));
+        }
+        for (seconds, nanos) in [
+            (0, 0),
+            (0, 999_999_999),
+            (3600, 1),
+            (-1, 0),
+            (1, -1),
+            (1, 1_000_000_000),
+        ] {
+            match asking(seconds, nanos) {
+                Err(LifecycleError::InvalidArgument { field, .. }) => {
+                    assert_eq!(field, "bookmark_interval", "{seconds}s {nanos}ns")
+                }
+                other => panic!("{seconds}s {nanos}ns: {other:?}"),
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -25,6 +26,9 @@ pub struct WatchRequest {
     /// 0: snapshot, then changes. R > 0: every change after R, no snapshot.
     pub start_revision: u64,
     pub include_heartbeats: bool,
+    /// How long the stream may go without sending anything before it gets
+    /// a bookmark (None: the service's setting).
+    pub bookmark_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +163,9 @@ impl Watcher {
                 (start, (start < current).then_some(current))
             }
         };
-        let period = shared.settings.bookmark_interval;
+        let period = request
+            .bookmark_interval
+            .unwrap_or(shared.settings.bookmark_interval);
         let mut bookmark = tokio::time::interval_at(Instant::now() + period, period);
         bookmark.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {

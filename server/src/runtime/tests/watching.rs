@@ -368,6 +368,46 @@ async fn an_idle_watch_gets_bookmarks_and_a_shutdown_ends_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_may_ask_for_its_own_bookmark_interval_and_gets_one_each_quiet_period() {
+    let f = start(Settings {
+        bookmark_interval: Duration::from_secs(15),
+        ..settings()
+    })
+    .await;
+    let mut w = watch(
+        &f,
+        WatchRequest {
+            bookmark_interval: Some(Duration::from_secs(2)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let opened = tokio::time::Instant::now();
+    assert!(matches!(
+        next(&mut w).await,
+        WatchItem::SnapshotComplete { .. }
+    ));
+    for period in 1..=3 {
+        assert!(matches!(next(&mut w).await, WatchItem::Bookmark { .. }));
+        assert_eq!(opened.elapsed(), Duration::from_secs(2 * period));
+    }
+    // A change restarts the quiet period: the next bookmark is 2 s after
+    // the last change sent (the provision, and whatever its wake brings).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.provision("a").await;
+    let mut changed = None;
+    loop {
+        match next(&mut w).await {
+            WatchItem::Event(_) => changed = Some(tokio::time::Instant::now()),
+            WatchItem::Bookmark { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let changed = changed.expect("the provision was sent");
+    assert_eq!(changed.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn watches_are_limited_and_a_closed_one_frees_its_place() {
     let f = start(Settings {
         max_watches: 2,

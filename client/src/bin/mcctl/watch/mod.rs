@@ -45,6 +45,8 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> Result<(), Failure> {
         start_revision: args.since,
         // The table's LAST SEEN column needs them; lines only on request.
         include_heartbeats: args.heartbeats || live_table,
+        // The service's period.
+        bookmark_interval: None,
     };
     let filter = view::Filter::of(&request);
     let mut stream = match ctx.operator.watch(request).await {
