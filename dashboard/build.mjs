@@ -1,9 +1,10 @@
-// Builds the dashboard into ../server/assets/dashboard (or the folder given
-// as the first argument): one minified bundle, the page and its styles.
+// Builds the dashboard's script into ../server/assets/dashboard/app.js (or
+// into the folder given as the first argument): one minified bundle.
 // Deterministic for the versions pinned in package-lock.json, so CI can
-// rebuild it and compare with what is committed.
+// rebuild it and compare with what is committed. The page and its styles
+// (static/) need no build: the server embeds them from here as they are.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -22,4 +23,3 @@ await build({
   charset: "utf8",
   logLevel: "warning",
 });
-for (const file of ["index.html", "app.css"]) copyFileSync(join(here, "static", file), join(out, file));

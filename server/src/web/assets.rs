@@ -1,6 +1,7 @@
-//! The dashboard's files, built from `dashboard/` by `scripts/build-dashboard`
-//! and committed under `server/assets/dashboard/`, so `cargo build` needs no
-//! Node. Every response carries a strict Content-Security-Policy: scripts,
+//! The dashboard's files: the page and its styles as written in
+//! `dashboard/static/`, and its script as built from `dashboard/src/` by
+//! `scripts/build-dashboard` and committed under `server/assets/dashboard/`,
+//! so `cargo build` needs no Node. Every response carries a strict Content-Security-Policy: scripts,
 //! styles and calls from this origin only, nothing inline, no frames.
 
 use axum::http::{HeaderValue, header};
@@ -23,7 +24,7 @@ const ASSETS: [Asset; 3] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/index.html"),
+        body: include_bytes!("../../../dashboard/static/index.html"),
     },
     Asset {
         path: "/assets/app.js",
@@ -33,7 +34,7 @@ const ASSETS: [Asset; 3] = [
     Asset {
         path: "/assets/app.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/app.css"),
+        body: include_bytes!("../../../dashboard/static/app.css"),
     },
 ];
 
