@@ -9,10 +9,15 @@ is a PROVISIONING -> ONLINE transition the page receives) while the page
 records the gap between its animation frames. Prints what it measured:
 time to the first live snapshot, frame gaps during the changes, one sort
 and one filter of the whole fleet, and whether the page's count of online
-agents matches the server's at the end.
+agents matches the server's at the end. With --profile, also records the
+page's CPU profile (Chrome DevTools Protocol) during the changes and prints
+where the time went, by function. The load average is printed beside the
+figures: they mean little without it on a shared machine.
 """
 import argparse
 import asyncio
+import collections
+import os
 import pathlib
 import sys
 import tempfile
@@ -66,6 +71,43 @@ async def check_in(lc, stub, tokens, rate, seconds):
     return sent, time.monotonic() - start
 
 
+def hot_functions(profile, top=15):
+    """Self and total time per function of a CDP CPU profile, largest first."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    parent = {}
+    for n in profile["nodes"]:
+        for child in n.get("children", []):
+            parent[child] = n["id"]
+    self_ms = collections.Counter()
+    total_ms = collections.Counter()
+    deltas = profile["timeDeltas"]
+    for i, sample in enumerate(profile["samples"]):
+        took = (deltas[i + 1] if i + 1 < len(deltas) else 0) / 1000
+        names = []
+        node = sample
+        while node is not None:
+            frame = nodes[node]["callFrame"]
+            names.append(f"{frame['functionName'] or '(anonymous)'}"
+                         f"{'@' + str(frame['columnNumber']) if frame['url'] else ''}")
+            node = parent.get(node)
+        self_ms[names[0]] += took
+        for name in set(names):
+            total_ms[name] += took
+    wall = sum(deltas) / 1000
+    lines = [f"cpu profile over {wall:.0f}ms (name@column in the minified app.js)"]
+    for name, took in self_ms.most_common(top):
+        lines.append(f"  self {took:7.0f}ms  total {total_ms[name]:7.0f}ms  {name}")
+    busy = [(n, t) for n, t in total_ms.most_common(top * 2)
+            if "@" in n and n not in dict(self_ms.most_common(top))]
+    for name, took in busy[:top]:
+        lines.append(f"  total {took:7.0f}ms  {name}")
+    return "\n".join(lines)
+
+
+def load():
+    return "load average %.1f %.1f %.1f" % os.getloadavg()
+
+
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -77,7 +119,10 @@ async def main():
     parser.add_argument("--agents", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=500, help="check-ins a second")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--profile", action="store_true",
+                        help="record and summarize the page's CPU profile during the changes")
     args = parser.parse_args()
+    print(load())
 
     with tempfile.TemporaryDirectory() as out_dir:
         lc, lc_grpc, gw, gw_grpc = generate_stubs(out_dir)
@@ -98,9 +143,15 @@ async def main():
                 print(f"page live with the snapshot of {args.agents} agents after {time.monotonic() - t:.1f}s")
 
                 driver.execute_script(FRAME_MONITOR)
+                if args.profile:
+                    driver.execute_cdp_cmd("Profiler.enable", {})
+                    driver.execute_cdp_cmd("Profiler.setSamplingInterval", {"interval": 1000})
+                    driver.execute_cdp_cmd("Profiler.start", {})
                 sent, took = await check_in(lc, stub, tokens, args.rate, args.seconds)
-                print(f"{sent} check-ins in {took:.1f}s ({sent / took:.0f}/s)")
+                print(f"{sent} check-ins in {took:.1f}s ({sent / took:.0f}/s); {load()}")
                 time.sleep(1.5)
+                if args.profile:
+                    print(hot_functions(driver.execute_cdp_cmd("Profiler.stop", {})["profile"]))
                 gaps = driver.execute_script("return window.__gaps")
                 print(f"frames: {len(gaps)} in {took + 1.5:.1f}s; gap p50 {percentile(gaps, .5):.0f}ms, "
                       f"p99 {percentile(gaps, .99):.0f}ms, max {max(gaps):.0f}ms, "

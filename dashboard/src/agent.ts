@@ -21,7 +21,12 @@ export class AgentPanel {
     private readonly access: () => Access,
   ) {
     byId("agent-close").addEventListener("click", () => this.select(""));
-    fleet.onChange(() => this.renderState());
+    fleet.listen({
+      reset: () => this.renderState(),
+      changed: (changes) => {
+        if (changes.some(({ before, after }) => (after ?? before)?.agent.id === this.selected)) this.renderState();
+      },
+    });
     // A new event for the agent on show: its story has a new line.
     fleet.onEvent((event) => {
       if (event.agent?.id === this.selected) this.refreshSoon();

@@ -25,7 +25,9 @@ export class Charts {
   private checkIns: CheckIn[] = [];
 
   constructor(
-    private readonly fleet: Fleet,
+    fleet: Fleet,
+    /// Agents per status now, in the order of STATUSES.
+    private readonly totals: () => readonly number[],
     private readonly statusCanvas: HTMLCanvasElement,
     private readonly latencyCanvas: HTMLCanvasElement,
   ) {
@@ -37,12 +39,7 @@ export class Charts {
   }
 
   private sample(): void {
-    const counts = STATUSES.map(() => 0);
-    for (const { agent } of this.fleet.agents.values()) {
-      const at = STATUSES.indexOf(agent.status as (typeof STATUSES)[number]);
-      if (at >= 0) counts[at]++;
-    }
-    this.samples.push({ at: Date.now(), counts });
+    this.samples.push({ at: Date.now(), counts: [...this.totals()] });
     if (this.samples.length > KEEP_SAMPLES) this.samples.shift();
     this.draw();
   }

@@ -1,16 +1,27 @@
 // The fleet as the page knows it: every agent by id, kept current from the
 // watch stream. Changes are queued as they arrive and applied once per
-// animation frame, so hundreds of changes a second cost one render.
+// animation frame; the views hear each applied batch as a list of
+// (before, after) rows, so they update what changed instead of going over
+// 100,000 agents each time.
 
 import type { Agent, AgentEvent, HeartbeatSeen } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
-import { AgentStatus, EventType, TransitionReason } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
+import { EventType, TransitionReason } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
 import { ms } from "./format";
 
-/// One agent as the table shows it (plain fields: cheap to sort).
+/// One agent as the table shows it (plain fields: cheap to sort). Never
+/// changed once made: a change makes a new row, so a view can still find
+/// the old one where it put it.
 export interface Row {
-  agent: Agent;
-  lastSeen?: number;
-  leaseExpires?: number;
+  readonly agent: Agent;
+  readonly lastSeen?: number;
+  readonly leaseExpires?: number;
+}
+
+/// One agent's change in a batch: added (no before), removed (no after),
+/// or changed.
+export interface RowChange {
+  before?: Row;
+  after?: Row;
 }
 
 /// A check-in seen live: how long after its wake the agent came back.
@@ -19,23 +30,30 @@ export interface CheckIn {
   latencyMs: number;
 }
 
+export interface FleetListener {
+  /// Everything was replaced (a snapshot): rebuild from `fleet.agents`.
+  reset(): void;
+  /// These changes were applied, in order.
+  changed(changes: RowChange[]): void;
+}
+
 type Change =
   | { kind: "event"; event: AgentEvent }
   | { kind: "heartbeat"; seen: HeartbeatSeen };
 
+/// A hidden tab gets no animation frames: its changes are applied this
+/// often instead, so the queue cannot grow without bound.
+const FLUSH_AT_LEAST_EVERY_MS = 500;
+
 export class Fleet {
   readonly agents = new Map<string, Row>();
-  /// Bumped whenever the set of agents or any field changed.
-  version = 0;
-  /// Bumped when membership or a sortable field changed (re-sort needed).
-  orderVersion = 0;
   private queue: Change[] = [];
   private scheduled = false;
-  private listeners: (() => void)[] = [];
+  private listeners: FleetListener[] = [];
   private eventListeners: ((event: AgentEvent) => void)[] = [];
   private checkIns: ((checkIn: CheckIn) => void)[] = [];
 
-  onChange(listener: () => void): void {
+  listen(listener: FleetListener): void {
     this.listeners.push(listener);
   }
 
@@ -53,9 +71,7 @@ export class Fleet {
     this.queue = [];
     this.agents.clear();
     for (const agent of snapshot) this.agents.set(agent.id, row(agent));
-    this.version++;
-    this.orderVersion++;
-    this.notify();
+    for (const listener of this.listeners) listener.reset();
   }
 
   push(event: AgentEvent): void {
@@ -71,6 +87,7 @@ export class Fleet {
     if (!this.scheduled) {
       this.scheduled = true;
       requestAnimationFrame(() => this.flush());
+      setTimeout(() => this.flush(), FLUSH_AT_LEAST_EVERY_MS);
     }
   }
 
@@ -80,14 +97,19 @@ export class Fleet {
     const queue = this.queue;
     if (queue.length === 0) return;
     this.queue = [];
+    const changes: RowChange[] = [];
     const applied: AgentEvent[] = [];
     for (const change of queue) {
       if (change.kind === "heartbeat") {
-        const current = this.agents.get(change.seen.agentId);
-        if (current) {
-          current.lastSeen = ms(change.seen.lastSeenAt) ?? current.lastSeen;
-          current.leaseExpires = ms(change.seen.leaseExpiresAt) ?? current.leaseExpires;
-        }
+        const before = this.agents.get(change.seen.agentId);
+        if (!before) continue;
+        const after: Row = {
+          agent: before.agent,
+          lastSeen: ms(change.seen.lastSeenAt) ?? before.lastSeen,
+          leaseExpires: ms(change.seen.leaseExpiresAt) ?? before.leaseExpires,
+        };
+        this.agents.set(after.agent.id, after);
+        changes.push({ before, after });
         continue;
       }
       const { event } = change;
@@ -97,41 +119,27 @@ export class Fleet {
       // A late event for an older revision changes nothing.
       if (before && before.agent.revision > event.revision) continue;
       if (event.type === EventType.DELETED) {
+        if (!before) continue;
         this.agents.delete(agent.id);
-        this.orderVersion++;
+        changes.push({ before });
       } else {
-        const next = row(agent);
-        if (!before || sortKeyChanged(before.agent, agent)) this.orderVersion++;
-        this.agents.set(agent.id, next);
+        const after = row(agent);
+        this.agents.set(agent.id, after);
+        changes.push({ before, after });
       }
       applied.push(event);
     }
-    this.version++;
-    this.notify();
+    if (changes.length > 0) for (const listener of this.listeners) listener.changed(changes);
     for (const event of applied) {
       for (const listener of this.eventListeners) listener(event);
       const checkIn = checkInOf(event);
       if (checkIn) for (const listener of this.checkIns) listener(checkIn);
     }
   }
-
-  private notify(): void {
-    for (const listener of this.listeners) listener();
-  }
 }
 
 function row(agent: Agent): Row {
   return { agent, lastSeen: ms(agent.lastSeenAt), leaseExpires: ms(agent.leaseExpiresAt) };
-}
-
-function sortKeyChanged(a: Agent, b: Agent): boolean {
-  return (
-    a.status !== b.status ||
-    a.wakeAttempts !== b.wakeAttempts ||
-    a.name !== b.name ||
-    a.boardId !== b.boardId ||
-    a.lastProvisionError !== b.lastProvisionError
-  );
 }
 
 function checkInOf(event: AgentEvent): CheckIn | undefined {
@@ -146,8 +154,4 @@ export function drift(agent: Agent): string {
   const { desiredTemplateVersion: want, reportedTemplateVersion: has } = agent;
   if (!want || !has || want === has) return "";
   return `${has} → ${want}`;
-}
-
-export function isOnline(agent: Agent): boolean {
-  return agent.status === AgentStatus.ONLINE;
 }

@@ -20,13 +20,14 @@ const fleet = new Fleet();
 const panel = new AgentPanel(fleet, () => access);
 const table = new FleetTable(fleet, byId("fleet"), byId("shown"), (id) => panel.select(id));
 const counts = new Counts(fleet, byId("totals"), byId("counts"));
-const charts = new Charts(fleet, byId<HTMLCanvasElement>("chart-status"), byId<HTMLCanvasElement>("chart-latency"));
+const charts = new Charts(
+  fleet,
+  () => counts.tallies.all,
+  byId<HTMLCanvasElement>("chart-status"),
+  byId<HTMLCanvasElement>("chart-latency"),
+);
 const gatewayList = new GatewayList(gatewayChoices);
 
-fleet.onChange(() => {
-  table.render();
-  counts.render();
-});
 // Times move on without events: "last seen" and "lease left" tick.
 setInterval(() => table.render(), 1_000);
 

@@ -1,20 +1,18 @@
 // The fleet table: sortable, filterable, and virtualized. Only the rows in
 // view exist in the DOM (a fixed pool, re-filled on scroll and on change),
-// so 100,000 agents cost what 40 do. The filtered and sorted order is
-// recomputed when a filter or the sort changes, and at most a few times a
-// second when agents come, go or change a sortable field.
+// so 100,000 agents cost what 40 do. The filtered and sorted order is built
+// when a filter or the sort changes, and each change to an agent then moves
+// only its row (order.ts).
 
 import type { Fleet, Row } from "./fleet";
 import { drift } from "./fleet";
+import { SortedRows, type Compare } from "./order";
 import { clear, el, setText } from "./dom";
 import { ago, duration, roleName, statusName } from "./format";
 import { AgentStatus } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
 
 export const ROW_HEIGHT = 26;
 const OVERSCAN = 8;
-/// Re-sorting on changes happens at most this often, and never takes more
-/// than a tenth of the time: with a large fleet, at most every ten sorts' worth.
-const RESORT_EVERY_MS = 300;
 
 interface Column {
   key: string;
@@ -62,15 +60,12 @@ export interface Filter {
 }
 
 export class FleetTable {
-  private order: Row[] = [];
-  private orderVersion = -1;
-  private filterKey = "";
+  private readonly sorted: SortedRows;
   private sortKey = "id";
   private descending = false;
-  private lastSort = 0;
-  private sortCost = 0;
-  private catchUp?: number;
   private pool: HTMLElement[] = [];
+  private shownText = "";
+  private height = -1;
   private readonly spacer: HTMLElement;
   private readonly body: HTMLElement;
   private readonly header: HTMLElement;
@@ -84,6 +79,7 @@ export class FleetTable {
     private readonly onSelect: (id: string) => void,
   ) {
     this.shown = shown;
+    this.sorted = new SortedRows(this.compare(), this.matcher());
     this.header = el("div", { class: "row head" });
     for (const column of COLUMNS) {
       const cell = el("button", { class: `cell c-${column.key}`, type: "button", "data-sort": column.key }, column.title);
@@ -97,6 +93,16 @@ export class FleetTable {
     viewport.append(this.spacer);
     viewport.addEventListener("scroll", () => this.render(), { passive: true });
     window.addEventListener("resize", () => this.render());
+    fleet.listen({
+      reset: () => {
+        this.sorted.rebuild(fleet.agents.values());
+        this.render();
+      },
+      changed: (changes) => {
+        this.sorted.apply(changes, () => fleet.agents.values());
+        this.render();
+      },
+    });
   }
 
   sortBy(key: string): void {
@@ -109,58 +115,46 @@ export class FleetTable {
       const sorted = (cell as HTMLElement).dataset.sort === key;
       cell.setAttribute("aria-sort", sorted ? (this.descending ? "descending" : "ascending") : "none");
     }
-    this.orderVersion = -1;
-    this.render();
+    this.reorder();
   }
 
   setFilter(filter: Filter): void {
     this.filter = filter;
-    this.orderVersion = -1;
+    this.reorder();
+  }
+
+  private reorder(): void {
+    this.sorted.reset(this.compare(), this.matcher(), this.fleet.agents.values());
     this.render();
   }
 
-  /// The rows in order, recomputed when needed (and not too often).
-  private rows(now: number): Row[] {
-    const key = JSON.stringify(this.filter);
-    const stale = this.orderVersion !== this.fleet.orderVersion || key !== this.filterKey;
-    const every = Math.max(RESORT_EVERY_MS, 10 * this.sortCost);
-    if (stale && (key !== this.filterKey || this.orderVersion === -1 || now - this.lastSort >= every)) {
-      const { gateway, board, status, id } = this.filter;
-      const needle = id.trim().toLowerCase();
-      const rows: Row[] = [];
-      for (const row of this.fleet.agents.values()) {
-        const a = row.agent;
-        if (gateway && a.gatewayId !== gateway) continue;
-        if (board && a.boardId !== board) continue;
-        if (status && a.status !== status) continue;
-        if (needle && !a.id.toLowerCase().includes(needle)) continue;
-        rows.push(row);
-      }
-      const column = COLUMNS.find((c) => c.key === this.sortKey) ?? COLUMNS[0];
-      const compare = column.compare ?? (() => 0);
-      const sign = this.descending ? -1 : 1;
-      rows.sort((a, b) => sign * compare(a, b) || order(a.agent.id, b.agent.id));
-      this.order = rows;
-      this.orderVersion = this.fleet.orderVersion;
-      this.filterKey = key;
-      this.lastSort = now;
-      this.sortCost = Date.now() - now;
-    } else if (stale && !this.catchUp) {
-      // Not yet: the order catches up when the interval is over.
-      this.catchUp = window.setTimeout(() => {
-        this.catchUp = undefined;
-        this.render();
-      }, every - (now - this.lastSort));
-    }
-    return this.order;
+  private compare(): Compare {
+    const column = COLUMNS.find((c) => c.key === this.sortKey) ?? COLUMNS[0];
+    const compare = column.compare ?? (() => 0);
+    const sign = this.descending ? -1 : 1;
+    return (a, b) => sign * compare(a, b) || order(a.agent.id, b.agent.id);
+  }
+
+  private matcher(): (row: Row) => boolean {
+    const { gateway, board, status, id } = this.filter;
+    const needle = id.trim().toLowerCase();
+    return ({ agent: a }) =>
+      (!gateway || a.gatewayId === gateway) &&
+      (!board || a.boardId === board) &&
+      (!status || a.status === status) &&
+      (!needle || a.id.toLowerCase().includes(needle));
   }
 
   /// Fills the visible rows from the current state.
   render(): void {
     const now = Date.now();
-    const rows = this.rows(now);
-    this.spacer.style.height = `${rows.length * ROW_HEIGHT}px`;
-    setText(this.shown, `${rows.length} of ${this.fleet.agents.size} agents`);
+    const rows = this.sorted.rows;
+    if (this.height !== rows.length) {
+      this.height = rows.length;
+      this.spacer.style.height = `${rows.length * ROW_HEIGHT}px`;
+    }
+    const shown = `${rows.length} of ${this.fleet.agents.size} agents`;
+    if (shown !== this.shownText) setText(this.shown, (this.shownText = shown));
     const first = Math.max(0, Math.floor(this.viewport.scrollTop / ROW_HEIGHT) - OVERSCAN);
     const count = Math.ceil(this.viewport.clientHeight / ROW_HEIGHT) + 2 * OVERSCAN;
     const last = Math.min(rows.length, first + count);
@@ -172,18 +166,20 @@ export class FleetTable {
       });
       this.pool.push(line);
     }
-    this.body.style.transform = `translateY(${first * ROW_HEIGHT}px)`;
+    const shift = `translateY(${first * ROW_HEIGHT}px)`;
+    if (this.body.style.transform !== shift) this.body.style.transform = shift;
     const wanted = this.pool.slice(0, last - first);
     if (this.body.childElementCount !== wanted.length) {
       clear(this.body);
       this.body.append(...wanted);
     }
     for (let i = first; i < last; i++) {
-      // The order may lag a moment; the cells show the agent as it is now.
-      const row = this.fleet.agents.get(rows[i].agent.id) ?? rows[i];
+      const row = rows[i];
       const line = wanted[i - first];
-      line.dataset.id = row.agent.id;
-      line.dataset.status = statusName(row.agent.status);
+      // (Attributes set only when they change: each write restyles the row.)
+      if (line.dataset.id !== row.agent.id) line.dataset.id = row.agent.id;
+      const status = statusName(row.agent.status);
+      if (line.dataset.status !== status) line.dataset.status = status;
       COLUMNS.forEach((column, c) => setText(line.children[c], column.text(row, now)));
     }
   }
