@@ -6,8 +6,13 @@ import { describe, gateways, lifecycle } from "./api";
 import { byId, clear, el, setText } from "./dom";
 import { dateTime, ms } from "./format";
 import { AgentRole } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
+import type { Gateway } from "./gen/missioncontrol/lifecycle/v1/gateways_pb";
 
 const POLL_EVERY_MS = 3_000;
+/// A poll that hangs (a dead connection) is given up, not waited on.
+const POLL_TIMEOUT_MS = 10_000;
+/// The service's reason for a gateway registered and never seen since.
+const NEVER_CONNECTED = "never connected";
 
 export class GatewayList {
   ids: string[] = [];
@@ -22,16 +27,14 @@ export class GatewayList {
   async refresh(): Promise<void> {
     const list = byId("gateways");
     try {
-      const response = await gateways.listGateways({});
+      const response = await gateways.listGateways({}, { timeoutMs: POLL_TIMEOUT_MS });
       clear(list);
       for (const gateway of response.gateways) {
-        const state = gateway.connected
-          ? `connected since ${dateTime(ms(gateway.connectedSince))}`
-          : "not connected";
+        const [kind, state] = linkOf(gateway);
         list.append(
           el(
             "li",
-            { class: gateway.connected ? "connected" : "disconnected", "data-gateway": gateway.id },
+            { class: kind, "data-gateway": gateway.id },
             el("b", {}, gateway.id),
             gateway.name && gateway.name !== gateway.id ? ` ${gateway.name}` : "",
             el("span", { class: "state" }, state),
@@ -46,6 +49,18 @@ export class GatewayList {
       list.append(el("li", { class: "error" }, describe(error)));
     }
   }
+}
+
+/// How a gateway's stream stands, as a class and a line: connected,
+/// disconnected (since when, and why), or never connected since it was
+/// registered (its agents' wakes are held for it all the same).
+export function linkOf(gateway: Gateway): [string, string] {
+  const pending = gateway.commandsPending ? `; ${gateway.commandsPending} commands waiting` : "";
+  if (gateway.connected) return ["connected", `connected since ${dateTime(ms(gateway.connectedSince))}${pending}`];
+  if (gateway.stateReason === NEVER_CONNECTED)
+    return ["never-connected", `never connected (registered ${dateTime(ms(gateway.createdAt))})${pending}`];
+  const why = gateway.stateReason ? ` (${gateway.stateReason})` : "";
+  return ["disconnected", `disconnected since ${dateTime(ms(gateway.stateSince))}${why}${pending}`];
 }
 
 /// The provision form: shown to an admin only. A minted token is shown

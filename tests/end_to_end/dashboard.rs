@@ -1,10 +1,12 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven by
 //! Selenium through tests/browser/driver.py) against a real server on
 //! Postgres: the snapshot, live changes, each wake and the OFFLINE that
-//! follows, the history, actions reaching the gateway stream, a gateway
-//! shown disconnected, sorting and filtering, a viewer without actions, a
-//! hostile name shown as text, and a server restart survived (reconnecting,
-//! then stale, then resumed). Screenshots go to target/dashboard-screenshots/.
+//! follows, the history, actions reaching the gateway stream, gateways
+//! shown disconnected and never connected, sorting and filtering, a viewer
+//! without actions, a hostile name shown as text, a server restart survived
+//! (reconnecting, then stale, then resumed), and a connection that goes
+//! silent without closing (stale, then given up and resumed).
+//! Screenshots go to target/dashboard-screenshots/.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 
+use crate::held_proxy::HeldProxy;
 use crate::support::*;
 use crate::web::{WEB_ADMIN_TOKEN, WEB_VIEWER_TOKEN, WebRoles};
 
@@ -109,10 +112,15 @@ impl Browser {
     /// Polls `script` until it returns something truthy (a guard against
     /// hanging, not a timing assertion).
     async fn wait(&mut self, what: &str, script: &str) -> Value {
-        let timeout = PATIENCE.as_secs() / 2;
+        self.wait_up_to(what, script, PATIENCE.as_secs() / 2).await
+    }
+
+    /// `wait` with its own bound (under the bound on every answer).
+    async fn wait_up_to(&mut self, what: &str, script: &str, seconds: u64) -> Value {
+        assert!(seconds < PATIENCE.as_secs());
         self.send(
             what,
-            json!({"op": "wait", "script": script, "timeout": timeout}),
+            json!({"op": "wait", "script": script, "timeout": seconds}),
         )
         .await
     }
@@ -483,9 +491,17 @@ async fn the_dashboard_in_a_real_browser() {
     browser.wait_cell("new-1", "board", "b4").await;
     browser.screenshot("admin").await;
 
-    // A gateway that held its stream and lost it is shown disconnected.
+    // A gateway registered and never connected says so, and one that held
+    // its stream and lost it is shown disconnected, since when and why.
     // (Its client ends the stream when a command comes and nobody reads
     // its events: far-1's first wake.)
+    admin.register_gateway("gw-3", "", false).await.unwrap();
+    browser
+        .wait(
+            "gw-3 shown never connected",
+            &gateway_shown("gw-3", "never-connected", "never connected (registered 20"),
+        )
+        .await;
     let far_token = admin
         .register_gateway("gw-2", "", false)
         .await
@@ -512,9 +528,13 @@ async fn the_dashboard_in_a_real_browser() {
     browser
         .wait(
             "gw-2 shown disconnected",
-            &gateway_shown("gw-2", "disconnected", "not connected"),
+            &gateway_shown("gw-2", "disconnected", "disconnected since 20"),
         )
         .await;
+    let why = browser
+        .js("return document.querySelector('#gateways li[data-gateway=\"gw-2\"] .state').textContent")
+        .await;
+    assert!(why.as_str().unwrap().contains("(stream closed)"), "{why}");
     browser
         .wait(
             "gw-1 still shown connected",
@@ -732,6 +752,60 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(actions, json!([0, true, "signed in as viewer"]));
     browser.screenshot("viewer").await;
 
+    // A connection that goes silent without closing (through a proxy that
+    // holds it): the page calls its view stale once nothing, not even a
+    // bookmark, has come for a while, then gives the stream up and resumes
+    // on a new connection, with what changed meanwhile.
+    let proxy = HeldProxy::start(app.app.addr()).await;
+    browser.open(&format!("http://{}/", proxy.addr)).await;
+    browser.sign_in(WEB_VIEWER_TOKEN).await;
+    browser.wait_cell("good-1", "status", "ONLINE").await;
+    proxy.cut();
+    let admin = app
+        .operator
+        .clone()
+        .with_operator_token(WEB_ADMIN_TOKEN)
+        .unwrap();
+    admin
+        .provision(ProvisionRequest::new("quiet-1", "gw-1", AgentRole::BoardWorker).on_board("b5"))
+        .await
+        .unwrap();
+    let silent = browser
+        .wait(
+            "the page calls the silent stream stale",
+            "const feed = document.getElementById('feed'); \
+             return feed.dataset.state === 'stale' && feed.textContent",
+        )
+        .await;
+    let silent = silent.as_str().unwrap();
+    let revision = silent
+        .strip_prefix("stale (since revision ")
+        .and_then(|rest| rest.split_once(", nothing heard for "))
+        .map(|(revision, _)| revision)
+        .unwrap_or_else(|| panic!("{silent}"));
+    assert_eq!(
+        browser.js(&Browser::cell("quiet-1", "board")).await,
+        Value::Null,
+        "the change made after the cut has not reached the page"
+    );
+    browser.screenshot("silent").await;
+    // (Given up 15 s after it last heard anything; a retry that lands on
+    // another connection the proxy holds waits out its own 15 s.)
+    let resumed = browser
+        .wait_up_to(
+            "the page gives the silent stream up and resumes",
+            "const feed = document.getElementById('feed'); \
+             return feed.dataset.state === 'live' && feed.textContent",
+            55,
+        )
+        .await;
+    assert_eq!(
+        resumed,
+        json!(format!("live (resumed after revision {revision})"))
+    );
+    browser.wait_cell("quiet-1", "board", "b5").await;
+
     browser.quit().await;
+    drop(proxy);
     app.app.shutdown().await;
 }

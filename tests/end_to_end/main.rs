@@ -7,6 +7,7 @@ mod drain;
 mod edge;
 mod grpcurl;
 mod held;
+mod held_proxy;
 mod lifecycle;
 mod outage;
 mod python;
