@@ -548,6 +548,31 @@ async fn the_dashboard_in_a_real_browser() {
     browser.wait_cell("new-1", "status", "OFFLINE").await;
     browser.wait_cell("evil-1", "status", "OFFLINE").await;
     browser.wait_cell("far-1", "status", "PROVISIONING").await;
+    // The counts at the top follow every change, the deletion of mute-1
+    // (gw-1, b2) included: its board has left the table.
+    let counts = json!([
+        ["PROVISIONING=1", "UPDATING=0", "ONLINE=1", "OFFLINE=2"],
+        [
+            "gw-1|(all boards)|||1|2",
+            "|b1|||1|1",
+            "|b4||||1",
+            "gw-2|(all boards)|1|||",
+            "|b0|1|||"
+        ]
+    ]);
+    browser
+        .wait(
+            "the counts by status, per gateway and board",
+            &format!(
+                "const totals = [...document.querySelectorAll('#totals .total')] \
+                   .map(t => t.dataset.status + '=' + t.querySelector('b').textContent); \
+                 const rows = [...document.querySelectorAll('#counts tbody tr')] \
+                   .map(r => [...r.children].map(c => c.textContent).join('|')); \
+                 return JSON.stringify([totals, rows]) === {}",
+                json!(counts.to_string())
+            ),
+        )
+        .await;
     let all = ["evil-1", "far-1", "good-1", "new-1"];
     browser.wait_rows("by id", &all).await;
     browser.click("[data-sort=board]").await;
