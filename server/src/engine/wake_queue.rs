@@ -120,11 +120,11 @@ impl Engine {
             .flatten()
             .any(|a| a.wake_held && self.hold_until(batch, &a.gateway_id).is_none());
         staged
-            || self.wakes_owed.iter().any(|(gateway, ids)| {
+            || self.wakes_owed.iter().any(|(gateway, owed)| {
                 self.hold_until(batch, gateway).is_none()
-                    && ids
+                    && owed
                         .iter()
-                        .any(|id| self.current(batch, id).is_some_and(|a| a.wake_held))
+                        .any(|(_, _, id)| self.current(batch, id).is_some_and(|a| a.wake_held))
             })
     }
 
@@ -139,21 +139,13 @@ impl Engine {
     /// across every gateway they may go to now, while both budgets allow;
     /// schedules the next round if any are left. Returns how many went out.
     pub(super) fn release_queued(&mut self, batch: &mut Batch) -> usize {
-        let mut queued = self.releasable(batch);
-        queued.sort_by(|a, b| {
-            (a.checkin_deadline_at, a.last_wake_sent_at, &a.id).cmp(&(
-                b.checkin_deadline_at,
-                b.last_wake_sent_at,
-                &b.id,
-            ))
-        });
+        let (mut queued, mut left) = self.releasable(batch);
+        queued.sort_by_cached_key(queue_key);
         let mut full: HashSet<GatewayId> = HashSet::new();
         let mut total_full = false;
-        let mut left: BTreeMap<GatewayId, usize> = BTreeMap::new();
         let mut sent = 0;
         for agent in queued {
             if total_full || full.contains(&agent.gateway_id) {
-                *left.entry(agent.gateway_id.clone()).or_default() += 1;
                 continue;
             }
             match self.wake_limits.admit(&agent.gateway_id, batch.now) {
@@ -162,15 +154,18 @@ impl Engine {
                     self.deliver_wake(batch, &mut out);
                     let change = Change::changed(&agent, Reason::WakeReleased, out.wake_attempts);
                     self.stage(batch, change, out);
+                    if let Some(n) = left.get_mut(&agent.gateway_id) {
+                        *n = n.saturating_sub(1);
+                    }
                     sent += 1;
                 }
                 verdict => {
                     total_full |= verdict == Admit::TotalFull;
                     full.insert(agent.gateway_id.clone());
-                    *left.entry(agent.gateway_id.clone()).or_default() += 1;
                 }
             }
         }
+        left.retain(|_, n| *n > 0);
         let next = (!left.is_empty()).then(|| batch.now.plus(RELEASE_ROUND));
         batch.release = Release::Next(next);
         self.report_backlogs(batch, &left);
@@ -201,33 +196,51 @@ impl Engine {
         }
     }
 
-    /// Queued wakes, as the batch sees them, for gateways they may go to
-    /// now (connected, or past their grace: such a wake then fails as any
-    /// wake to an absent gateway does).
-    fn releasable(&self, batch: &Batch) -> Vec<Agent> {
-        let mut ids: BTreeSet<&AgentId> = BTreeSet::new();
-        for (gateway, owed) in &self.wakes_owed {
-            if self.hold_until(batch, gateway).is_none() {
-                ids.extend(owed);
-            }
-        }
-        ids.extend(
-            batch
-                .agents
-                .iter()
-                .filter(|(_, a)| a.as_ref().is_some_and(|a| a.wake_held))
-                .map(|(id, _)| id),
-        );
-        ids.into_iter()
-            .filter_map(|id| self.current(batch, id))
+    /// The queued wakes a round may send, as the batch sees them, for
+    /// gateways they may go to now (connected, or past their grace: such a
+    /// wake then fails as any wake to an absent gateway does): of each
+    /// gateway's queue only the head, as many as its budget could ever
+    /// allow at once, so a round costs the same however long the queues.
+    /// Also how many wait per gateway (counted high, never low: a round too
+    /// many is harmless, one too few would strand a wake).
+    fn releasable(&self, batch: &Batch) -> (Vec<Agent>, BTreeMap<GatewayId, usize>) {
+        let head = self.policy.gateway_wake_rate.max(1) as usize;
+        let mut left: BTreeMap<GatewayId, usize> = BTreeMap::new();
+        let mut candidates: Vec<Agent> = batch
+            .agents
+            .values()
+            .flatten()
             .filter(|a| a.wake_held && self.hold_until(batch, &a.gateway_id).is_none())
-            .collect()
+            .cloned()
+            .collect();
+        for agent in &candidates {
+            *left.entry(agent.gateway_id.clone()).or_default() += 1;
+        }
+        for (gateway, owed) in &self.wakes_owed {
+            if self.hold_until(batch, gateway).is_some() {
+                continue;
+            }
+            *left.entry(gateway.clone()).or_default() += owed.len();
+            candidates.extend(
+                owed.iter()
+                    .map(|(_, _, id)| id)
+                    .filter(|id| !batch.agents.contains_key(*id))
+                    .take(head)
+                    .filter_map(|id| self.agents.get(id).cloned()),
+            );
+        }
+        (candidates, left)
     }
 
     /// The gateway's agents whose wake waits (held or queued), as the batch
     /// sees them.
     pub(super) fn owed_on(&self, batch: &Batch, gateway_id: &GatewayId) -> Vec<Agent> {
-        let committed = self.wakes_owed.get(gateway_id).into_iter().flatten();
+        let committed = self
+            .wakes_owed
+            .get(gateway_id)
+            .into_iter()
+            .flatten()
+            .map(|(_, _, id)| id);
         let staged = batch
             .agents
             .iter()
@@ -240,22 +253,22 @@ impl Engine {
             .collect()
     }
 
-    /// Queued or held wakes per gateway, as committed.
+    /// Queued or held wakes of every registered gateway (zero included, so
+    /// a gauge falls to zero instead of vanishing), as committed.
     pub fn wakes_owed(&self) -> Vec<(GatewayId, usize)> {
-        self.wakes_owed
-            .iter()
-            .map(|(gateway, ids)| (gateway.clone(), ids.len()))
-            .filter(|(_, n)| *n > 0)
+        self.gateways
+            .keys()
+            .map(|id| (id.clone(), self.wakes_owed.get(id).map_or(0, BTreeSet::len)))
             .collect()
     }
 
     /// Keeps the index of owed wakes in step with a committed agent.
     pub(super) fn index_owed(&mut self, old: Option<&Agent>, new: Option<&Agent>) {
         if let Some(old) = old.filter(|a| a.wake_held)
-            && let Some(ids) = self.wakes_owed.get_mut(&old.gateway_id)
+            && let Some(owed) = self.wakes_owed.get_mut(&old.gateway_id)
         {
-            ids.remove(&old.id);
-            if ids.is_empty() {
+            owed.remove(&queue_key(old));
+            if owed.is_empty() {
                 self.wakes_owed.remove(&old.gateway_id);
             }
         }
@@ -263,7 +276,7 @@ impl Engine {
             self.wakes_owed
                 .entry(new.gateway_id.clone())
                 .or_default()
-                .insert(new.id.clone());
+                .insert(queue_key(new));
         }
     }
 
@@ -286,5 +299,19 @@ impl Engine {
     }
 }
 
-/// Owed wakes by gateway: the agents with `wake_held`.
-pub(super) type OwedIndex = HashMap<GatewayId, BTreeSet<AgentId>>;
+/// A waiting wake's place: when it fell due, then the longest waiting
+/// (the earliest previous send), then the id.
+type QueueKey = (Timestamp, Option<Timestamp>, AgentId);
+
+fn queue_key(agent: &Agent) -> QueueKey {
+    (
+        agent
+            .checkin_deadline_at
+            .unwrap_or(Timestamp::from_micros(i64::MIN)),
+        agent.last_wake_sent_at,
+        agent.id.clone(),
+    )
+}
+
+/// Owed wakes (the agents with `wake_held`) by gateway, in queue order.
+pub(super) type OwedIndex = HashMap<GatewayId, BTreeSet<QueueKey>>;
