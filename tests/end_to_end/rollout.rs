@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use mission_control_client::agent::AgentClient;
 use mission_control_client::gateway::GatewayEvent;
 use mission_control_client::{
-    AgentRole, Error, ProvisionRequest, Rollout, RolloutState, StartRolloutRequest,
-    TransitionReason,
+    AgentRole, Error, ListAgentsRequest, ProvisionRequest, Rollout, RolloutState,
+    StartRolloutRequest, TransitionReason, WatchAgentRequest,
 };
 
 use crate::support::*;
@@ -259,6 +259,13 @@ async fn a_rollout_streams_its_waves_pauses_on_its_budget_resumes_and_is_cancell
         board_id: "b1".into(),
         ..start("v3", "2", "1")
     };
+    // A watch on drifted agents: none yet.
+    let drift_watch = WatchAgentRequest {
+        drifted: true,
+        ..Default::default()
+    };
+    let mut drift_watch = within("a drift watch", app.watch(drift_watch)).await;
+    next_marker(&mut drift_watch).await;
     let v3 = within("start", operator.start_rollout(request))
         .await
         .unwrap();
@@ -286,7 +293,26 @@ async fn a_rollout_streams_its_waves_pauses_on_its_budget_resumes_and_is_cancell
     );
     let untouched = within("get", operator.get("a6")).await.unwrap();
     assert_eq!(untouched.desired_template_version, "v2");
-    assert_eq!(operator.drift("gw", "").await.unwrap().drifted, 2);
+    let drift = operator.drift("gw", "").await.unwrap();
+    assert_eq!(drift.drifted, 2);
+    assert_eq!(
+        (drift.boards[0].id.as_str(), drift.boards[0].drifted),
+        ("b1", 2)
+    );
+    let listed = operator
+        .list(ListAgentsRequest {
+            drifted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<&str> = listed.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(listed, ["a1", "a2"]);
+    // The watch saw the two drift (desired v3, then reporting v2), and only them.
+    for _ in 0..4 {
+        let agent = next_event(&mut drift_watch).await.agent.unwrap();
+        assert!(["a1", "a2"].contains(&agent.id.as_str()), "{agent:?}");
+    }
 
     // Resuming needs a budget the failures fit in; then it completes.
     let refused = operator.resume_rollout(&v3.id, "").await;

@@ -357,3 +357,76 @@ async fn a_restart_mid_rollout_resumes_it_without_waking_done_agents_again() {
         assert!(!wave_one.wakes.contains_key(agent) && !wave_two.wakes.contains_key(agent));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_mid_rollout_resumes_it_on_the_new_leader_without_waking_done_agents_again() {
+    let first = start(settings()).await;
+    let b_store = Arc::new(first.store.replica());
+    let b = Lifecycle::start(b_store.clone(), settings(), first.clock)
+        .await
+        .expect("start a follower");
+    let mut fleet = online_fleet(&first, 30).await;
+    let rollout = first
+        .lifecycle
+        .start_rollout(on_gateway(Limit::Count(10), Limit::Count(0)))
+        .await
+        .unwrap();
+    // Wave 1 checks in; wave 2 is woken, then the leader is cut off from
+    // the database before any of it checks in.
+    let wave_one = fleet.play(&first, 10, |_| Plays::PicksUp).await;
+    let wave_two = fleet.play(&first, 10, |_| Plays::Crashes).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.store.set_lease_cut_off(true);
+    let mut waited = 0;
+    while b.role() != ReplicaRole::Leader && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(b.role(), ReplicaRole::Leader);
+    assert!(
+        b.render_metrics()
+            .contains("mission_control_takeovers_total{from=\"warm_copy\"} 1"),
+        "taken over from the warm copy"
+    );
+    drop(fleet.session);
+
+    let second = Fixture {
+        lifecycle: b,
+        store: b_store,
+        clock: first.clock,
+        gateway_token: first.gateway_token.clone(),
+    };
+    let taken_over = second.lifecycle.get_rollout(&rollout.id).unwrap();
+    assert_eq!(taken_over.state, RolloutState::Running);
+    let counts = taken_over.counts();
+    assert_eq!(
+        (counts.done, counts.in_flight, counts.pending),
+        (10, 10, 10)
+    );
+    let (session, commands) = second.connect();
+    let mut fleet = OnlineFleet {
+        session,
+        commands,
+        tokens: fleet.tokens,
+    };
+    // Wave 2's agents got their wake from the old leader: they check in
+    // with the new one.
+    for agent in wave_two.wakes.keys() {
+        second
+            .lifecycle
+            .heartbeat(&fleet.tokens[agent], Some("v2".into()))
+            .await
+            .unwrap();
+    }
+    let after = fleet.play(&second, usize::MAX, |_| Plays::PicksUp).await;
+
+    let finished = second.lifecycle.get_rollout(&rollout.id).unwrap();
+    assert_eq!(finished.state, RolloutState::Completed);
+    assert_eq!(finished.counts().done, 30);
+    assert_eq!(finished.waves.len(), 3);
+    // The new leader woke only wave 3: nobody done was woken again.
+    assert_eq!(after.wakes.len(), 10);
+    for agent in after.wakes.keys() {
+        assert!(!wave_one.wakes.contains_key(agent) && !wave_two.wakes.contains_key(agent));
+    }
+}
