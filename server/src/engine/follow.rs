@@ -43,7 +43,8 @@ impl Engine {
             state.pending_syncs,
         );
         engine.tombstones.extend(state.tombstones);
-        for agent in state.agents {
+        for mut agent in state.agents {
+            engine.intern(&mut agent);
             engine
                 .agent_tokens
                 .insert(agent.token_hash, agent.id.clone());

@@ -202,6 +202,8 @@ pub struct Engine {
     rollout_index: HashMap<AgentId, RolloutId>,
     /// Each gateway's unacknowledged template sync (see `template_sync`).
     template_syncs: BTreeMap<GatewayId, PendingSync>,
+    /// Every board id agents have named: their agents share its allocation.
+    boards: HashSet<BoardId>,
 }
 
 impl Engine {
@@ -227,6 +229,7 @@ impl Engine {
             rollouts: BTreeMap::new(),
             rollout_index: HashMap::new(),
             template_syncs: BTreeMap::new(),
+            boards: HashSet::new(),
         }
     }
 
@@ -480,9 +483,10 @@ impl Engine {
             }
             self.index_owed(old.as_ref(), staged.as_ref());
             match staged {
-                Some(agent) => {
-                    self.agent_tokens.insert(agent.token_hash, id.clone());
-                    self.agents.insert(id, agent);
+                Some(mut agent) => {
+                    self.intern(&mut agent);
+                    self.agent_tokens.insert(agent.token_hash, agent.id.clone());
+                    self.agents.insert(agent.id.clone(), agent);
                 }
                 None => {
                     self.dirty_leases.remove(&id);
@@ -526,6 +530,22 @@ impl Engine {
             rollouts,
             gateway_events: batch.gateway_events,
             queue_reports: batch.queue_reports,
+        }
+    }
+
+    /// Points the agent at the one shared copy of its gateway's and board's
+    /// ids (a million agents on a hundred boards: a hundred allocations).
+    fn intern(&mut self, agent: &mut Agent) {
+        if let Some((gateway, _)) = self.gateways.get_key_value(&agent.gateway_id) {
+            agent.gateway_id = gateway.clone();
+        }
+        if let Some(board) = &agent.board_id {
+            match self.boards.get(board) {
+                Some(shared) => agent.board_id = Some(shared.clone()),
+                None => {
+                    self.boards.insert(board.clone());
+                }
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The lifecycle's domain types: identifiers that parse on construction,
 //! timestamps, agents, gateways and the events that record each transition.
 
+use std::sync::Arc;
 use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -34,18 +35,23 @@ fn check_id(s: &str) -> Result<(), InvalidId> {
     Ok(())
 }
 
+/// Ids are shared, not copied: the engine keeps an agent's id in several
+/// indexes (the agent map, the token index, the timer wheel, dirty leases)
+/// and every agent of a gateway or board names the same one, so a clone is
+/// a reference count, and one allocation serves them all (see
+/// BENCHMARKS.md, memory per agent).
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn parse(s: impl Into<String>) -> Result<Self, InvalidId> {
                 let s = s.into();
                 check_id(&s)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -62,7 +68,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
