@@ -51,6 +51,22 @@ impl From<TcpListener> for Bound {
 
 /// Binds `addr` (port 0: a free port) with `SOCKETS` sockets.
 pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    // Port 0: another process may bind the port picked for the claim before
+    // the sockets do; then pick another.
+    let mut tries = 0;
+    loop {
+        match bind_once(addr) {
+            Err(error)
+                if addr.port() == 0 && error.kind() == io::ErrorKind::AddrInUse && tries < 5 =>
+            {
+                tries += 1;
+            }
+            bound => return bound,
+        }
+    }
+}
+
+fn bind_once(addr: SocketAddr) -> io::Result<Bound> {
     // SO_REUSEPORT would let another process of this user that asks for it
     // too (a second instance started by mistake) share the port silently.
     // So first claim the address as a plain bind does: it fails when
