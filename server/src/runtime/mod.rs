@@ -236,13 +236,21 @@ impl Lifecycle {
             ttl: timing.expiry(),
         };
         let leadership = Leadership::new(candidate, timing);
-        let started = tokio::time::Instant::now();
         let state = store.load().await?;
         let now = clock.now();
+        // The proof counts from the request, not from the load before it: a
+        // load longer than half the lease must not shut the start out.
+        let started = tokio::time::Instant::now();
         let (engine, follower) = match store.acquire_leadership(leadership.candidate()).await? {
             Some(epoch) => {
                 leadership.granted(epoch, leadership.proven_until(started));
                 let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
+                // Rebuilding a large fleet takes a while: prove the lease
+                // again before committing the grace it computed.
+                let renewing = tokio::time::Instant::now();
+                if store.renew_leadership(leadership.candidate()).await? {
+                    leadership.renewed(leadership.proven_until(renewing));
+                }
                 store.commit(&grace).await?;
                 // Deadlines are extended with an event each; leases in memory only.
                 let deadlines_extended = grace.events().len();

@@ -73,6 +73,8 @@ struct State {
     lose_commit_answers: bool,
     /// How long each commit takes, like a loaded database.
     commit_delay: std::time::Duration,
+    /// How long each load takes, like a large fleet read at start.
+    load_delay: std::time::Duration,
     commits: u64,
     checkpoints: u64,
     lease: Lease,
@@ -145,6 +147,11 @@ impl MemoryStore {
         self.lock().commit_delay = delay;
     }
 
+    /// Makes every load take this long (in tokio time).
+    pub fn set_load_delay(&self, delay: std::time::Duration) {
+        self.lock().load_delay = delay;
+    }
+
     /// Makes commits succeed but report failure (or stop doing so).
     pub fn set_lose_commit_answers(&self, lose: bool) {
         self.lock().lose_commit_answers = lose;
@@ -172,6 +179,10 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn load(&self) -> Result<StoredState, StoreError> {
+        let delay = self.lock().load_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let state = self.available()?;
         Ok(StoredState {
             agents: state.agents.values().cloned().collect(),

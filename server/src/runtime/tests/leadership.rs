@@ -73,6 +73,20 @@ async fn a_leader_that_cannot_prove_its_lease_stops_acting_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_start_whose_load_outlasts_the_lease_proof_still_leads() {
+    let store = Arc::new(MemoryStore::new());
+    // Four times the 2.5 s proof: a large fleet read on a loaded machine.
+    store.set_load_delay(Duration::from_secs(10));
+    let f = start_on(store, settings()).await;
+    assert_eq!(f.lifecycle.role(), ReplicaRole::Leader);
+    let token = f.provision("after-a-slow-start").await.token.unwrap();
+    assert_eq!(
+        f.lifecycle.heartbeat(&token, None).await.unwrap().status,
+        Status::Online
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stalled_leader_is_replaced_within_one_lease_and_acts_no_more() {
     let a = start(settings()).await;
     let (b, _) = follower(&a).await;
