@@ -6,7 +6,7 @@ import { describe, gateways, lifecycle } from "./api";
 import { byId, clear, el, setText } from "./dom";
 import { dateTime, ms } from "./format";
 import { AgentRole } from "./gen/missioncontrol/lifecycle/v1/lifecycle_pb";
-import type { Gateway } from "./gen/missioncontrol/lifecycle/v1/gateways_pb";
+import { type Gateway, GatewayState } from "./gen/missioncontrol/lifecycle/v1/gateways_pb";
 
 const POLL_EVERY_MS = 3_000;
 /// A poll that hangs (a dead connection) is given up, not waited on.
@@ -56,6 +56,13 @@ export class GatewayList {
 /// registered (its agents' wakes are held for it all the same).
 export function linkOf(gateway: Gateway): [string, string] {
   const pending = gateway.commandsPending ? `; ${gateway.commandsPending} commands waiting` : "";
+  // The mass-failure brake, when engaged, is shown over the stream.
+  if (gateway.state === GatewayState.SUSPECTED || gateway.state === GatewayState.DRAINING) {
+    const word = gateway.state === GatewayState.DRAINING ? "draining" : "suspected";
+    const stream = gateway.connected ? "stream open" : "stream closed";
+    const since = dateTime(ms(gateway.stateSince));
+    return [word, `${word} since ${since}: ${gateway.stateReason} (${stream})${pending}`];
+  }
   if (gateway.connected) return ["connected", `connected since ${dateTime(ms(gateway.connectedSince))}${pending}`];
   if (gateway.stateReason === NEVER_CONNECTED)
     return ["never-connected", `never connected (registered ${dateTime(ms(gateway.createdAt))})${pending}`];

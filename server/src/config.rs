@@ -103,6 +103,45 @@ pub struct Config {
     #[arg(long, env = "MC_TOTAL_WAKE_RATE", default_value_t = Policy::DEFAULT.total_wake_rate)]
     pub total_wake_rate: u32,
 
+    /// More than this share of a gateway's agents silent together makes the
+    /// gateway suspected and stops their verdicts (1.0: never): Kubernetes'
+    /// unhealthy-zone threshold, where one host's trouble is far likelier
+    /// than that many agents failing alone.
+    #[arg(long, env = "MC_BRAKE_SHARE", default_value_t = Policy::DEFAULT.brake_share)]
+    pub brake_share: f64,
+
+    /// The fewest silent agents that can make a gateway (or the fleet)
+    /// suspected: as Kubernetes wants more than two not-ready nodes, one or
+    /// two silent agents of a small gateway are judged one by one.
+    #[arg(long, env = "MC_BRAKE_MIN_AGENTS", default_value_t = Policy::DEFAULT.brake_min_agents)]
+    pub brake_min_agents: u32,
+
+    /// An online agent unheard for longer than this (or a deadline missed
+    /// within it) counts as silent. Default: 1.5 heartbeat intervals, at
+    /// most halfway to the lease TTL, so a healthy agent is never counted and
+    /// every agent that fell silent with the first lost lease already is.
+    #[arg(long, env = "MC_BRAKE_WINDOW")]
+    pub brake_window: Option<humantime::Duration>,
+
+    /// More than this share of all agents silent together makes every
+    /// gateway suspected (1.0: never): below any one gateway's share, since
+    /// that many failing across gateways points at the network or this
+    /// service.
+    #[arg(long, env = "MC_FLEET_BRAKE_SHARE", default_value_t = Policy::DEFAULT.fleet_brake_share)]
+    pub fleet_brake_share: f64,
+
+    /// A gateway suspected this long without recovering starts draining:
+    /// Kubernetes' pod eviction timeout, longer than a host reboot or a
+    /// network repair and longer than --gateway-grace.
+    #[arg(long, env = "MC_BRAKE_SUSPECT_FOR", default_value_t = Policy::DEFAULT.brake_suspect_for.into())]
+    pub brake_suspect_for: humantime::Duration,
+
+    /// Verdicts a second on a draining gateway's silent agents: a dead
+    /// 1,000-agent gateway is reported in about 17 minutes, slowly enough
+    /// for an operator to see the count climb and act.
+    #[arg(long, env = "MC_BRAKE_DRAIN_RATE", default_value_t = Policy::DEFAULT.brake_drain_rate)]
+    pub brake_drain_rate: f64,
+
     /// Start a wake cycle when an online agent's lease expires.
     #[arg(long, env = "MC_WAKE_ON_LEASE_EXPIRY")]
     pub wake_on_lease_expiry: bool,
@@ -253,6 +292,13 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// 1.5 heartbeat intervals, at most halfway from the interval to the lease
+/// TTL (the default's 15 s for a 10 s beat and a 30 s lease).
+fn default_brake_window(heartbeat: Duration, lease_ttl: Duration) -> Duration {
+    let halfway = heartbeat + lease_ttl.saturating_sub(heartbeat) / 2;
+    heartbeat.mul_f64(1.5).min(halfway)
+}
+
 impl Config {
     /// The defaults with an in-memory store, for tests and examples.
     pub fn dev() -> Self {
@@ -271,6 +317,15 @@ impl Config {
             gateway_grace: self.gateway_grace.into(),
             gateway_wake_rate: self.gateway_wake_rate,
             total_wake_rate: self.total_wake_rate,
+            brake_share: self.brake_share,
+            brake_min_agents: self.brake_min_agents,
+            brake_window: self.brake_window.map_or_else(
+                || default_brake_window(self.heartbeat_interval.into(), self.lease_ttl.into()),
+                Into::into,
+            ),
+            fleet_brake_share: self.fleet_brake_share,
+            brake_suspect_for: self.brake_suspect_for.into(),
+            brake_drain_rate: self.brake_drain_rate,
         };
         policy.validate()?;
         Ok(policy)

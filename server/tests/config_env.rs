@@ -39,7 +39,12 @@ fn sample(arg: &clap::Arg) -> String {
         Some(d) => format!("{d}-other"),
         None if long.contains("listen") || long.contains("address") => "127.0.0.1:4321".into(),
         None if long.contains("url") => "postgres://someone@elsewhere:5432/db".into(),
-        None if long.contains("interval") || long.contains("timeout") => "17s".into(),
+        None if long.contains("interval")
+            || long.contains("timeout")
+            || long.contains("window") =>
+        {
+            "17s".into()
+        }
         None if long.starts_with("max-") => "17".into(),
         None => "/sample/value".into(),
     }

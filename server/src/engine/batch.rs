@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::gateway_state::LinkState;
+use super::brake::{Censuses, GatewayState};
 use super::model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     RolloutId, Status, Timestamp,
@@ -51,13 +51,15 @@ impl WakeOrder {
     }
 }
 
-/// One change of a gateway's link: the gateway's own history.
+/// One change of a gateway's state (its link, or the brake): the gateway's
+/// own history. Something done with it that leaves the state as it is has
+/// the same `from` and `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayTransition {
     pub gateway_id: GatewayId,
     pub at: Timestamp,
-    pub from: LinkState,
-    pub to: LinkState,
+    pub from: GatewayState,
+    pub to: GatewayState,
     pub reason: String,
     /// Held wakes waiting when it connected (they go out at the policy's
     /// held-wake rate).
@@ -142,6 +144,10 @@ pub struct Batch {
     pub(super) release: Release,
     /// Gateways whose wake queue started backing up, or emptied.
     pub(super) queue_reports: Vec<QueueReport>,
+    /// Braked gateways' next review; `None` when no longer braked.
+    pub(super) brake_reviews: Vec<(GatewayId, Option<Timestamp>)>,
+    /// The brake's census of this batch's instant, taken at most once.
+    pub(super) censuses: Option<Censuses>,
     pub(super) events: Vec<Event>,
     pub(super) effects: Vec<Effect>,
     pub(super) notes: Vec<Note>,
@@ -171,6 +177,8 @@ impl Batch {
             gateway_events: Vec::new(),
             release: Release::Unchanged,
             queue_reports: Vec::new(),
+            brake_reviews: Vec::new(),
+            censuses: None,
             events: Vec::new(),
             effects: Vec::new(),
             notes: Vec::new(),

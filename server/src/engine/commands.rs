@@ -346,6 +346,7 @@ impl Engine {
                     token_hash: new_token,
                     created_at: batch.now,
                     link: Link::never_connected(batch.now),
+                    brake: None,
                 };
                 (gateway, true, true)
             }

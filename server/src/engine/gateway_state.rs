@@ -147,13 +147,14 @@ impl Engine {
 
     /// Until when a wake to this gateway is held now; `None`: send it (the
     /// gateway is connected, its grace is over, or holding is off).
+    /// A suspected gateway's wakes are held too, until it recovers or its
+    /// suspicion's bound (see `brake`).
     pub(super) fn hold_until(&self, batch: &Batch, gateway_id: &GatewayId) -> Option<Timestamp> {
         let grace = self.policy.gateway_grace;
         let gateway = self.gateway_in(batch, gateway_id)?;
-        if gateway.link.is_connected() || grace.is_zero() {
-            return None;
-        }
-        let until = gateway.link.since.plus(grace);
+        let away = (!gateway.link.is_connected() && !grace.is_zero())
+            .then(|| gateway.link.since.plus(grace));
+        let until = away.max(self.suspected_until(&gateway))?;
         (until > batch.now).then_some(until)
     }
 
@@ -222,19 +223,20 @@ impl Engine {
         reason: &str,
         wakes_released: usize,
     ) {
-        batch.gateway_events.push(GatewayTransition {
-            gateway_id: gateway.id.clone(),
-            at: batch.now,
-            from: gateway.link.state,
-            to,
-            reason: reason.to_owned(),
-            wakes_released: wakes_released as u32,
-        });
+        let from = gateway.state();
         gateway.link = Link {
             state: to,
             since: batch.now,
             reason: reason.to_owned(),
         };
+        batch.gateway_events.push(GatewayTransition {
+            gateway_id: gateway.id.clone(),
+            at: batch.now,
+            from,
+            to: gateway.state(),
+            reason: reason.to_owned(),
+            wakes_released: wakes_released as u32,
+        });
         batch.gateways.insert(gateway.id.clone(), gateway);
     }
 

@@ -8,6 +8,7 @@
 //! fast path leaves them alone.
 
 mod batch;
+pub mod brake;
 mod commands;
 mod drift;
 mod follow;
@@ -27,6 +28,7 @@ use std::time::Duration;
 pub use batch::{
     Batch, Committed, Effect, GatewayTransition, Note, NoteKind, QueueReport, WakeOrder,
 };
+pub use brake::{Brake, BrakeState, Census, GatewayState};
 pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
 pub use follow::{Diverged, StoredLease};
@@ -188,6 +190,15 @@ pub struct Engine {
     next_release: Option<Timestamp>,
     /// Gateways whose wake queue is backing up (reported once each time).
     backed_up: HashSet<GatewayId>,
+    /// Braked gateways and when each is next looked at (see `brake`).
+    braked: BTreeMap<GatewayId, Timestamp>,
+    /// Draining gateways' next free verdict slot, and the slots reserved
+    /// for agents waiting for one.
+    drain_next: HashMap<GatewayId, Timestamp>,
+    drain_slots: HashMap<AgentId, Timestamp>,
+    /// When this engine started judging (a start or a takeover): nobody is
+    /// silent for the time the service could not hear them.
+    listening_since: Option<Timestamp>,
     /// Heartbeats that need a commit, by the time they arrived.
     pending_checkins: HashMap<AgentId, PendingCheckIn>,
     /// Online agents whose lease changed since the last checkpoint.
@@ -222,6 +233,10 @@ impl Engine {
             wakes_owed: HashMap::new(),
             next_release: None,
             backed_up: HashSet::new(),
+            braked: BTreeMap::new(),
+            drain_next: HashMap::new(),
+            drain_slots: HashMap::new(),
+            listening_since: None,
             pending_checkins: HashMap::new(),
             dirty_leases: HashSet::new(),
             extended_leases: Vec::new(),
@@ -314,14 +329,17 @@ impl Engine {
         tombstones
     }
 
-    /// When there is next something to do as time passes: a timer, or a
-    /// round of queued wakes to send.
+    /// When there is next something to do as time passes: a timer, a
+    /// round of queued wakes to send, or a braked gateway to look at.
     pub fn next_timer_at(&self) -> Option<Timestamp> {
-        let release = self.next_release;
-        match (self.timers.next_at(), release) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next_at(),
+            self.next_release,
+            self.next_review_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn timer_count(&self) -> usize {
@@ -518,6 +536,12 @@ impl Engine {
             self.timers.arm(timer);
         }
         self.commit_release(batch.release, &batch.queue_reports);
+        for (gateway, next) in batch.brake_reviews {
+            match next {
+                Some(at) => self.braked.insert(gateway, at),
+                None => self.braked.remove(&gateway),
+            };
+        }
         let rollouts: Vec<rollout::Rollout> = batch.rollouts.into_values().collect();
         for rollout in &rollouts {
             self.commit_rollout(rollout.clone());

@@ -288,6 +288,8 @@ pub struct Gateway {
     pub created_at: Timestamp,
     /// Whether its command stream is open, since when, and why.
     pub link: super::gateway_state::Link,
+    /// The mass-failure brake, when engaged on it.
+    pub brake: Option<super::brake::Brake>,
 }
 
 /// A retire command the gateway has not yet acknowledged as delivered.

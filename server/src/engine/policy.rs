@@ -35,6 +35,24 @@ pub struct Policy {
     /// Wakes sent to all gateways together per second, at most (in bursts
     /// of at most as many), queued likewise.
     pub total_wake_rate: u32,
+    /// Held wakes sent per second to a gateway that reconnects, at most,
+    /// in deadline order; each one's deadline starts when it is sent.
+    /// More than this share of a gateway's agents silent together makes it
+    /// suspected (see `brake`); 1.0 never does.
+    pub brake_share: f64,
+    /// The fewest silent agents that can make a gateway (or the fleet)
+    /// suspected.
+    pub brake_min_agents: u32,
+    /// An online agent unheard for longer than this, or a check-in deadline
+    /// missed within it, counts as silent.
+    pub brake_window: Duration,
+    /// More than this share of all agents silent together makes every
+    /// gateway suspected; 1.0 never does.
+    pub fleet_brake_share: f64,
+    /// A gateway suspected this long without recovering starts draining.
+    pub brake_suspect_for: Duration,
+    /// Verdicts per second on a draining gateway's silent agents.
+    pub brake_drain_rate: f64,
 }
 
 impl Policy {
@@ -50,6 +68,11 @@ impl Policy {
     /// deadline, which starts only when each wake is sent anyway); 1,000 a
     /// second in all: 100,000 agents woken after a restart in under two
     /// minutes, while wakes stay a small share of what the writer commits.
+    /// The brake: more than 55% of a gateway's agents silent (Kubernetes'
+    /// unhealthy-zone threshold), at least 3 (Kubernetes' zone needs more
+    /// than two not-ready nodes), or 40% of the fleet; silent means unheard
+    /// for 1.5 heartbeat intervals; suspected for 5 minutes (Kubernetes' pod
+    /// eviction timeout) before draining at one verdict a second.
     pub const DEFAULT: Policy = Policy {
         checkin_deadline: Duration::from_secs(30),
         max_wake_attempts: 3,
@@ -61,6 +84,12 @@ impl Policy {
         gateway_grace: Duration::from_secs(180),
         gateway_wake_rate: 100,
         total_wake_rate: 1000,
+        brake_share: 0.55,
+        brake_min_agents: 3,
+        brake_window: Duration::from_secs(15),
+        fleet_brake_share: 0.4,
+        brake_suspect_for: Duration::from_secs(300),
+        brake_drain_rate: 1.0,
     };
 }
 
@@ -80,6 +109,12 @@ pub enum PolicyError {
     LeaseShorterThanInterval { ttl: Duration, interval: Duration },
     #[error("heartbeat jitter must be within 0.0..1.0")]
     Jitter,
+    #[error("{0} must be within 0.0..=1.0 and above zero")]
+    Share(&'static str),
+    #[error(
+        "the brake window ({window:?}) must be longer than the heartbeat interval and shorter than the lease TTL ({ttl:?})"
+    )]
+    BrakeWindow { window: Duration, ttl: Duration },
 }
 
 impl Policy {
@@ -109,6 +144,25 @@ impl Policy {
         }
         if !(0.0..1.0).contains(&self.heartbeat_jitter) {
             return Err(PolicyError::Jitter);
+        }
+        for (name, share) in [
+            ("the brake share", self.brake_share),
+            ("the fleet brake share", self.fleet_brake_share),
+        ] {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(PolicyError::Share(name));
+            }
+        }
+        // Within the window a healthy agent has always been heard from, and
+        // a silent one is counted before its lease runs out.
+        if self.brake_window <= self.heartbeat_interval || self.brake_window >= self.lease_ttl {
+            return Err(PolicyError::BrakeWindow {
+                window: self.brake_window,
+                ttl: self.lease_ttl,
+            });
+        }
+        if !(self.brake_drain_rate > 0.0 && self.brake_drain_rate.is_finite()) {
+            return Err(PolicyError::Zero("the brake drain rate"));
         }
         Ok(())
     }
@@ -148,6 +202,12 @@ mod tests {
         assert_eq!(policy.gateway_grace, Duration::from_secs(180));
         assert_eq!(policy.gateway_wake_rate, 100);
         assert_eq!(policy.total_wake_rate, 1000);
+        assert_eq!(policy.brake_share, 0.55);
+        assert_eq!(policy.brake_min_agents, 3);
+        assert_eq!(policy.brake_window, Duration::from_secs(15));
+        assert_eq!(policy.fleet_brake_share, 0.4);
+        assert_eq!(policy.brake_suspect_for, Duration::from_secs(300));
+        assert_eq!(policy.brake_drain_rate, 1.0);
         assert_eq!(policy.validate(), Ok(()));
     }
 }

@@ -16,6 +16,9 @@ impl Engine {
     /// so neither a mass expiry nor a check-in storm makes one huge batch.
     pub fn fire_due_at_most(&mut self, batch: &mut Batch, limit: usize) {
         let applied = self.apply_pending_checkins(batch, limit);
+        // Braked gateways first: a recovery or a drain changes what the
+        // timers below mean.
+        self.review_brakes(batch);
         // Timers get what is left, so none fires while a recorded heartbeat
         // still waits: it may be the one that wins the deadline.
         let due = self.timers.pop_due(batch.now, limit - applied);
@@ -79,6 +82,9 @@ impl Engine {
             return;
         }
         let verdict = self.judge_deadline(batch, &agent, generation, attempt);
+        if self.braked_verdict(batch, timer, &agent, verdict) {
+            return;
+        }
         let verdict_at = batch.notes.len();
         note(
             batch,
@@ -127,6 +133,27 @@ impl Engine {
             attempt,
             sent_deadline(&after),
         );
+    }
+
+    /// A missed last deadline on a braked gateway: suspected, no OFFLINE
+    /// (the timer is armed again a window later); draining, the OFFLINE
+    /// waits for its slot at the drain rate. A missed earlier deadline goes
+    /// its normal way: the next wake is held while the gateway is suspected
+    /// (see `hold_until`). Returns whether the brake took the verdict.
+    fn braked_verdict(
+        &mut self,
+        batch: &mut Batch,
+        timer: &Timer,
+        agent: &Agent,
+        verdict: NoteKind,
+    ) -> bool {
+        if verdict != NoteKind::MaxAttemptsReached {
+            return false;
+        }
+        match self.brake_on(batch, &agent.gateway_id) {
+            Some(brake) => !self.verdict_allowed(batch, &brake, timer),
+            None => false,
+        }
     }
 
     /// Decides what a fired check-in timer means for the agent as it is now.
@@ -199,11 +226,18 @@ impl Engine {
                     ..timer.clone()
                 });
             }
-            _ => self.expire_lease(batch, agent),
+            _ => {
+                if let Some(brake) = self.brake_on(batch, &agent.gateway_id)
+                    && !self.verdict_allowed(batch, &brake, timer)
+                {
+                    return;
+                }
+                self.expire_lease(batch, agent)
+            }
         }
     }
 
-    fn expire_lease(&mut self, batch: &mut Batch, agent: Agent) {
+    pub(super) fn expire_lease(&mut self, batch: &mut Batch, agent: Agent) {
         let mut offline = agent.clone();
         offline.status = Status::Offline;
         offline.offline_reason = Some("lease expired".to_owned());

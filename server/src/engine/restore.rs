@@ -90,6 +90,8 @@ impl Engine {
     /// the next leader extends again from its own start. The returned batch
     /// holds the deadline extensions and must be committed like any other.
     pub fn lead_from(&mut self, now: Timestamp) -> Batch {
+        self.listening_since = Some(now);
+        self.restore_brakes(now);
         let mut batch = self.begin(now);
         // No gateway has a stream to this leader yet: one that was connected
         // is away from now, and its grace starts now. Held wakes stay held

@@ -94,10 +94,10 @@ impl Engine {
             .gateway_in(batch, gateway_id)
             .ok_or_else(|| EngineError::GatewayNotFound(gateway_id.clone()))?;
         batch.gateway_events.push(GatewayTransition {
-            gateway_id: gateway.id,
+            gateway_id: gateway.id.clone(),
             at: batch.now,
-            from: gateway.link.state,
-            to: gateway.link.state,
+            from: gateway.state(),
+            to: gateway.state(),
             reason,
             wakes_released: 0,
         });

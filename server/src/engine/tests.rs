@@ -29,9 +29,20 @@ struct Harness {
     next_token: u8,
 }
 
+/// The seed's policy with the mass-failure brake off: these tests judge
+/// agents alone, and their agents never heartbeat while time jumps ahead
+/// (the brake's own tests are in `tests/brake.rs`).
+fn alone() -> Policy {
+    Policy {
+        brake_share: 1.0,
+        fleet_brake_share: 1.0,
+        ..Policy::DEFAULT
+    }
+}
+
 impl Harness {
     fn new() -> Self {
-        Self::with_policy(Policy::default())
+        Self::with_policy(alone())
     }
 
     fn with_policy(policy: Policy) -> Self {
@@ -731,7 +742,7 @@ fn restart_extends_deadlines_due_within_the_grace_once_with_a_spread() {
     let grace = Duration::from_secs(10);
     let policy = Policy {
         restart_grace: grace,
-        ..Policy::default()
+        ..alone()
     };
     let restart = t(120);
     let (mut engine, batch) = Engine::restore(policy, state, restart);
@@ -1114,6 +1125,7 @@ fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
     }
 }
 
+mod brake;
 mod drift;
 mod gateway;
 mod rollout;

@@ -4,7 +4,7 @@ use mission_control_proto::prost_types;
 use mission_control_proto::v1 as pb;
 
 use crate::engine::{
-    Agent, Event, EventKind, GatewayTransition, LinkState, PendingRetire, Reason, Role, Status,
+    Agent, Event, EventKind, GatewayState, GatewayTransition, PendingRetire, Reason, Role, Status,
     Timestamp, WakeOrder,
 };
 use crate::runtime::{GatewayCommand, GatewayView};
@@ -163,17 +163,19 @@ pub fn gateway(view: &GatewayView) -> pb::Gateway {
         connected: view.connected_since.is_some(),
         connected_since: opt_timestamp(view.connected_since),
         created_at: Some(timestamp(view.gateway.created_at)),
-        state: link_state(view.gateway.link.state).into(),
-        state_since: Some(timestamp(view.gateway.link.since)),
-        state_reason: view.gateway.link.reason.clone(),
+        state: gateway_state(view.gateway.state()).into(),
+        state_since: Some(timestamp(view.gateway.state_since().0)),
+        state_reason: view.gateway.state_since().1.to_owned(),
         commands_pending: view.commands_pending as u32,
     }
 }
 
-fn link_state(state: LinkState) -> pb::GatewayState {
+fn gateway_state(state: GatewayState) -> pb::GatewayState {
     match state {
-        LinkState::Connected => pb::GatewayState::Connected,
-        LinkState::Disconnected => pb::GatewayState::Disconnected,
+        GatewayState::Connected => pb::GatewayState::Connected,
+        GatewayState::Disconnected => pb::GatewayState::Disconnected,
+        GatewayState::Suspected => pb::GatewayState::Suspected,
+        GatewayState::Draining => pb::GatewayState::Draining,
     }
 }
 
@@ -181,8 +183,8 @@ pub fn gateway_transition(t: &GatewayTransition) -> pb::GatewayTransition {
     pb::GatewayTransition {
         gateway_id: t.gateway_id.to_string(),
         at: Some(timestamp(t.at)),
-        from: link_state(t.from).into(),
-        to: link_state(t.to).into(),
+        from: gateway_state(t.from).into(),
+        to: gateway_state(t.to).into(),
         reason: t.reason.clone(),
         wakes_released: t.wakes_released,
     }

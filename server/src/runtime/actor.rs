@@ -25,8 +25,8 @@ use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
     Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayId,
-    GatewayRegistered, GatewaySpec, Note, NoteKind, PendingRetire, PendingSync, ProvisionSpec,
-    Provisioned, Reason, RolloutId, StoredState, Timestamp, TokenHash,
+    GatewayRegistered, GatewaySpec, GatewayState, Note, NoteKind, PendingRetire, PendingSync,
+    ProvisionSpec, Provisioned, Reason, RolloutId, StoredState, Timestamp, TokenHash,
 };
 use crate::store::{Directory, StoreError};
 
@@ -576,6 +576,22 @@ impl Actor {
             if transition.from == transition.to {
                 // A history entry that left the link as it was (a sync).
                 tracing::info!(gateway_id = %transition.gateway_id, reason = %transition.reason, "gateway.history");
+                continue;
+            }
+            let braked = matches!(
+                transition.to,
+                GatewayState::Suspected | GatewayState::Draining
+            );
+            if braked {
+                // The one line that says why a gateway's agents get no
+                // verdict (or a slow one).
+                tracing::warn!(
+                    gateway_id = %transition.gateway_id,
+                    from = transition.from.as_str(),
+                    to = transition.to.as_str(),
+                    reason = %transition.reason,
+                    "gateway.state"
+                );
                 continue;
             }
             tracing::info!(

@@ -69,6 +69,10 @@ pub(super) struct Gauges {
     pub commands_pending: usize,
     /// Registered gateways whose stream is not open (as committed).
     pub gateways_disconnected: usize,
+    /// Gateways the mass-failure brake suspects (their agents get no
+    /// verdict), and those draining (verdicts at the slow rate).
+    pub gateways_suspected: usize,
+    pub gateways_draining: usize,
     pub wakes_held: usize,
     /// Wakes held or queued, per gateway.
     pub wakes_queued: Vec<(crate::engine::GatewayId, usize)>,
@@ -217,6 +221,18 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "mission_control_gateways_suspected",
+            "Gateways suspected by the mass-failure brake: most of their agents fell silent together; none is marked OFFLINE.",
+            gauges.gateways_suspected,
+        );
+        gauge(
+            &mut out,
+            "mission_control_gateways_draining",
+            "Gateways suspected past --brake-suspect-for: their silent agents are judged at --brake-drain-rate.",
+            gauges.gateways_draining,
+        );
+        gauge(
+            &mut out,
             "mission_control_wakes_held",
             "Agents whose wake waits to go out: held for a gateway away, or queued behind a wake rate limit.",
             gauges.wakes_held,
@@ -303,6 +319,8 @@ mod tests {
             gateways_connected: 1,
             commands_pending: 4,
             gateways_disconnected: 2,
+            gateways_suspected: 1,
+            gateways_draining: 0,
             wakes_held: 7,
             wakes_queued: vec![(crate::engine::GatewayId::parse("gw-1").unwrap(), 7)],
             watches_open: 0,
@@ -335,6 +353,8 @@ mod tests {
         assert!(text.contains("mission_control_gateways_disconnected 2"));
         assert!(text.contains("mission_control_wakes_held 7"));
         assert!(text.contains("mission_control_wakes_queued{gateway=\"gw-1\"} 7"));
+        assert!(text.contains("mission_control_gateways_suspected 1"));
+        assert!(text.contains("mission_control_gateways_draining 0"));
         assert!(text.contains("mission_control_heartbeats_total{path=\"memory\"} 1"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"0.5\"} 0"));
         assert!(text.contains("mission_control_checkin_latency_seconds_bucket{le=\"1\"} 1"));

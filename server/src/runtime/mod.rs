@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, GatewayTransition,
-    Policy, ProvisionSpec, Renewal, Status, Timestamp,
+    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, GatewayState,
+    GatewayTransition, Policy, ProvisionSpec, Renewal, Status, Timestamp,
 };
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
@@ -734,7 +734,7 @@ impl Lifecycle {
 
     /// The service's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        let (agents, timers, drift, wakes_held, gateways_away) = {
+        let (agents, timers, drift, wakes_held, (gateways_away, suspected, draining)) = {
             let engine = self.shared.engine();
             let mut agents = Status::ALL.map(|status| (status, 0usize));
             let mut wakes_held = 0;
@@ -745,12 +745,17 @@ impl Lifecycle {
                 wakes_held += usize::from(agent.wake_held);
             }
             let away = engine.gateways().filter(|g| !g.link.is_connected()).count();
+            let braked = |state| engine.gateways().filter(|g| g.state() == state).count();
             (
                 agents,
                 engine.timer_count(),
                 (engine.drift(), engine.wakes_owed()),
                 wakes_held,
-                away,
+                (
+                    away,
+                    braked(GatewayState::Suspected),
+                    braked(GatewayState::Draining),
+                ),
             )
         };
         let (drift, wakes_queued) = drift;
@@ -759,6 +764,8 @@ impl Lifecycle {
             gateways_connected: self.shared.hub.connected_count(),
             commands_pending: self.shared.hub.pending_total(),
             gateways_disconnected: gateways_away,
+            gateways_suspected: suspected,
+            gateways_draining: draining,
             wakes_held,
             wakes_queued,
             watches_open: self

@@ -27,6 +27,7 @@ macro_rules! store_conformance_tests {
             rollouts_round_trip_with_their_events,
             gateway_state_and_held_wakes_round_trip,
             template_syncs_survive_a_restart_until_acknowledged,
+            the_brake_on_a_gateway_round_trips,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -203,7 +204,7 @@ pub async fn gateway_state_and_held_wakes_round_trip(store: &dyn Store) {
         .iter()
         .map(|t| (t.at, t.from, t.to, t.wakes_released))
         .collect();
-    use LinkState::{Connected, Disconnected};
+    use crate::engine::GatewayState::{Connected, Disconnected};
     assert_eq!(
         seen,
         [
@@ -214,6 +215,48 @@ pub async fn gateway_state_and_held_wakes_round_trip(store: &dyn Store) {
         "newest first"
     );
     assert_eq!(store.gateway_history(&gateway(), 1).await.unwrap().len(), 1);
+}
+
+/// A suspected gateway keeps its suspicion (state, first time, reason)
+/// through a load, and a recovery clears it.
+pub async fn the_brake_on_a_gateway_round_trips(store: &dyn Store) {
+    use crate::engine::{BrakeState, GatewayState};
+    let mut f = Fixture::new(store).await;
+    for agent in ["a", "b", "c"] {
+        f.provision(at(1), agent).await;
+        f.check_in(at(2), agent).await;
+    }
+    // All three leases run out at 32 s: 3 of 3 silent.
+    f.run(at(33), |engine, batch| engine.fire_due(batch))
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, f.state());
+    let brake = loaded.gateways[0].brake.clone().expect("suspected");
+    assert_eq!((brake.state, brake.since), (BrakeState::Suspected, at(33)));
+    assert!(
+        brake.reason.starts_with("3 of 3 agents silent"),
+        "{}",
+        brake.reason
+    );
+    assert!(loaded.agents.iter().all(|a| a.status == Status::Online));
+    let history = store.gateway_history(&gateway(), 1).await.unwrap();
+    assert_eq!(
+        (history[0].from, history[0].to),
+        (GatewayState::Connected, GatewayState::Suspected)
+    );
+
+    for agent in ["a", "b", "c"] {
+        f.check_in(at(34), agent).await;
+    }
+    f.run(at(35), |engine, batch| engine.fire_due(batch))
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.gateways, f.state().gateways);
+    assert_eq!(loaded.gateways[0].brake, None, "recovered");
+    let history = store.gateway_history(&gateway(), 1).await.unwrap();
+    assert_eq!(history[0].to, GatewayState::Connected);
 }
 
 pub async fn timestamps_round_trip_exactly(store: &dyn Store) {

@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_pending_template_syncs",
         include_str!("../../../migrations/0007_pending_template_syncs.sql"),
     ),
+    (
+        "0008_gateway_brake",
+        include_str!("../../../migrations/0008_gateway_brake.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

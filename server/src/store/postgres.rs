@@ -23,9 +23,9 @@ use super::{
 };
 use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Agent, AgentId, Batch, BoardId, Event, EventKind, Gateway, GatewayId, GatewayTransition,
-    LeaseCheckpoint, Link, LinkState, PendingRetire, PendingSync, Reason, Role, RolloutId, Status,
-    StoredLease, StoredState, Timestamp, TokenHash,
+    Agent, AgentId, Batch, BoardId, Brake, BrakeState, Event, EventKind, Gateway, GatewayId,
+    GatewayState, GatewayTransition, LeaseCheckpoint, Link, LinkState, PendingRetire, PendingSync,
+    Reason, Role, RolloutId, Status, StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -190,6 +190,26 @@ fn link_state(s: &str) -> Result<LinkState, StoreError> {
     LinkState::parse(s).ok_or_else(|| corrupt("gateway link state", s))
 }
 
+fn gateway_state(s: &str) -> Result<GatewayState, StoreError> {
+    GatewayState::parse(s).ok_or_else(|| corrupt("gateway state", s))
+}
+
+fn brake_from_row(row: &Row) -> Result<Option<Brake>, StoreError> {
+    let Some(state) = row.get::<_, Option<&str>>("brake_state") else {
+        return Ok(None);
+    };
+    let since: Option<SystemTime> = row.get("brake_since");
+    Ok(Some(Brake {
+        state: BrakeState::parse(state).ok_or_else(|| corrupt("gateway brake state", state))?,
+        since: Timestamp::from_system_time(
+            since.ok_or_else(|| corrupt("gateway brake since", "null"))?,
+        ),
+        reason: row
+            .get::<_, Option<String>>("brake_reason")
+            .unwrap_or_default(),
+    }))
+}
+
 fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
     let ts = |column: &str| -> Option<Timestamp> {
         row.get::<_, Option<SystemTime>>(column)
@@ -262,7 +282,8 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
 async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Directory, StoreError> {
     let (gateways, retires, rollouts, syncs) = tokio::try_join!(
         tx.query(
-            "SELECT id, name, token_hash, created_at, link_state, link_since, link_reason
+            "SELECT id, name, token_hash, created_at, link_state, link_since, link_reason,
+                    brake_state, brake_since, brake_reason
              FROM gateways ORDER BY id",
             &[],
         ),
@@ -293,6 +314,7 @@ async fn read_directory(tx: &tokio_postgres::Transaction<'_>) -> Result<Director
                     since: Timestamp::from_system_time(row.get("link_since")),
                     reason: row.get("link_reason"),
                 },
+                brake: brake_from_row(row)?,
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -636,6 +658,18 @@ impl Store for PostgresStore {
         let gw_link: Vec<&str> = gateways.iter().map(|g| g.link.state.as_str()).collect();
         let gw_since: Vec<SystemTime> = gateways.iter().map(|g| time(g.link.since)).collect();
         let gw_reason: Vec<&str> = gateways.iter().map(|g| g.link.reason.as_str()).collect();
+        let gw_brake: Vec<Option<&str>> = gateways
+            .iter()
+            .map(|g| g.brake.as_ref().map(|b| b.state.as_str()))
+            .collect();
+        let gw_brake_since: Vec<Option<SystemTime>> = gateways
+            .iter()
+            .map(|g| g.brake.as_ref().map(|b| time(b.since)))
+            .collect();
+        let gw_brake_reason: Vec<Option<&str>> = gateways
+            .iter()
+            .map(|g| g.brake.as_ref().map(|b| b.reason.as_str()))
+            .collect();
         let links = batch.gateway_events();
         let ln_gateway: Vec<&str> = links.iter().map(|t| t.gateway_id.as_str()).collect();
         let ln_at: Vec<SystemTime> = links.iter().map(|t| time(t.at)).collect();
@@ -735,12 +769,14 @@ impl Store for PostgresStore {
         }
         if !gateways.is_empty() {
             statements.push((
-                "INSERT INTO gateways (id, name, token_hash, created_at, link_state, link_since, link_reason)
+                "INSERT INTO gateways (id, name, token_hash, created_at, link_state, link_since, link_reason,
+                     brake_state, brake_since, brake_reason)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[],
-                     $5::text[], $6::timestamptz[], $7::text[])
+                     $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[], $10::text[])
                  ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, token_hash = EXCLUDED.token_hash,
                      link_state = EXCLUDED.link_state, link_since = EXCLUDED.link_since,
-                     link_reason = EXCLUDED.link_reason",
+                     link_reason = EXCLUDED.link_reason, brake_state = EXCLUDED.brake_state,
+                     brake_since = EXCLUDED.brake_since, brake_reason = EXCLUDED.brake_reason",
                 vec![
                     &gw_ids,
                     &gw_names,
@@ -749,6 +785,9 @@ impl Store for PostgresStore {
                     &gw_link,
                     &gw_since,
                     &gw_reason,
+                    &gw_brake,
+                    &gw_brake_since,
+                    &gw_brake_reason,
                 ],
             ));
         }
@@ -959,8 +998,8 @@ impl Store for PostgresStore {
                 Ok(GatewayTransition {
                     gateway_id: gateway.clone(),
                     at: Timestamp::from_system_time(row.get("at")),
-                    from: link_state(row.get("from_state"))?,
-                    to: link_state(row.get("to_state"))?,
+                    from: gateway_state(row.get("from_state"))?,
+                    to: gateway_state(row.get("to_state"))?,
                     reason: row.get("reason"),
                     wakes_released: row.get::<_, i32>("wakes_released") as u32,
                 })

@@ -1,6 +1,7 @@
 //! The gateway judged before its agents: wakes held while it is away.
 
 use super::*;
+use crate::engine::GatewayState;
 
 const GRACE: u64 = 180;
 
@@ -205,7 +206,10 @@ fn a_restart_keeps_held_wakes_and_starts_a_connected_gateways_grace_anew() {
         .iter()
         .map(|t| (t.from, t.to))
         .collect();
-    assert_eq!(links, [(LinkState::Connected, LinkState::Disconnected)]);
+    assert_eq!(
+        links,
+        [(GatewayState::Connected, GatewayState::Disconnected)]
+    );
     engine.commit(grace);
     let agent = engine.agent(&id("held")).unwrap();
     assert!(agent.wake_held, "held wakes survive the restart");

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::engine::GatewayState;
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -94,9 +95,9 @@ async fn a_gateway_down_two_minutes_with_1000_agents_costs_none_of_them_and_wake
     assert_eq!(
         states,
         [
-            (LinkState::Connected, 1000),
-            (LinkState::Disconnected, 0),
-            (LinkState::Connected, 0),
+            (GatewayState::Connected, 1000),
+            (GatewayState::Disconnected, 0),
+            (GatewayState::Connected, 0),
         ]
     );
 }
