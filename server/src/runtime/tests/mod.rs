@@ -2,6 +2,7 @@
 //! and a gateway session, driven through the same API the gRPC layer uses.
 //! Nothing here sleeps in real time: tokio advances the clock when idle.
 
+mod brake;
 mod durability;
 mod escalation;
 mod flags;
