@@ -76,8 +76,12 @@ pub(super) async fn compact_history(shared: Arc<Shared>, stop: CancellationToken
 }
 
 /// Pings the database, so health reports NOT_SERVING while it is away.
+/// Late pings in a row that make health say the database is unreachable.
+const LATE_PINGS_BEFORE_UNREACHABLE: u32 = 2;
+
 pub(super) async fn probe_database(shared: Arc<Shared>, stop: CancellationToken) {
     let mut interval = every(shared.settings.health_check_interval);
+    let mut slow_pings = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -87,10 +91,22 @@ pub(super) async fn probe_database(shared: Arc<Shared>, stop: CancellationToken)
             .settings
             .health_check_interval
             .max(Duration::from_secs(1));
-        let reachable = matches!(
-            tokio::time::timeout(timeout, shared.store.ping()).await,
-            Ok(Ok(()))
-        );
+        // A refused or failed ping is the database down. A ping that only
+        // runs late may be this machine starved of CPU: health flips on
+        // the second late ping in a row, not the first.
+        let reachable = match tokio::time::timeout(timeout, shared.store.ping()).await {
+            Ok(answer) => {
+                slow_pings = 0;
+                answer.is_ok()
+            }
+            Err(_) => {
+                slow_pings += 1;
+                if slow_pings < LATE_PINGS_BEFORE_UNREACHABLE {
+                    continue;
+                }
+                false
+            }
+        };
         // The writer says when it is back: until its state is rebuilt, an
         // answering database does not make this replica able to serve.
         if !reachable || !shared.is_recovering() {

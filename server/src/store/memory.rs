@@ -75,6 +75,8 @@ struct State {
     commit_delay: std::time::Duration,
     /// How long each load takes, like a large fleet read at start.
     load_delay: std::time::Duration,
+    /// How long each ping takes, like a database on a starved machine.
+    ping_delay: std::time::Duration,
     commits: u64,
     checkpoints: u64,
     lease: Lease,
@@ -150,6 +152,11 @@ impl MemoryStore {
     /// Makes every load take this long (in tokio time).
     pub fn set_load_delay(&self, delay: std::time::Duration) {
         self.lock().load_delay = delay;
+    }
+
+    /// Makes every ping take this long (in tokio time).
+    pub fn set_ping_delay(&self, delay: std::time::Duration) {
+        self.lock().ping_delay = delay;
     }
 
     /// Makes commits succeed but report failure (or stop doing so).
@@ -417,6 +424,10 @@ impl Store for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        let delay = self.lock().ping_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.available().map(drop)
     }
 

@@ -173,6 +173,44 @@ async fn a_database_outage_refuses_transitions_then_recovers_without_loss() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn one_late_ping_leaves_health_alone_and_two_in_a_row_turn_it() {
+    let mut settings = fast_settings();
+    settings.health_check_interval = Duration::from_secs(1);
+    let f = start(settings).await;
+    let mut reachable = f.lifecycle.database_reachable();
+    assert!(*reachable.borrow_and_update());
+
+    // Each ping answers after 1.5 s, past its 1 s timeout. The probe ticks
+    // at 1 s, 2 s (late by 2 s), 3 s (late by 3 s)...
+    f.store.set_ping_delay(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        *reachable.borrow_and_update(),
+        "one late ping is not an outage"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !*reachable.borrow_and_update(),
+        "two late pings in a row are"
+    );
+
+    f.store.set_ping_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        *reachable.borrow_and_update(),
+        "a prompt answer brings it back"
+    );
+
+    // A refused ping is the database down, at once.
+    f.store.set_unavailable(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        !*reachable.borrow_and_update(),
+        "a refused ping is an outage"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn heartbeats_answered_during_an_outage_survive_the_rebuild_after_it() {
     let mut settings = fast_settings();
     settings.policy.lease_ttl = Duration::from_secs(120);
