@@ -106,20 +106,28 @@ impl Report {
             "met": met,
             "load_average_at_end": load_average(),
         }));
-        if met {
-            Ok(())
-        } else if failed > 0 {
-            Err(format!("{failed} heartbeats failed"))
-        } else if distinct < target.min_distinct {
-            Err(format!(
+        // Every target missed is named, not only the first.
+        let mut missed = Vec::new();
+        if failed > 0 {
+            missed.push(format!("{failed} heartbeats failed"));
+        }
+        if distinct < target.min_distinct {
+            missed.push(format!(
                 "heartbeats reached {distinct} distinct agents, fewer than {}: \
                  raise --duration or --rounds (or --agents)",
                 target.min_distinct
-            ))
-        } else {
-            Err(format!(
+            ));
+        }
+        if ratio < min_ratio {
+            missed.push(format!(
                 "heartbeats ran at {ratio:.2}x the health check, below {min_ratio}"
-            ))
+            ));
+        }
+        debug_assert_eq!(met, missed.is_empty());
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(missed.join("; "))
         }
     }
 
