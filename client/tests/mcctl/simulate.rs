@@ -359,3 +359,52 @@ async fn a_simulated_fleet_makes_a_rollout_pause_itself() {
     drop(simulate);
     server.app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_outage_is_braked_and_no_agent_goes_offline() {
+    // A 6 s lease for 200 ms beats: the brake's window is 0.3 s, so the
+    // gateway is suspected seconds before any lease could lapse, and the
+    // 8 s outage outlasts every lease.
+    let server = server("2s", "6s", "200ms").await;
+    let args = [
+        "--output",
+        "json",
+        "simulate",
+        "--agents",
+        "10",
+        "--seed",
+        "7",
+        "--first-wake",
+        "1",
+        "--later-wake",
+        "0",
+        "--never",
+        "0",
+        "--flaky",
+        "0",
+        "--startup-delay",
+        "100ms",
+        "--gateway-outage",
+        "3s+8s",
+    ];
+    let output = crate::support::mcctl(&server.endpoint, &args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert!(stderr.contains("gateway host down"), "{stderr}");
+    assert!(
+        stderr.contains("service says gateway sim-gw is suspected: 10 of 10 agents silent"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("agents marked offline during the outage: 0"),
+        "{stderr}"
+    );
+    assert_eq!(report["online"], 10, "{report:#}");
+    assert_eq!(report["offline"], 0, "no agent judged alone: {report:#}");
+    let history = json(&server.endpoint, &["gateway", "history", "sim-gw"]).await;
+    let text = history.to_string();
+    assert!(text.contains("suspected"), "{history:#}");
+    assert!(text.contains("recovered"), "{history:#}");
+}

@@ -28,6 +28,9 @@ pub struct Launch {
     pub beats: Option<u32>,
     /// Set when the gateway stops this process (a new template arrived).
     pub retired: watch::Receiver<bool>,
+    /// Set while the simulated gateway host is down (`--gateway-outage`):
+    /// the process is frozen with it, and heartbeats again once it is back.
+    pub host_down: watch::Receiver<bool>,
 }
 
 pub fn spawn(
@@ -51,7 +54,7 @@ async fn run(
     let gone_silent = Notify::new();
     let mut beats = 0u32;
     let id = launch.id.clone();
-    let observe = |event: LoopEvent<'_>| {
+    let mut observe = |event: LoopEvent<'_>| {
         if let LoopEvent::Beat(_) = event {
             beats += 1;
             if beats == 1 {
@@ -68,18 +71,31 @@ async fn run(
         }
     };
     let mut retired = launch.retired.clone();
-    let until = async {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => {}
-            _ = gone_silent.notified() => {}
-            _ = retired.wait_for(|retired| *retired) => {}
+    let mut host_down = launch.host_down.clone();
+    loop {
+        let until = async {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => {}
+                _ = gone_silent.notified() => {}
+                _ = retired.wait_for(|retired| *retired) => {}
+                _ = host_down.wait_for(|down| *down) => {}
+            }
+        };
+        if let Err(error) = launch.client.clone().run_with(until, &mut observe).await {
+            let _ = reports.send(AgentReport::Failed {
+                id: launch.id,
+                error: error.to_string(),
+            });
+            return;
         }
-    };
-    if let Err(error) = launch.client.run_with(until, observe).await {
-        let _ = reports.send(AgentReport::Failed {
-            id: launch.id,
-            error: error.to_string(),
-        });
+        // Only an outage ends one run and starts another, after it.
+        if !*host_down.borrow() || *stop.borrow() || *retired.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = host_down.wait_for(|down| !*down) => {}
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::SimulateArgs;
 use super::agent::AgentReport;
 use super::fleet::Fleet;
+use super::outage::Phase;
 use crate::commands::Context;
 use crate::failure::Failure;
 use crate::time::short;
@@ -37,15 +38,10 @@ pub async fn drive(
     fleet: &mut Fleet,
     mut reports: mpsc::UnboundedReceiver<AgentReport>,
 ) -> Result<Ending, Failure> {
-    let mut commands = GatewayClient::with_endpoints(ctx.endpoints.clone(), token)?
-        .with_backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        ))
-        .with_reconnect_spread(Duration::from_millis(200))
-        .events();
+    let mut stream = gateway_stream(ctx, token)?;
     // Connected first, so the first wakes are delivered, not failed.
-    let connected_as = await_connected(&mut commands).await?;
+    let connected_as = await_connected(&mut stream).await?;
+    let mut commands = Some(stream);
     if connected_as != args.gateway {
         return Err(Failure::Usage(format!(
             "the gateway token belongs to gateway {connected_as}, not --gateway {}",
@@ -67,14 +63,34 @@ pub async fn drive(
     let stop_at = args.duration.map(|d| started + d);
     let live = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut phase = Phase::Before;
+    let mut gateway_seen = String::new();
+    let mut offline_before_outage = 0;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep_until(stop_at.unwrap_or(started)), if stop_at.is_some() => break,
-            _ = tick.tick() => print_progress(fleet, args.agents, started.elapsed(), live),
-            event = commands.next() => match event {
+            _ = tick.tick() => {
+                if let Some(outage) = &args.gateway_outage {
+                    let now = outage.phase(started, Instant::now());
+                    if now != phase {
+                        phase = now;
+                        announce_outage(fleet, phase, live, &mut offline_before_outage);
+                        match phase {
+                            Phase::Down => commands = None,
+                            Phase::Back => commands = Some(gateway_stream(ctx, token)?),
+                            Phase::Before => {}
+                        }
+                    }
+                    if phase != Phase::Before {
+                        show_gateway_state(ctx, &args.gateway, &mut gateway_seen, live).await;
+                    }
+                }
+                print_progress(fleet, args.agents, started.elapsed(), live);
+            }
+            event = next_command(&mut commands) => match event {
                 // An ack that cannot be sent means the stream broke: the
                 // Disconnected event that follows says so.
                 Some(GatewayEvent::Wake { command, ack }) => {
@@ -108,7 +124,10 @@ pub async fn drive(
             },
             Some(report) = reports.recv() => fleet.on_report(report),
         }
-        if stop_at.is_none() && fleet.settled() {
+        let outage_over = args
+            .gateway_outage
+            .is_none_or(|outage| Instant::now() >= outage.over_at(started));
+        if stop_at.is_none() && outage_over && fleet.settled() {
             break;
         }
     }
@@ -121,6 +140,78 @@ pub async fn drive(
         elapsed,
         settled: fleet.settled(),
     })
+}
+
+/// The next command; none while the host is down (no stream).
+async fn next_command<S>(commands: &mut Option<S>) -> Option<S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    match commands {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The simulated gateway's command stream (reconnecting by itself).
+fn gateway_stream(
+    ctx: &Context,
+    token: &str,
+) -> Result<impl futures_util::Stream<Item = GatewayEvent> + Unpin + use<>, Failure> {
+    Ok(GatewayClient::with_endpoints(ctx.endpoints.clone(), token)?
+        .with_backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .with_reconnect_spread(Duration::from_millis(200))
+        .events())
+}
+
+/// The host goes down (its agents freeze; the caller closes its stream)
+/// or comes back (they heartbeat again; the caller reconnects).
+fn announce_outage(fleet: &Fleet, phase: Phase, live: bool, offline_before: &mut usize) {
+    if live {
+        eprintln!();
+    }
+    match phase {
+        Phase::Before => {}
+        Phase::Down => {
+            eprintln!("gateway host down: its stream is closed and its agents fall silent");
+            fleet.set_host_down(true);
+            *offline_before = fleet.progress().offline;
+        }
+        Phase::Back => {
+            let marked = fleet.progress().offline.saturating_sub(*offline_before);
+            eprintln!(
+                "gateway host back: reconnecting, agents heartbeat again \
+                 (agents marked offline during the outage: {marked})"
+            );
+            fleet.set_host_down(false);
+        }
+    }
+}
+
+/// Prints the gateway's state as the service sees it, when it changes.
+async fn show_gateway_state(ctx: &Context, gateway_id: &str, seen: &mut String, live: bool) {
+    let Ok(Ok(gateways)) =
+        tokio::time::timeout(Duration::from_secs(1), ctx.operator.list_gateways()).await
+    else {
+        return;
+    };
+    let Some(gateway) = gateways.into_iter().find(|g| g.id == gateway_id) else {
+        return;
+    };
+    let mut state = crate::names::gateway_state(gateway.state);
+    if !gateway.state_reason.is_empty() {
+        state = format!("{state}: {}", gateway.state_reason);
+    }
+    if *seen != state {
+        if live {
+            eprintln!();
+        }
+        eprintln!("service says gateway {gateway_id} is {state}");
+        *seen = state;
+    }
 }
 
 /// Waits for the stream to be established; the gateway it belongs to.

@@ -58,6 +58,7 @@ pub struct Fleet {
     settings: Settings,
     tasks: JoinSet<()>,
     stop: watch::Sender<bool>,
+    host_down: watch::Sender<bool>,
     reports: mpsc::UnboundedSender<AgentReport>,
 }
 
@@ -101,6 +102,7 @@ impl Fleet {
             settings,
             tasks: JoinSet::new(),
             stop: watch::Sender::new(false),
+            host_down: watch::Sender::new(false),
             reports,
         };
         (fleet, receiver)
@@ -226,6 +228,7 @@ impl Fleet {
             startup,
             beats,
             retired,
+            host_down: self.host_down.subscribe(),
         };
         agent::spawn(
             &mut self.tasks,
@@ -233,6 +236,11 @@ impl Fleet {
             self.stop.subscribe(),
             self.reports.clone(),
         );
+    }
+
+    /// Freezes every agent process (the host is down), or lets them go on.
+    pub fn set_host_down(&self, down: bool) {
+        self.host_down.send_replace(down);
     }
 
     pub fn provisioned(&self) -> usize {

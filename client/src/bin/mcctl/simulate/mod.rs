@@ -5,6 +5,7 @@
 mod agent;
 mod drive;
 mod fleet;
+mod outage;
 mod plan;
 mod report;
 
@@ -95,6 +96,13 @@ pub struct SimulateArgs {
     /// again, and go offline after the policy's wakes.
     #[arg(long, default_value_t = 0.0)]
     pub crashes_on_new_template: f64,
+    /// The gateway's host goes down AFTER the start, FOR this long
+    /// (AFTER+FOR, e.g. 20s+15s): its stream closes and every agent on it
+    /// falls silent together, then all come back. With the service's
+    /// mass-failure brake the gateway is suspected meanwhile and no agent
+    /// is marked offline. The run lasts until the host has been back 5 s.
+    #[arg(long, value_parser = outage::parse, value_name = "AFTER+FOR")]
+    pub gateway_outage: Option<outage::Outage>,
 }
 
 impl SimulateArgs {
