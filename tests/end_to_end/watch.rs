@@ -104,6 +104,9 @@ fn watch_flags(database_url: &str) -> Vec<String> {
     flags.extend(["--watch-bookmark-interval", "200ms"].map(String::from));
     // An agent that checked in stays online: only the silent go offline.
     set_flag(&mut flags, "--lease-ttl", "5m");
+    // Half of a burst never checks in, on purpose: judged one by one here,
+    // not held by the mass-failure brake (its own tests show it).
+    flags.extend(["--brake-share", "1", "--fleet-brake-share", "1"].map(String::from));
     flags
 }
 
