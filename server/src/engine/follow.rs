@@ -10,6 +10,7 @@
 //! store's.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::model::{Agent, AgentId, Event, EventKind, Gateway, PendingRetire, Timestamp};
 use super::rollout::Rollout;
@@ -49,7 +50,7 @@ impl Engine {
                 .agent_tokens
                 .insert(agent.token_hash, agent.id.clone());
             engine.index_owed(None, Some(&agent));
-            engine.agents.insert(agent.id.clone(), agent);
+            engine.agents.insert(agent.id.clone(), Arc::new(agent));
         }
         engine
     }
@@ -63,7 +64,7 @@ impl Engine {
             EventKind::Deleted => {
                 if let Some(old) = self.agents.remove(id) {
                     self.forget_token(&old);
-                    self.index_owed(Some(&old), None);
+                    self.index_owed(Some(old.as_ref()), None);
                 }
                 // As the leader's delete writes it: the generation reached.
                 let reached = self.tombstones.entry(id.clone()).or_default();
@@ -76,8 +77,8 @@ impl Engine {
                     agent.token_hash = old.token_hash;
                 }
                 // Kept in step, so that a takeover in place finds it right.
-                self.index_owed(old.as_ref(), Some(&agent));
-                self.agents.insert(id.clone(), agent);
+                self.index_owed(old.as_deref(), Some(&agent));
+                self.agents.insert(id.clone(), Arc::new(agent));
             }
         }
         self.revision = self.revision.max(event.revision);
@@ -94,7 +95,7 @@ impl Engine {
         leases: Vec<StoredLease>,
     ) -> Result<(), Diverged> {
         for lease in leases {
-            let Some(agent) = self.agents.get_mut(&lease.agent_id) else {
+            let Some(agent) = self.agents.get_mut(&lease.agent_id).map(Arc::make_mut) else {
                 return Err(Diverged(format!(
                     "agent {} has a checkpointed lease but no copy",
                     lease.agent_id
@@ -119,9 +120,9 @@ impl Engine {
             if let Some(old) = &old {
                 self.forget_token(old);
             }
-            self.index_owed(old.as_ref(), Some(&row));
+            self.index_owed(old.as_deref(), Some(&row));
             self.agent_tokens.insert(row.token_hash, row.id.clone());
-            self.agents.insert(row.id.clone(), row);
+            self.agents.insert(row.id.clone(), Arc::new(row));
         }
         if let Some(gone) = named
             .iter()
@@ -177,7 +178,7 @@ impl Engine {
         checkpoint: u64,
     ) -> StoredState {
         StoredState {
-            agents: self.agents.values().cloned().collect(),
+            agents: self.agents.values().map(|a| Agent::clone(a)).collect(),
             gateways,
             pending_retires,
             tombstones: self.tombstones(),

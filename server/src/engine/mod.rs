@@ -23,6 +23,7 @@ pub mod timers;
 mod wake_queue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::{
@@ -172,7 +173,9 @@ pub const EXTENDED_LEASES_PER_CHECKPOINT: usize = 5_000;
 #[derive(Debug)]
 pub struct Engine {
     policy: Policy,
-    agents: BTreeMap<AgentId, Agent>,
+    /// Shared, so a watch snapshot holds pointers, not copies: a change
+    /// copies an agent (`Arc::make_mut`) only while a snapshot still holds it.
+    agents: BTreeMap<AgentId, Arc<Agent>>,
     agent_tokens: HashMap<TokenHash, AgentId>,
     gateways: BTreeMap<GatewayId, Gateway>,
     gateway_tokens: HashMap<TokenHash, GatewayId>,
@@ -257,10 +260,19 @@ impl Engine {
     }
 
     pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
-        self.agents.get(id)
+        self.agents.get(id).map(Arc::as_ref)
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values().map(Arc::as_ref)
+    }
+
+    pub fn shared_agent(&self, id: &AgentId) -> Option<&Arc<Agent>> {
+        self.agents.get(id)
+    }
+
+    /// The agents as shared pointers: a snapshot that copies no agent.
+    pub fn shared_agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
         self.agents.values()
     }
 
@@ -281,7 +293,7 @@ impl Engine {
         let mut page: Vec<Agent> = self
             .agents
             .range((start, Unbounded))
-            .map(|(_, agent)| agent)
+            .map(|(_, agent)| agent.as_ref())
             .filter(|agent| filter.matches(agent))
             .take(limit + 1)
             .cloned()
@@ -382,10 +394,11 @@ impl Engine {
         let Some(id) = self.agent_tokens.get(token) else {
             return Ok(Renewal::UnknownToken);
         };
-        let agent = self
-            .agents
-            .get_mut(id)
-            .expect("the token index names only known agents");
+        let agent = Arc::make_mut(
+            self.agents
+                .get_mut(id)
+                .expect("the token index names only known agents"),
+        );
         let new_template = reported_template.is_some_and(|v| v != agent.reported_template_version);
         admit(id, new_template)?;
         let steady = agent.status == Status::Online
@@ -434,7 +447,7 @@ impl Engine {
         dirty.extend(self.extended_leases.drain(start..));
         dirty
             .into_iter()
-            .filter_map(|id| self.agents.get(&id))
+            .filter_map(|id| self.agents.get(&id).map(Arc::as_ref))
             .filter(|agent| agent.status == Status::Online)
             .filter_map(|agent| {
                 Some(LeaseCheckpoint {
@@ -467,18 +480,19 @@ impl Engine {
     /// [`StoredState::merge_leases`]); they are written at the next checkpoint.
     pub fn adopt_leases(&mut self, leases: Vec<LeaseCheckpoint>) {
         for lease in leases {
-            let Some(agent) = self.agents.get_mut(&lease.agent_id) else {
+            let Some(shared) = self.agents.get_mut(&lease.agent_id) else {
                 continue;
             };
-            if agent.status != Status::Online || agent.generation != lease.generation {
+            if shared.status != Status::Online || shared.generation != lease.generation {
                 continue;
             }
-            let newer = agent.last_seen_at < Some(lease.last_seen_at)
-                || agent.lease_expires_at < Some(lease.lease_expires_at);
+            let newer = shared.last_seen_at < Some(lease.last_seen_at)
+                || shared.lease_expires_at < Some(lease.lease_expires_at);
             if !newer {
                 // The same lease: nothing to write again.
                 continue;
             }
+            let agent = Arc::make_mut(shared);
             agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
             agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
             self.dirty_leases.insert(lease.agent_id);
@@ -499,12 +513,12 @@ impl Engine {
             if let Some(old) = &old {
                 self.agent_tokens.remove(&old.token_hash);
             }
-            self.index_owed(old.as_ref(), staged.as_ref());
+            self.index_owed(old.as_deref(), staged.as_ref());
             match staged {
                 Some(mut agent) => {
                     self.intern(&mut agent);
                     self.agent_tokens.insert(agent.token_hash, agent.id.clone());
-                    self.agents.insert(agent.id.clone(), agent);
+                    self.agents.insert(agent.id.clone(), Arc::new(agent));
                 }
                 None => {
                     self.dirty_leases.remove(&id);
@@ -591,7 +605,7 @@ impl Engine {
     fn current(&self, batch: &Batch, id: &AgentId) -> Option<Agent> {
         match batch.agents.get(id) {
             Some(staged) => staged.clone(),
-            None => self.agents.get(id).cloned(),
+            None => self.agents.get(id).map(|agent| Agent::clone(agent)),
         }
     }
 

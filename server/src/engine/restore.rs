@@ -1,6 +1,7 @@
 //! Rebuilding the engine from the store at start, with restart grace.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::LeaseCheckpoint;
 use super::batch::Change;
@@ -127,6 +128,7 @@ impl Engine {
                     .lease_expires_at
                     .is_none_or(|l| l <= due_soon || l < promised_until)
             {
+                let agent = Arc::make_mut(agent);
                 let grace_until = now.plus(policy.grace_offset(unit));
                 let floor = promised_until.plus(policy.restart_grace.mul_f64(unit));
                 agent.lease_expires_at = Some(grace_until.max(floor));
@@ -139,7 +141,7 @@ impl Engine {
             }
         }
         for (id, unit) in special {
-            let agent = self.agents[&id].clone();
+            let agent = Agent::clone(&self.agents[&id]);
             if agent.wake_held {
                 // Held or queued: never judged, it was not sent. Its gateway
                 // has no stream to this leader yet, so it is held for the

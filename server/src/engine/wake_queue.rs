@@ -226,7 +226,7 @@ impl Engine {
                     .map(|(_, _, id)| id)
                     .filter(|id| !batch.agents.contains_key(*id))
                     .take(head)
-                    .filter_map(|id| self.agents.get(id).cloned()),
+                    .filter_map(|id| self.agents.get(id).map(|a| Agent::clone(a))),
             );
         }
         (candidates, left)

@@ -309,8 +309,7 @@ impl Engine {
                 {
                     return Err(RolloutError::UnknownBoard(board.clone()));
                 }
-                self.agents
-                    .values()
+                self.agents()
                     .filter(|agent| filter.matches(agent))
                     .filter(on_board)
                     .map(|agent| agent.id.clone())
