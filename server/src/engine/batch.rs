@@ -40,12 +40,12 @@ impl WakeOrder {
         Self {
             gateway_id: agent.gateway_id.clone(),
             agent_id: agent.id.clone(),
-            agent_name: agent.name.clone(),
+            agent_name: agent.name.to_string(),
             board_id: agent.board_id.clone(),
             role: agent.role,
             generation: agent.generation,
             attempt: agent.wake_attempts,
-            template_version: agent.desired_template_version.clone(),
+            template_version: agent.desired_template_version.to_string(),
             checkin_deadline_at: deadline,
         }
     }

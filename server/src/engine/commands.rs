@@ -4,8 +4,8 @@
 use super::batch::{Change, Effect};
 use super::gateway_state::Link;
 use super::model::{
-    Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, Status,
-    Timestamp, TokenHash,
+    Agent, AgentId, BoardId, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role, SharedStr,
+    Status, Timestamp, TokenHash,
 };
 use super::{Batch, Engine, EngineError, PendingCheckIn};
 
@@ -67,7 +67,7 @@ impl Engine {
                 let retired = self.retired_generation(batch, &spec.agent_id);
                 let agent = Agent {
                     id: spec.agent_id,
-                    name: spec.name,
+                    name: spec.name.into(),
                     gateway_id: spec.gateway_id,
                     board_id: spec.board_id,
                     role: spec.role,
@@ -80,8 +80,8 @@ impl Engine {
                     lease_expires_at: None,
                     last_provision_error: None,
                     offline_reason: None,
-                    desired_template_version: spec.template_version,
-                    reported_template_version: String::new(),
+                    desired_template_version: spec.template_version.into(),
+                    reported_template_version: SharedStr::default(),
                     created_at: now,
                     updated_at: now,
                     revision: 0,
@@ -108,10 +108,10 @@ impl Engine {
                 }
                 let change = Change::changed(&previous, Reason::Updated, 1);
                 let mut agent = previous;
-                agent.name = spec.name;
+                agent.name = spec.name.into();
                 agent.board_id = spec.board_id;
                 agent.role = spec.role;
-                agent.desired_template_version = spec.template_version;
+                agent.desired_template_version = spec.template_version.into();
                 agent.status = Status::Updating;
                 agent.lease_expires_at = None;
                 if spec.rotate_token {
@@ -221,7 +221,7 @@ impl Engine {
             return Ok(agent);
         }
         if let Some(version) = new_template {
-            agent.reported_template_version = version;
+            agent.reported_template_version = version.into();
         }
         let reason = if steady {
             Reason::TemplateReported

@@ -44,14 +44,23 @@ impl Engine {
             state.pending_syncs,
         );
         engine.tombstones.extend(state.tombstones);
-        for mut agent in state.agents {
-            engine.intern(&mut agent);
+        engine.agent_tokens.reserve(state.agents.len());
+        let mut agents = state.agents;
+        for agent in &mut agents {
+            engine.intern(agent);
             engine
                 .agent_tokens
                 .insert(agent.token_hash, agent.id.clone());
-            engine.index_owed(None, Some(&agent));
-            engine.agents.insert(agent.id.clone(), Arc::new(agent));
+            engine.index_owed(None, Some(agent));
         }
+        // Built whole from sorted input, the map's nodes are full; inserted
+        // one by one, they split and stay about half full (BENCHMARKS.md,
+        // memory per agent). A later duplicate wins, as with inserts.
+        engine.agents = agents
+            .into_iter()
+            .map(|agent| (agent.id.clone(), Arc::new(agent)))
+            .collect();
+        super::restore::release_freed_memory();
         engine
     }
 
@@ -190,8 +199,6 @@ impl Engine {
     }
 
     fn forget_token(&mut self, agent: &Agent) {
-        if self.agent_tokens.get(&agent.token_hash) == Some(&agent.id) {
-            self.agent_tokens.remove(&agent.token_hash);
-        }
+        self.agent_tokens.remove(&agent.token_hash, &agent.id);
     }
 }

@@ -20,6 +20,7 @@ mod restore;
 pub mod rollout;
 mod template_sync;
 pub mod timers;
+mod token_index;
 mod wake_queue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -36,7 +37,7 @@ pub use follow::{Diverged, StoredLease};
 pub use gateway_state::{Link, LinkState};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
-    RolloutId, Status, Timestamp, TokenHash,
+    RolloutId, SharedStr, Status, Timestamp, TokenHash,
 };
 pub use policy::Policy;
 pub use restore::StoredState;
@@ -176,7 +177,7 @@ pub struct Engine {
     /// Shared, so a watch snapshot holds pointers, not copies: a change
     /// copies an agent (`Arc::make_mut`) only while a snapshot still holds it.
     agents: BTreeMap<AgentId, Arc<Agent>>,
-    agent_tokens: HashMap<TokenHash, AgentId>,
+    agent_tokens: token_index::TokenIndex,
     gateways: BTreeMap<GatewayId, Gateway>,
     gateway_tokens: HashMap<TokenHash, GatewayId>,
     pending_retires: BTreeSet<PendingRetire>,
@@ -218,6 +219,8 @@ pub struct Engine {
     template_syncs: BTreeMap<GatewayId, PendingSync>,
     /// Every board id agents have named: their agents share its allocation.
     boards: HashSet<BoardId>,
+    /// Every template version agents have named, shared likewise.
+    versions: HashSet<SharedStr>,
 }
 
 impl Engine {
@@ -226,7 +229,7 @@ impl Engine {
             wake_limits: wake_queue::WakeLimits::new(&policy),
             policy,
             agents: BTreeMap::new(),
-            agent_tokens: HashMap::new(),
+            agent_tokens: token_index::TokenIndex::default(),
             gateways: BTreeMap::new(),
             gateway_tokens: HashMap::new(),
             pending_retires: BTreeSet::new(),
@@ -248,6 +251,7 @@ impl Engine {
             rollout_index: HashMap::new(),
             template_syncs: BTreeMap::new(),
             boards: HashSet::new(),
+            versions: HashSet::new(),
         }
     }
 
@@ -358,7 +362,7 @@ impl Engine {
         self.timers.len()
     }
 
-    pub fn timers(&self) -> impl Iterator<Item = &Timer> {
+    pub fn timers(&self) -> impl Iterator<Item = Timer> + '_ {
         self.timers.iter()
     }
 
@@ -391,7 +395,11 @@ impl Engine {
         now: Timestamp,
         admit: impl FnOnce(&AgentId, bool) -> Result<(), E>,
     ) -> Result<Renewal, E> {
-        let Some(id) = self.agent_tokens.get(token) else {
+        let agents = &self.agents;
+        let Some(id) = self
+            .agent_tokens
+            .get(token, |id| agents.get(id).map(|agent| agent.token_hash))
+        else {
             return Ok(Renewal::UnknownToken);
         };
         let agent = Arc::make_mut(
@@ -511,7 +519,7 @@ impl Engine {
             self.in_flight.remove(&id);
             let old = self.agents.remove(&id);
             if let Some(old) = &old {
-                self.agent_tokens.remove(&old.token_hash);
+                self.agent_tokens.remove(&old.token_hash, &old.id);
             }
             self.index_owed(old.as_deref(), staged.as_ref());
             match staged {
@@ -582,6 +590,21 @@ impl Engine {
                 Some(shared) => agent.board_id = Some(shared.clone()),
                 None => {
                     self.boards.insert(board.clone());
+                }
+            }
+        }
+        // Most agents are named as their id.
+        if agent.name.as_str() == agent.id.as_str() {
+            agent.name = agent.id.to_shared();
+        }
+        for version in [
+            &mut agent.desired_template_version,
+            &mut agent.reported_template_version,
+        ] {
+            match self.versions.get(version.as_str()) {
+                Some(shared) => *version = shared.clone(),
+                None => {
+                    self.versions.insert(version.clone());
                 }
             }
         }

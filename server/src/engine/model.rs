@@ -1,6 +1,7 @@
 //! The lifecycle's domain types: identifiers that parse on construction,
 //! timestamps, agents, gateways and the events that record each transition.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::{fmt, time::Duration};
 
@@ -57,6 +58,12 @@ macro_rules! id_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The id's own allocation, as text (an agent named as its id
+            /// shares it).
+            pub fn to_shared(&self) -> SharedStr {
+                SharedStr(self.0.clone())
+            }
         }
 
         impl TryFrom<String> for $name {
@@ -97,31 +104,209 @@ id_type!(
     RolloutId
 );
 
+/// Text many agents hold the same copy of: a template version (a fleet
+/// runs a handful), a name that is the agent's id. Cloned by reference
+/// count; compares, hashes, prints and serializes as the string it holds.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SharedStr(Arc<str>);
+
+impl SharedStr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> String {
+        s.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<SharedStr> for str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for &str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for String {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+/// As a `String` prints: an agent's Debug output did not change with it.
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedStr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from)
+    }
+}
+
+/// One shared copy of each text a fleet repeats, for a read of many agents
+/// (a store's load): gateway and board ids, template versions, names that
+/// are the agent's id. Made while reading, rather than swapped in after,
+/// the copies never exist: freed between the agents' own allocations, they
+/// would stay resident as holes (BENCHMARKS.md, memory per agent).
+#[derive(Debug, Default)]
+pub struct Interner {
+    gateways: std::collections::HashMap<String, GatewayId>,
+    boards: std::collections::HashMap<String, BoardId>,
+    texts: std::collections::HashSet<SharedStr>,
+}
+
+impl Interner {
+    pub fn gateway(&mut self, id: &str) -> Result<GatewayId, InvalidId> {
+        if let Some(shared) = self.gateways.get(id) {
+            return Ok(shared.clone());
+        }
+        let parsed = GatewayId::parse(id)?;
+        self.gateways.insert(id.to_owned(), parsed.clone());
+        Ok(parsed)
+    }
+
+    pub fn board(&mut self, id: &str) -> Result<BoardId, InvalidId> {
+        if let Some(shared) = self.boards.get(id) {
+            return Ok(shared.clone());
+        }
+        let parsed = BoardId::parse(id)?;
+        self.boards.insert(id.to_owned(), parsed.clone());
+        Ok(parsed)
+    }
+
+    pub fn text(&mut self, text: &str) -> SharedStr {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        let text = SharedStr::from(text);
+        self.texts.insert(text.clone());
+        text
+    }
+
+    /// The agent's name: its id's own copy when it is named as its id.
+    pub fn name(&mut self, name: &str, id: &AgentId) -> SharedStr {
+        if name == id.as_str() {
+            id.to_shared()
+        } else {
+            SharedStr::from(name)
+        }
+    }
+}
+
 /// Wall-clock time in microseconds since the Unix epoch: Postgres's own
 /// precision, so a stored timestamp round-trips exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Timestamp(i64);
+///
+/// Stored with its sign bit flipped in a `NonZeroU64` (the order of the
+/// bits is then the order of the times), so that `Option<Timestamp>` takes
+/// 8 bytes, not 16: an agent has four of them (BENCHMARKS.md, memory per
+/// agent). The one value given up, `i64::MIN` microseconds (292,000 years
+/// before the epoch), reads as the next one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(NonZeroU64);
+
+const SIGN: u64 = 1 << 63;
 
 impl Timestamp {
     pub const fn from_micros(micros: i64) -> Self {
-        Self(micros)
+        let micros = if micros == i64::MIN {
+            micros + 1
+        } else {
+            micros
+        };
+        match NonZeroU64::new(micros as u64 ^ SIGN) {
+            Some(bits) => Self(bits),
+            None => panic!("only i64::MIN maps to zero"),
+        }
     }
 
     pub const fn as_micros(self) -> i64 {
-        self.0
+        (self.0.get() ^ SIGN) as i64
     }
 
     pub fn from_system_time(t: std::time::SystemTime) -> Self {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Self(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-            Err(e) => Self(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
+            Ok(d) => Self::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            Err(e) => {
+                Self::from_micros(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX))
+            }
         }
     }
 
     pub fn to_system_time(self) -> std::time::SystemTime {
-        let magnitude = Duration::from_micros(self.0.unsigned_abs());
-        if self.0 >= 0 {
+        let micros = self.as_micros();
+        let magnitude = Duration::from_micros(micros.unsigned_abs());
+        if micros >= 0 {
             std::time::UNIX_EPOCH + magnitude
         } else {
             std::time::UNIX_EPOCH - magnitude
@@ -129,22 +314,45 @@ impl Timestamp {
     }
 
     pub fn plus(self, d: Duration) -> Self {
-        Self(
-            self.0
+        Self::from_micros(
+            self.as_micros()
                 .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         )
     }
 
     pub fn minus(self, d: Duration) -> Self {
-        Self(
-            self.0
+        Self::from_micros(
+            self.as_micros()
                 .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         )
     }
 
     /// How long after `earlier` this is; zero if it is not after it.
     pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration::from_micros(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+        Duration::from_micros(
+            u64::try_from(self.as_micros().saturating_sub(earlier.as_micros())).unwrap_or(0),
+        )
+    }
+}
+
+/// As the derived one would print the microseconds.
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Timestamp").field(&self.as_micros()).finish()
+    }
+}
+
+/// The microseconds, as before the representation changed (events store
+/// agents as JSON).
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(self.as_micros())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        i64::deserialize(deserializer).map(Self::from_micros)
     }
 }
 
@@ -236,7 +444,7 @@ impl fmt::Debug for TokenHash {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: AgentId,
-    pub name: String,
+    pub name: SharedStr,
     pub gateway_id: GatewayId,
     pub board_id: Option<BoardId>,
     pub role: Role,
@@ -249,8 +457,8 @@ pub struct Agent {
     pub lease_expires_at: Option<Timestamp>,
     pub last_provision_error: Option<String>,
     pub offline_reason: Option<String>,
-    pub desired_template_version: String,
-    pub reported_template_version: String,
+    pub desired_template_version: SharedStr,
+    pub reported_template_version: SharedStr,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The revision of the last committed event about this agent.
@@ -457,5 +665,46 @@ impl Event {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_keep_their_order_and_value_in_eight_bytes() {
+        assert_eq!(size_of::<Option<Timestamp>>(), 8);
+        let values = [
+            i64::MIN + 1,
+            -1_000_000,
+            -1,
+            0,
+            1,
+            1_800_000_000_000_000,
+            i64::MAX,
+        ];
+        for pair in values.windows(2) {
+            let (a, b) = (
+                Timestamp::from_micros(pair[0]),
+                Timestamp::from_micros(pair[1]),
+            );
+            assert!(a < b, "{a:?} < {b:?}");
+        }
+        for micros in values {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(t.as_micros(), micros);
+            assert_eq!(format!("{t:?}"), format!("Timestamp({micros})"));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, micros.to_string());
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        }
+        // The one value given up reads as the next.
+        assert_eq!(Timestamp::from_micros(i64::MIN).as_micros(), i64::MIN + 1);
+        let early = Timestamp::from_micros(i64::MIN + 5);
+        assert_eq!(
+            early.minus(Duration::from_secs(1)),
+            Timestamp::from_micros(i64::MIN + 1)
+        );
     }
 }

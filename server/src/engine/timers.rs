@@ -25,10 +25,17 @@ pub struct Timer {
     pub kind: TimerKind,
 }
 
+/// An entry's timer but its deadline, which its key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Armed {
+    agent_id: AgentId,
+    kind: TimerKind,
+}
+
 #[derive(Debug, Default)]
 pub struct TimerWheel {
     /// Ordered by deadline; the sequence number keeps equal deadlines apart.
-    entries: BTreeMap<(Timestamp, u64), Timer>,
+    entries: BTreeMap<(Timestamp, u64), Armed>,
     next_seq: u64,
     /// Agents with a lease entry in the wheel: at most one each.
     leases: HashSet<AgentId>,
@@ -36,11 +43,39 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     pub fn arm(&mut self, timer: Timer) {
+        if let Some((key, armed)) = self.entry(timer) {
+            self.entries.insert(key, armed);
+        }
+    }
+
+    /// Arms each in turn, as [`TimerWheel::arm`] would. Into an empty
+    /// wheel (a start) the entries are built in bulk: nodes full, not half
+    /// full as one-by-one inserts leave them (BENCHMARKS.md, memory per
+    /// agent).
+    pub fn arm_all(&mut self, timers: Vec<Timer>) {
+        let bulk = self.entries.is_empty();
+        let entries: Vec<_> = timers
+            .into_iter()
+            .filter_map(|timer| self.entry(timer))
+            .collect();
+        if bulk {
+            self.entries = entries.into_iter().collect();
+        } else {
+            self.entries.extend(entries);
+        }
+    }
+
+    /// The entry for `timer`, unless it is a lease the agent already has.
+    fn entry(&mut self, timer: Timer) -> Option<((Timestamp, u64), Armed)> {
         if timer.kind == TimerKind::Lease && !self.leases.insert(timer.agent_id.clone()) {
-            return;
+            return None;
         }
         self.next_seq += 1;
-        self.entries.insert((timer.at, self.next_seq), timer);
+        let armed = Armed {
+            agent_id: timer.agent_id,
+            kind: timer.kind,
+        };
+        Some(((timer.at, self.next_seq), armed))
     }
 
     pub fn next_at(&self) -> Option<Timestamp> {
@@ -53,14 +88,15 @@ impl TimerWheel {
         while due.len() < limit
             && let Some(entry) = self.entries.first_entry()
         {
-            if entry.key().0 > now {
+            let at = entry.key().0;
+            if at > now {
                 break;
             }
-            let timer = entry.remove();
-            if timer.kind == TimerKind::Lease {
-                self.leases.remove(&timer.agent_id);
+            let Armed { agent_id, kind } = entry.remove();
+            if kind == TimerKind::Lease {
+                self.leases.remove(&agent_id);
             }
-            due.push(timer);
+            due.push(Timer { at, agent_id, kind });
         }
         due
     }
@@ -73,8 +109,12 @@ impl TimerWheel {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Timer> {
-        self.entries.values()
+    pub fn iter(&self) -> impl Iterator<Item = Timer> + '_ {
+        self.entries.iter().map(|((at, _), armed)| Timer {
+            at: *at,
+            agent_id: armed.agent_id.clone(),
+            kind: armed.kind,
+        })
     }
 }
 
@@ -135,5 +175,36 @@ mod tests {
         assert_eq!(wheel.pop_due(Timestamp::from_micros(10), 1).len(), 1);
         wheel.arm(lease(40));
         assert_eq!(wheel.next_at(), Some(Timestamp::from_micros(40)));
+    }
+
+    #[test]
+    fn arming_in_bulk_is_arming_one_by_one() {
+        let lease = |at, agent: &str| Timer {
+            at: Timestamp::from_micros(at),
+            agent_id: id(agent),
+            kind: TimerKind::Lease,
+        };
+        let timers = vec![
+            checkin(30, "c"),
+            lease(10, "a"),
+            lease(20, "a"),
+            checkin(10, "b"),
+            lease(10, "d"),
+        ];
+        for before in [vec![], vec![checkin(15, "e"), lease(5, "d")]] {
+            let (mut bulk, mut single) = (TimerWheel::default(), TimerWheel::default());
+            for timer in &before {
+                bulk.arm(timer.clone());
+                single.arm(timer.clone());
+            }
+            bulk.arm_all(timers.clone());
+            timers.iter().for_each(|t| single.arm(t.clone()));
+            assert_eq!(bulk.len(), single.len());
+            assert!(bulk.iter().eq(single.iter()));
+            assert_eq!(
+                bulk.pop_due(Timestamp::from_micros(100), usize::MAX),
+                single.pop_due(Timestamp::from_micros(100), usize::MAX)
+            );
+        }
     }
 }

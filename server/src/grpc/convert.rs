@@ -67,7 +67,7 @@ pub fn role_from(r: pb::AgentRole) -> Option<Role> {
 pub fn agent(a: &Agent) -> pb::Agent {
     pb::Agent {
         id: a.id.to_string(),
-        name: a.name.clone(),
+        name: a.name.to_string(),
         gateway_id: a.gateway_id.to_string(),
         board_id: a
             .board_id
@@ -84,8 +84,8 @@ pub fn agent(a: &Agent) -> pb::Agent {
         lease_expires_at: opt_timestamp(a.lease_expires_at),
         last_provision_error: a.last_provision_error.clone().unwrap_or_default(),
         offline_reason: a.offline_reason.clone().unwrap_or_default(),
-        desired_template_version: a.desired_template_version.clone(),
-        reported_template_version: a.reported_template_version.clone(),
+        desired_template_version: a.desired_template_version.to_string(),
+        reported_template_version: a.reported_template_version.to_string(),
         created_at: Some(timestamp(a.created_at)),
         updated_at: Some(timestamp(a.updated_at)),
         revision: a.revision,

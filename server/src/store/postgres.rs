@@ -21,6 +21,7 @@ use super::{
     Candidate, Changes, ChangesRequest, Directory, LeaderInfo, RowChanges, Store, StoreError,
     migrations,
 };
+use crate::engine::model::Interner;
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Brake, BrakeState, Event, EventKind, Gateway, GatewayId,
@@ -210,24 +211,26 @@ fn brake_from_row(row: &Row) -> Result<Option<Brake>, StoreError> {
     }))
 }
 
-fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
+fn agent_from_row(row: &Row, shared: &mut Interner) -> Result<Agent, StoreError> {
     let ts = |column: &str| -> Option<Timestamp> {
         row.get::<_, Option<SystemTime>>(column)
             .map(Timestamp::from_system_time)
     };
-    let text = |column: &str| -> String { row.get(column) };
+    let text = |column: &str| -> &str { row.get(column) };
+    let id = AgentId::parse(text("id")).map_err(|e| corrupt("agent id", &e.to_string()))?;
     Ok(Agent {
-        id: AgentId::parse(text("id")).map_err(|e| corrupt("agent id", &e.to_string()))?,
-        name: text("name"),
-        gateway_id: GatewayId::parse(text("gateway_id"))
+        name: shared.name(text("name"), &id),
+        id,
+        gateway_id: shared
+            .gateway(text("gateway_id"))
             .map_err(|e| corrupt("gateway id", &e.to_string()))?,
         board_id: row
-            .get::<_, Option<String>>("board_id")
-            .map(BoardId::parse)
+            .get::<_, Option<&str>>("board_id")
+            .map(|board| shared.board(board))
             .transpose()
             .map_err(|e| corrupt("board id", &e.to_string()))?,
-        role: Role::parse(&text("role")).ok_or_else(|| corrupt("role", &text("role")))?,
-        status: Status::parse(&text("status")).ok_or_else(|| corrupt("status", &text("status")))?,
+        role: Role::parse(text("role")).ok_or_else(|| corrupt("role", text("role")))?,
+        status: Status::parse(text("status")).ok_or_else(|| corrupt("status", text("status")))?,
         generation: row.get::<_, i64>("generation") as u64,
         wake_attempts: row.get::<_, i32>("wake_attempts") as u32,
         last_wake_sent_at: ts("last_wake_sent_at"),
@@ -236,8 +239,8 @@ fn agent_from_row(row: &Row) -> Result<Agent, StoreError> {
         lease_expires_at: ts("lease_expires_at"),
         last_provision_error: row.get("last_provision_error"),
         offline_reason: row.get("offline_reason"),
-        desired_template_version: text("desired_template_version"),
-        reported_template_version: text("reported_template_version"),
+        desired_template_version: shared.text(text("desired_template_version")),
+        reported_template_version: shared.text(text("reported_template_version")),
         created_at: ts("created_at").unwrap_or(Timestamp::from_micros(0)),
         updated_at: ts("updated_at").unwrap_or(Timestamp::from_micros(0)),
         revision: row.get::<_, i64>("revision") as u64,
@@ -527,10 +530,11 @@ impl Store for PostgresStore {
         let checkpoint = read_lease_clock(&tx).await?;
         tx.commit().await.map_err(classify)?;
 
+        let mut shared = Interner::default();
         Ok(StoredState {
             agents: agents
                 .iter()
-                .map(agent_from_row)
+                .map(|row| agent_from_row(row, &mut shared))
                 .collect::<Result<_, _>>()?,
             gateways: directory.gateways,
             pending_retires: directory.pending_retires,
@@ -622,10 +626,13 @@ impl Store for PostgresStore {
             events,
             compacted_revision,
             rows: Some(RowChanges {
-                agents: agents
-                    .iter()
-                    .map(agent_from_row)
-                    .collect::<Result<_, _>>()?,
+                agents: {
+                    let mut shared = Interner::default();
+                    agents
+                        .iter()
+                        .map(|row| agent_from_row(row, &mut shared))
+                        .collect::<Result<_, _>>()?
+                },
                 leases: leases
                     .iter()
                     .map(stored_lease_from_row)

@@ -258,7 +258,7 @@ impl Engine {
     /// fresh wake cycle under the normal check-in policy. Its generation.
     fn rollout_update(&mut self, batch: &mut Batch, previous: Agent, rollout: &Rollout) -> u64 {
         let mut agent = previous.clone();
-        agent.desired_template_version = rollout.template_version.clone();
+        agent.desired_template_version = rollout.template_version.as_str().into();
         agent.status = Status::Updating;
         agent.lease_expires_at = None;
         agent.last_provision_error = None;

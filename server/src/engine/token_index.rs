@@ -1,0 +1,132 @@
+//! Which agent holds a token: the heartbeat's first lookup.
+//!
+//! Keyed by the first 8 bytes of the token's SHA-256, not all 32: a slot
+//! of 24 bytes instead of 48 (BENCHMARKS.md, memory per agent). Two tokens
+//! can share a prefix, so a hit is checked against the agent's own hash,
+//! and a token whose prefix another agent already holds is kept whole in a
+//! second map, which stays empty but for such (astronomically rare) pairs.
+
+use std::collections::HashMap;
+
+use super::model::{AgentId, TokenHash};
+
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    by_prefix: HashMap<u64, AgentId>,
+    collided: HashMap<TokenHash, AgentId>,
+}
+
+fn prefix(token: &TokenHash) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&token.0[..8]);
+    u64::from_le_bytes(first)
+}
+
+impl TokenIndex {
+    /// The agent holding `token`; `token_of` gives an agent's current token.
+    pub fn get(
+        &self,
+        token: &TokenHash,
+        token_of: impl Fn(&AgentId) -> Option<TokenHash>,
+    ) -> Option<&AgentId> {
+        match self.by_prefix.get(&prefix(token)) {
+            Some(id) if token_of(id).as_ref() == Some(token) => Some(id),
+            _ => self.collided.get(token),
+        }
+    }
+
+    pub fn insert(&mut self, token: TokenHash, id: AgentId) {
+        match self.by_prefix.get_mut(&prefix(&token)) {
+            None => {
+                self.by_prefix.insert(prefix(&token), id);
+            }
+            Some(held) if *held == id => *held = id,
+            Some(_) => {
+                self.collided.insert(token, id);
+            }
+        }
+    }
+
+    /// Forgets `token`, the one `id` was indexed with, if `id` holds it.
+    pub fn remove(&mut self, token: &TokenHash, id: &AgentId) {
+        let key = prefix(token);
+        if self.by_prefix.get(&key) == Some(id) {
+            self.by_prefix.remove(&key);
+        } else if self.collided.get(token) == Some(id) {
+            self.collided.remove(token);
+        }
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
+        self.by_prefix.reserve(additional);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn token(prefix: u8, rest: u8) -> TokenHash {
+        let mut token = [rest; 32];
+        token[..8].copy_from_slice(&[prefix; 8]);
+        TokenHash(token)
+    }
+
+    fn id(s: &str) -> AgentId {
+        AgentId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn tokens_that_share_a_prefix_find_their_own_agents() {
+        let mut tokens = BTreeMap::new();
+        let mut index = TokenIndex::default();
+        for (name, token) in [("a", token(1, 1)), ("b", token(1, 2)), ("c", token(2, 3))] {
+            tokens.insert(id(name), token);
+            index.insert(token, id(name));
+        }
+        let lookup = |index: &TokenIndex, tokens: &BTreeMap<AgentId, TokenHash>, t| {
+            index
+                .get(&t, |id| tokens.get(id).copied())
+                .map(|id| id.to_string())
+        };
+        assert_eq!(lookup(&index, &tokens, token(1, 1)).as_deref(), Some("a"));
+        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        assert_eq!(lookup(&index, &tokens, token(2, 3)).as_deref(), Some("c"));
+        assert_eq!(lookup(&index, &tokens, token(1, 9)), None);
+        assert_eq!(lookup(&index, &tokens, token(3, 3)), None);
+
+        // The prefix's first holder goes: the second is still found, and a
+        // third with the same prefix takes the free slot.
+        index.remove(&token(1, 1), &id("a"));
+        tokens.remove(&id("a"));
+        assert_eq!(lookup(&index, &tokens, token(1, 1)), None);
+        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        tokens.insert(id("d"), token(1, 4));
+        index.insert(token(1, 4), id("d"));
+        assert_eq!(lookup(&index, &tokens, token(1, 4)).as_deref(), Some("d"));
+        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+
+        // Removing names the holder: another agent's token is left alone.
+        index.remove(&token(1, 2), &id("c"));
+        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        index.remove(&token(1, 2), &id("b"));
+        tokens.remove(&id("b"));
+        assert_eq!(lookup(&index, &tokens, token(1, 2)), None);
+        assert_eq!(lookup(&index, &tokens, token(1, 4)).as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_rotated_token_no_longer_finds_its_agent() {
+        let mut tokens = BTreeMap::from([(id("a"), token(1, 1))]);
+        let mut index = TokenIndex::default();
+        index.insert(token(1, 1), id("a"));
+        index.remove(&token(1, 1), &id("a"));
+        tokens.insert(id("a"), token(5, 5));
+        index.insert(token(5, 5), id("a"));
+        let find = |t| index.get(&t, |id| tokens.get(id).copied()).cloned();
+        assert_eq!(find(token(1, 1)), None);
+        assert_eq!(find(token(5, 5)), Some(id("a")));
+    }
+}
