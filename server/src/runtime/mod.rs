@@ -127,6 +127,8 @@ struct Shared {
     /// Calls waiting for the writer, so a drain knows when they are done.
     in_flight: InFlight,
     open_watches: std::sync::atomic::AtomicUsize,
+    /// The fleet snapshot watchers opening now share.
+    snapshots: watch::SnapshotCache,
     metrics: metrics::Metrics,
     limits: limits::AgentLimits,
     leadership: Leadership,
@@ -300,6 +302,7 @@ impl Lifecycle {
             streams_stop,
             in_flight: InFlight::default(),
             open_watches: Default::default(),
+            snapshots: Default::default(),
             metrics: Default::default(),
             limits: limits::AgentLimits::new(&settings.policy, clock),
             settings,

@@ -1,10 +1,19 @@
 //! Watch streams: a snapshot (or a replay from a revision), then every
 //! committed change, in revision order, with no gaps and no duplicates.
 //!
+//! A snapshot is shared by the watchers that open close together and
+//! streamed from pointers to the engine's agents (see `snapshot`); the
+//! changes after its revision are replayed from stored history up to the
+//! revision at which the watcher subscribed to live events, then streamed
+//! live. Subscribing only once the snapshot is sent keeps a watcher that
+//! reads a large snapshot slowly from falling out of the live channel.
+//!
 //! Events reach watchers through a bounded broadcast channel, published by
 //! the writer after each commit. A watcher that falls more than the channel's
 //! capacity behind is ended with the revision to resume from: it never slows
 //! the writer or other watchers, and it never silently skips an event.
+
+mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,6 +25,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{LifecycleError, Shared};
 use crate::engine::{Agent, AgentFilter, AgentId, BoardId, Event, GatewayId, Status, Timestamp};
+pub(super) use snapshot::SnapshotCache;
+use snapshot::{Cursor, FleetSnapshot};
 
 /// Replayed history is read from the store in pages of this many events.
 const REPLAY_PAGE: usize = 500;
@@ -33,8 +44,8 @@ pub struct WatchRequest {
 
 #[derive(Debug, Clone)]
 pub enum WatchItem {
-    /// An agent's current state, part of the initial snapshot.
-    Snapshot(Box<Agent>),
+    /// An agent's state, part of the initial snapshot.
+    Snapshot(Arc<Agent>),
     SnapshotComplete {
         revision: u64,
     },
@@ -80,10 +91,15 @@ pub(super) struct Watcher {
     filter: AgentFilter,
     /// The revision of the last event this watcher has accounted for.
     position: u64,
+    /// The snapshot still being sent; dropped once it is.
+    snapshot: Option<Cursor>,
     queue: VecDeque<WatchItem>,
     /// Replaying stored history up to this revision.
     replay_until: Option<u64>,
-    events: broadcast::Receiver<Arc<Event>>,
+    /// Live events: subscribed at open, or once the snapshot is sent (a
+    /// watcher reading a large snapshot slowly does not fall behind them).
+    events: Option<broadcast::Receiver<Arc<Event>>>,
+    include_heartbeats: bool,
     heartbeats: Option<Heartbeats>,
     bookmark: Interval,
     finished: bool,
@@ -123,44 +139,27 @@ impl Watcher {
     ) -> Result<Self, LifecycleError> {
         let slot = WatchSlot::take(&shared)?;
         let filter = request.filter;
-        // Subscribing and reading the state under one lock: the writer
-        // publishes under the same lock, so nothing falls in between.
-        let (events, heartbeats, snapshot, current) = {
-            let engine = shared.engine();
-            let events = shared.events.subscribe();
-            let heartbeats = request
-                .include_heartbeats
-                .then(|| shared.heartbeats.subscribe());
-            let snapshot = (request.start_revision == 0).then(|| {
-                let mut agents: Vec<Agent> = engine
-                    .agents()
-                    .filter(|agent| filter.matches(agent))
-                    .cloned()
-                    .collect();
-                // Revisions increase along the whole stream, snapshot included.
-                agents.sort_by_key(|agent| agent.revision);
-                agents
-            });
-            (events, heartbeats, snapshot, engine.revision())
-        };
-
-        let mut queue = VecDeque::new();
-        let (position, replay_until) = match snapshot {
-            Some(agents) => {
-                queue.extend(agents.into_iter().map(|a| WatchItem::Snapshot(Box::new(a))));
-                queue.push_back(WatchItem::SnapshotComplete { revision: current });
-                (current, None)
+        let (position, snapshot) = match request.start_revision {
+            0 => {
+                let snapshot = match &filter.agent_id {
+                    Some(id) => Arc::new(FleetSnapshot::of_one(&shared.engine(), id)),
+                    None => {
+                        let retention = shared.settings.event_retention;
+                        shared.snapshots.get(&shared.engine, retention).await
+                    }
+                };
+                (snapshot.revision, Some(Cursor::new(snapshot)))
             }
-            None => {
-                let start = request.start_revision;
+            start => {
                 let compacted = shared.store.compacted_revision().await?;
                 if start < compacted {
                     return Err(too_old(start, compacted));
                 }
+                let current = shared.engine().revision();
                 if start > current {
                     return Err(too_new(start, current));
                 }
-                (start, (start < current).then_some(current))
+                (start, None)
             }
         };
         let period = request
@@ -168,21 +167,24 @@ impl Watcher {
             .unwrap_or(shared.settings.bookmark_interval);
         let mut bookmark = tokio::time::interval_at(Instant::now() + period, period);
         bookmark.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
+        let mut watcher = Self {
             shared,
             filter,
             position,
-            queue,
-            replay_until,
-            events,
-            heartbeats: heartbeats.map(|receiver| Heartbeats {
-                receiver,
-                last_sent: HashMap::new(),
-            }),
+            snapshot,
+            queue: VecDeque::new(),
+            replay_until: None,
+            events: None,
+            include_heartbeats: request.include_heartbeats,
+            heartbeats: None,
             bookmark,
             finished: false,
             _slot: slot,
-        })
+        };
+        if watcher.snapshot.is_none() {
+            watcher.subscribe();
+        }
+        Ok(watcher)
     }
 
     /// The next item, or `None` once the stream has ended.
@@ -202,11 +204,39 @@ impl Watcher {
             if let Some(item) = self.queue.pop_front() {
                 return Ok(item);
             }
+            if let Some(cursor) = self.snapshot.as_mut() {
+                let filter = &self.filter;
+                if let Some(agent) = cursor.next(|agent| filter.matches(agent)).await {
+                    return Ok(WatchItem::Snapshot(agent));
+                }
+                // Sent: the snapshot is let go of now, not when the watch ends.
+                let revision = cursor.revision();
+                self.snapshot = None;
+                self.subscribe();
+                return Ok(WatchItem::SnapshotComplete { revision });
+            }
             match self.replay_until {
                 Some(until) => self.replay_page(until).await?,
                 None => return self.next_live().await,
             }
         }
+    }
+
+    /// Subscribes to live events, and replays what was committed since the
+    /// watcher's position up to then. The writer publishes under the engine
+    /// lock, so every event is either at most the revision read here (in
+    /// stored history, as it commits to the store first) or published to
+    /// this subscription: none is lost, and the live stream skips the
+    /// replayed ones.
+    fn subscribe(&mut self) {
+        let engine = self.shared.engine();
+        self.events = Some(self.shared.events.subscribe());
+        self.heartbeats = self.include_heartbeats.then(|| Heartbeats {
+            receiver: self.shared.heartbeats.subscribe(),
+            last_sent: HashMap::new(),
+        });
+        let current = engine.revision();
+        self.replay_until = (self.position < current).then_some(current);
     }
 
     /// Reads the next page of stored history into the queue.
@@ -242,7 +272,7 @@ impl Watcher {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Err(LifecycleError::shutting_down()),
-                received = self.events.recv() => match received {
+                received = self.events.as_mut().expect("subscribed before going live").recv() => match received {
                     Ok(event) => {
                         if event.revision <= self.position {
                             continue;

@@ -11,6 +11,7 @@ mod leadership;
 mod redelivery;
 mod rollouts;
 mod shedding;
+mod snapshots;
 mod takeover;
 mod template_sync;
 mod wake_rate;
