@@ -197,6 +197,11 @@ impl Batch {
         self.now
     }
 
+    /// The deadlines of the timers this batch fired, earliest first.
+    pub fn fired_deadlines(&self) -> Vec<Timestamp> {
+        self.fired.iter().map(|timer| timer.at).collect()
+    }
+
     /// Whether the store has anything to write.
     pub fn has_writes(&self) -> bool {
         !(self.agents.is_empty()

@@ -518,6 +518,7 @@ impl Actor {
             engine.fire_due_at_most(&mut batch, self.shared.settings.max_batch);
             (batch, replies)
         };
+        let fired = batch.fired_deadlines();
 
         let wrote = batch.has_writes();
         if wrote && let Err(error) = self.shared.store.commit(&batch).await {
@@ -540,6 +541,7 @@ impl Actor {
             }
             committed
         };
+        self.timers_fired(&fired, committed.events.len());
         if wrote {
             // Only a real round trip says so: a batch that wrote nothing
             // (say, heartbeats during an outage) proves nothing.
@@ -626,6 +628,20 @@ impl Actor {
             );
         }
         Ok(())
+    }
+
+    /// The lag of every timer the batch fired, from its deadline to its
+    /// batch committed and published.
+    fn timers_fired(&self, fired: &[Timestamp], transitions: usize) {
+        if fired.is_empty() {
+            return;
+        }
+        let published = self.shared.clock.now();
+        let metrics = &self.shared.metrics;
+        for deadline in fired {
+            metrics.timer_fired_late(published.since(*deadline));
+        }
+        metrics.storm.batch(fired, transitions, published);
     }
 
     fn deliver(&mut self, effects: Vec<Effect>) {

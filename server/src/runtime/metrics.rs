@@ -10,19 +10,46 @@ use crate::engine::{DriftReport, Reason, Status};
 /// Upper bounds (seconds) of the check-in latency buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
 
+/// Upper bounds (seconds) of the timer lag buckets: fine below the 10 ms a
+/// timer may be late outside a storm, coarse up to the 10 s a storm may take.
+const LAG_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Each observation lands in one bucket (three atomic adds, as it runs on
 /// the heartbeat path); Prometheus' cumulative counts are summed at scrape.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+struct Histogram<const N: usize = 10> {
+    bounds: &'static [f64; N],
+    buckets: [AtomicU64; N],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-impl Histogram {
+impl Default for Histogram<10> {
+    fn default() -> Self {
+        Self::with_bounds(&LATENCY_BUCKETS)
+    }
+}
+
+impl Default for Histogram<14> {
+    fn default() -> Self {
+        Self::with_bounds(&LAG_BUCKETS)
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn with_bounds(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
-        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+        if let Some(bucket) = self.bounds.iter().position(|bound| seconds <= *bound) {
             self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -33,7 +60,7 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+        for (bucket, bound) in self.buckets.iter().zip(self.bounds) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
@@ -60,6 +87,9 @@ pub(super) struct Metrics {
     pub takeovers_full: AtomicU64,
     checkin_latency: Histogram,
     heartbeat_time_left: Histogram,
+    timer_lag: Histogram<{ LAG_BUCKETS.len() }>,
+    /// Batches running behind their timers, logged as they go.
+    pub storm: super::timer_lag::StormLog,
 }
 
 /// What the engine and hub know at scrape time.
@@ -114,6 +144,12 @@ impl Metrics {
     /// What was left of an online agent's lease when it heartbeat.
     pub fn heartbeat_time_left(&self, time_left: Duration) {
         self.heartbeat_time_left.observe(time_left);
+    }
+
+    /// How late a fired timer's work was committed (and its events handed
+    /// to watchers) against the timer's deadline.
+    pub fn timer_fired_late(&self, lag: Duration) {
+        self.timer_lag.observe(lag);
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -206,6 +242,11 @@ impl Metrics {
             &mut out,
             "mission_control_heartbeat_lease_left_seconds",
             "Time left on an online agent's lease when its heartbeat arrived.",
+        );
+        self.timer_lag.render(
+            &mut out,
+            "mission_control_timer_lag_seconds",
+            "Time from a timer's deadline to its batch committed and its events published (lease expiries, check-in deadlines, stale entries re-armed).",
         );
         gauge(
             &mut out,
@@ -309,6 +350,7 @@ mod tests {
         metrics.checked_in_after(Duration::from_millis(700));
         metrics.checked_in_after(Duration::from_secs(45));
         metrics.heartbeat_time_left(Duration::from_secs(3));
+        metrics.timer_fired_late(Duration::from_millis(3));
         let text = metrics.render(&Gauges {
             agents: [
                 (Status::Provisioning, 1),
@@ -363,5 +405,8 @@ mod tests {
         assert!(text.contains("mission_control_heartbeat_lease_left_seconds_bucket{le=\"2\"} 0"));
         assert!(text.contains("mission_control_heartbeat_lease_left_seconds_bucket{le=\"5\"} 1"));
         assert!(text.contains("mission_control_database_reachable 1"));
+        assert!(text.contains("mission_control_timer_lag_seconds_bucket{le=\"0.0025\"} 0"));
+        assert!(text.contains("mission_control_timer_lag_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("mission_control_timer_lag_seconds_count 1"));
     }
 }

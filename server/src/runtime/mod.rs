@@ -18,6 +18,7 @@ mod outbox;
 mod rollouts;
 mod tasks;
 mod template_sync;
+mod timer_lag;
 pub mod tokens;
 mod watch;
 

@@ -14,6 +14,7 @@ mod shedding;
 mod snapshots;
 mod takeover;
 mod template_sync;
+mod timer_lag;
 mod wake_rate;
 mod watching;
 
