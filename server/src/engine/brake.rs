@@ -141,7 +141,7 @@ impl Census {
 }
 
 /// Every gateway's census and the fleet's, taken at one instant.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Censuses {
     pub by_gateway: BTreeMap<GatewayId, Census>,
     pub fleet: Census,
@@ -170,37 +170,100 @@ impl Engine {
         Some(heard.plus(window) < now)
     }
 
-    /// One pass over every agent as the batch sees it. Agents waiting for
-    /// a check-in on a disconnected gateway are left out: the gateway's
-    /// grace already holds their wakes (see `gateway_state`).
-    pub(super) fn take_census(&self, batch: &Batch) -> Censuses {
-        let mut censuses = Censuses::default();
-        let away: std::collections::HashSet<GatewayId> = self
-            .gateways
-            .keys()
-            .chain(batch.gateways.keys())
-            .filter(|id| {
-                self.gateway_in(batch, id)
-                    .is_some_and(|g| !g.link.is_connected())
-            })
-            .cloned()
-            .collect();
-        let braked_since: BTreeMap<GatewayId, Timestamp> = self
-            .braked
-            .keys()
-            .filter_map(|id| Some((id.clone(), self.gateway_in(batch, id)?.brake?.since)))
-            .collect();
-        let mut count = |agent: &Agent| {
-            if agent.awaiting_checkin() && away.contains(&agent.gateway_id) {
-                return;
+    /// The census as the batch sees it: the committed agents' from the
+    /// silence index (see `silence`), with the agents the batch staged laid
+    /// over it. Agents waiting for a check-in on a disconnected gateway are
+    /// left out: the gateway's grace already holds their wakes (see
+    /// `gateway_state`).
+    pub(super) fn take_census(&mut self, batch: &Batch) -> Censuses {
+        if !self.silence.is_built() {
+            self.silence
+                .build(self.policy.brake_window, self.agents.values().map(|a| &**a));
+        }
+        let (gateways, braked) = (&self.gateways, &self.braked);
+        let gateway_in = |id: &GatewayId| batch.gateways.get(id).or_else(|| gateways.get(id));
+        let away = |id: &GatewayId| gateway_in(id).is_some_and(|g| !g.link.is_connected());
+        let braked_since = |id: &GatewayId| {
+            braked
+                .contains_key(id)
+                .then(|| gateway_in(id)?.brake.as_ref().map(|b| b.since))
+                .flatten()
+        };
+        let mut censuses = self.silence.census(&super::silence::Instant {
+            now: batch.now,
+            window: self.policy.brake_window,
+            listening_since: self.listening_since,
+            away: &away,
+            braked_since: &braked_since,
+        });
+        for (id, staged) in &batch.agents {
+            let committed = self.agents.get(id).map(|a| &**a);
+            for (agent, sign) in [(committed, false), (staged.as_ref(), true)] {
+                let Some(agent) = agent else { continue };
+                let Some(silent) = self.counted(agent, batch.now, &away, &braked_since) else {
+                    continue;
+                };
+                let census = censuses
+                    .by_gateway
+                    .entry(agent.gateway_id.clone())
+                    .or_default();
+                for c in [census, &mut censuses.fleet] {
+                    if sign {
+                        c.expected += 1;
+                        c.silent += usize::from(silent);
+                    } else {
+                        c.expected -= 1;
+                        c.silent -= usize::from(silent);
+                    }
+                }
             }
-            // Agents a draining gateway's brake let go still count as
-            // silent: its share falls only as agents are heard from again.
-            let let_go = agent.status == Status::Offline
-                && braked_since
-                    .get(&agent.gateway_id)
-                    .is_some_and(|since| agent.updated_at >= *since);
-            let Some(silent) = self.silent(agent, batch.now).or(let_go.then_some(true)) else {
+        }
+        censuses.by_gateway.retain(|_, c| c.expected > 0);
+        #[cfg(test)]
+        assert_eq!(
+            censuses,
+            self.full_census(batch),
+            "the silence index disagrees with a full count"
+        );
+        censuses
+    }
+
+    /// Whether the agent counts in its gateway's census, and if so whether
+    /// it is silent.
+    fn counted(
+        &self,
+        agent: &Agent,
+        now: Timestamp,
+        away: &dyn Fn(&GatewayId) -> bool,
+        braked_since: &dyn Fn(&GatewayId) -> Option<Timestamp>,
+    ) -> Option<bool> {
+        if agent.awaiting_checkin() && away(&agent.gateway_id) {
+            return None;
+        }
+        // Agents a draining gateway's brake let go still count as
+        // silent: its share falls only as agents are heard from again.
+        let let_go = agent.status == Status::Offline
+            && braked_since(&agent.gateway_id).is_some_and(|since| agent.updated_at >= since);
+        self.silent(agent, now).or(let_go.then_some(true))
+    }
+
+    /// One pass over every agent as the batch sees it: what the silence
+    /// index must agree with.
+    #[cfg(test)]
+    pub(super) fn full_census(&self, batch: &Batch) -> Censuses {
+        let mut censuses = Censuses::default();
+        let away = |id: &GatewayId| {
+            self.gateway_in(batch, id)
+                .is_some_and(|g| !g.link.is_connected())
+        };
+        let braked_since = |id: &GatewayId| {
+            self.braked
+                .contains_key(id)
+                .then(|| self.gateway_in(batch, id)?.brake.map(|b| b.since))
+                .flatten()
+        };
+        let mut count = |agent: &Agent| {
+            let Some(silent) = self.counted(agent, batch.now, &away, &braked_since) else {
                 return;
             };
             let census = censuses
@@ -265,7 +328,7 @@ impl Engine {
             })
     }
 
-    fn censuses<'b>(&self, batch: &'b mut Batch) -> &'b Censuses {
+    fn censuses<'b>(&mut self, batch: &'b mut Batch) -> &'b Censuses {
         if batch.censuses.is_none() {
             batch.censuses = Some(self.take_census(batch));
         }

@@ -68,6 +68,7 @@ impl Engine {
     /// copy current. Events do not carry token hashes: the copy keeps the
     /// one it knows until [`Engine::apply_rows`] brings the stored one.
     pub fn apply_event(&mut self, event: &Event) {
+        self.silence.invalidate();
         let id = &event.agent.id;
         match event.kind {
             EventKind::Deleted => {
@@ -103,6 +104,7 @@ impl Engine {
         rows: Vec<Agent>,
         leases: Vec<StoredLease>,
     ) -> Result<(), Diverged> {
+        self.silence.invalidate();
         for lease in leases {
             let Some(agent) = self.agents.get_mut(&lease.agent_id).map(Arc::make_mut) else {
                 return Err(Diverged(format!(

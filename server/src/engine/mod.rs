@@ -18,6 +18,7 @@ pub mod policy;
 mod reconcile;
 mod restore;
 pub mod rollout;
+mod silence;
 mod template_sync;
 pub mod timers;
 mod token_index;
@@ -196,6 +197,8 @@ pub struct Engine {
     backed_up: HashSet<GatewayId>,
     /// Braked gateways and when each is next looked at (see `brake`).
     braked: BTreeMap<GatewayId, Timestamp>,
+    /// The brake's census kept as agents change (see `silence`).
+    silence: silence::SilenceIndex,
     /// Draining gateways' next free verdict slot, and the slots reserved
     /// for agents waiting for one.
     drain_next: HashMap<GatewayId, Timestamp>,
@@ -240,6 +243,7 @@ impl Engine {
             next_release: None,
             backed_up: HashSet::new(),
             braked: BTreeMap::new(),
+            silence: silence::SilenceIndex::default(),
             drain_next: HashMap::new(),
             drain_slots: HashMap::new(),
             listening_since: None,
@@ -428,8 +432,10 @@ impl Engine {
         let time_left = agent
             .lease_expires_at
             .map_or(Duration::ZERO, |expiry| expiry.since(now));
+        let heard = agent.last_seen_at.unwrap_or(agent.updated_at);
         agent.last_seen_at = Some(now);
         agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
+        self.silence.heard(agent, heard);
         self.dirty_leases.insert(id.clone());
         Ok(Renewal::Renewed(LeaseState::of(agent, time_left)))
     }
@@ -501,8 +507,10 @@ impl Engine {
                 continue;
             }
             let agent = Arc::make_mut(shared);
+            let heard = agent.last_seen_at.unwrap_or(agent.updated_at);
             agent.last_seen_at = agent.last_seen_at.max(Some(lease.last_seen_at));
             agent.lease_expires_at = agent.lease_expires_at.max(Some(lease.lease_expires_at));
+            self.silence.heard(agent, heard);
             self.dirty_leases.insert(lease.agent_id);
         }
     }
@@ -522,6 +530,7 @@ impl Engine {
                 self.agent_tokens.remove(&old.token_hash, &old.id);
             }
             self.index_owed(old.as_deref(), staged.as_ref());
+            self.silence.replace(old.as_deref(), staged.as_ref());
             match staged {
                 Some(mut agent) => {
                     self.intern(&mut agent);

@@ -92,6 +92,8 @@ impl Engine {
     /// holds the deadline extensions and must be committed like any other.
     pub fn lead_from(&mut self, now: Timestamp) -> Batch {
         self.listening_since = Some(now);
+        // Built again from the agents as they are now, at the first census.
+        self.silence.invalidate();
         self.restore_brakes(now);
         let mut batch = self.begin(now);
         // No gateway has a stream to this leader yet: one that was connected

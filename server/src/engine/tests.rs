@@ -1129,4 +1129,5 @@ mod brake;
 mod drift;
 mod gateway;
 mod rollout;
+mod silence;
 mod wake_rate;
