@@ -5,9 +5,11 @@
 //! percentiles and the heartbeat/health ratio, and fails when the ratio is
 //! below `--min-ratio`, so it can be run as a check.
 
+mod fanout;
 mod load;
 mod report;
 mod stats;
+mod tally;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -82,6 +84,8 @@ pub struct BenchArgs {
     /// (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub fanout: fanout::FanoutArgs,
 }
 
 /// One connection, for both raw calls and the operator's.
@@ -131,6 +135,27 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
     report.phase("check-in (first Heartbeat)", checked_in);
     report.memory("online, leases armed", args.server_pid, args.agents);
 
+    let fan_out = match args.fanout.watchers {
+        0 => None,
+        n => {
+            let watches = connect(ctx, n.div_ceil(args.fanout.watchers_per_connection.max(1)))?
+                .into_iter()
+                .map(|c| c.channel)
+                .collect();
+            let authorization = match &ctx.operator_token {
+                Some(token) => Some(
+                    format!("Bearer {}", token.trim())
+                        .parse()
+                        .map_err(|_| Failure::Usage("the operator token is not ASCII".into()))?,
+                ),
+                None => None,
+            };
+            let seconds = args.duration.as_secs() * 2 * u64::from(args.rounds);
+            let started = fanout::start(&connections, watches, authorization, &args, seconds);
+            Some(started.await.map_err(Failure::Halted)?)
+        }
+    };
+
     let mut health = Vec::new();
     let mut beats = Vec::new();
     let mut offset = 0;
@@ -154,12 +179,26 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         offset += phase.ok + phase.failed();
         beats.push(phase);
     }
+    let fan_out = match fan_out {
+        Some(fan_out) => Some(fan_out.finish(args.fanout.max_delivery_p99).await),
+        None => None,
+    };
     report.memory("after the heartbeat rounds", args.server_pid, args.agents);
     let target = report::Target {
         min_ratio: args.min_ratio,
         min_distinct: args.min_distinct,
     };
-    let verdict = report.compare(health, beats, args.agents.min(offset), target);
+    let mut verdict = report.compare(health, beats, args.agents.min(offset), target);
+    if let Some((section, missed)) = fan_out {
+        report.fanout(section);
+        if !missed.is_empty() {
+            let missed = missed.join("; ");
+            verdict = Err(match verdict {
+                Ok(()) => missed,
+                Err(other) => format!("{other}; {missed}"),
+            });
+        }
+    }
     report.print(ctx);
     verdict.map_err(Failure::TargetMissed)
 }

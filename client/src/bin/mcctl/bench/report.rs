@@ -22,6 +22,7 @@ pub struct Report {
     memory: Vec<Value>,
     baseline_rss: Option<u64>,
     verdict: Option<Value>,
+    fanout: Option<Value>,
 }
 
 impl Report {
@@ -39,6 +40,7 @@ impl Report {
             memory: Vec::new(),
             baseline_rss: None,
             verdict: None,
+            fanout: None,
         }
     }
 
@@ -131,6 +133,11 @@ impl Report {
         }
     }
 
+    /// The watch fan-out's section (`mcctl bench --watchers`).
+    pub fn fanout(&mut self, section: Value) {
+        self.fanout = Some(section);
+    }
+
     pub fn print(&self, ctx: &Context) {
         let _ = match ctx.output {
             Output::Json => stdout::emit_line(
@@ -139,6 +146,7 @@ impl Report {
                     "phases": self.phases,
                     "memory": self.memory,
                     "verdict": self.verdict,
+                    "fanout": self.fanout,
                 })
                 .to_string(),
             ),
@@ -193,6 +201,9 @@ impl Report {
                         .map_or(String::new(), |b| format!("{b} bytes per agent")),
                 ));
             }
+        }
+        if let Some(section) = &self.fanout {
+            out.push_str(&super::fanout::text(section));
         }
         if let Some(v) = &self.verdict {
             out.push_str(&format!(
