@@ -33,7 +33,7 @@ pub fn token<'a, T>(request: &'a Request<T>, header: &str) -> Result<&'a str, St
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAgentResponse, Status>> + Send>>;
 
-fn watch_response(item: WatchItem) -> pb::WatchAgentResponse {
+pub(super) fn watch_response(item: WatchItem) -> pb::WatchAgentResponse {
     use pb::watch_agent_response::Kind;
     let kind = match item {
         WatchItem::Snapshot(agent) => Kind::Event(convert::snapshot_event(&agent)),

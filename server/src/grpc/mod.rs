@@ -9,6 +9,7 @@ mod lifecycle;
 mod page_token;
 mod rollouts;
 mod validate;
+mod watch;
 
 use std::future::Future;
 
@@ -85,10 +86,12 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            AgentLifecycleServer::new(lifecycle::LifecycleService::new(lifecycle.clone()))
-                .max_decoding_message_size(MAX_UNARY_REQUEST),
-        )
+        // The generated service, with WatchAgent's events encoded once for
+        // every watcher.
+        .add_service(watch::LifecycleRoutes::new(
+            lifecycle.clone(),
+            MAX_UNARY_REQUEST,
+        ))
         .add_service(
             RolloutsServer::new(rollouts::RolloutService::new(lifecycle.clone()))
                 .max_decoding_message_size(MAX_UNARY_REQUEST),

@@ -716,7 +716,8 @@ impl Lifecycle {
         impl Stream<Item = Result<WatchItem, LifecycleError>> + Send + 'static,
         LifecycleError,
     > {
-        let watcher = watch::Watcher::open(self.shared.clone(), request).await?;
+        // Boxed: the stream moves its state in and out for every item.
+        let watcher = Box::new(watch::Watcher::open(self.shared.clone(), request).await?);
         Ok(futures_util::stream::unfold(
             watcher,
             |mut watcher| async move {

@@ -16,12 +16,14 @@
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{LifecycleError, Shared};
 use crate::engine::{Agent, AgentFilter, AgentId, BoardId, Event, GatewayId, Status, Timestamp};
@@ -102,6 +104,13 @@ pub(super) struct Watcher {
     include_heartbeats: bool,
     heartbeats: Option<Heartbeats>,
     bookmark: Interval,
+    /// When the last live event was sent: the quiet period a bookmark
+    /// waits for runs from here (the timer is moved only when it fires,
+    /// not on every event).
+    last_sent: Instant,
+    /// The drain, waited on by one future for the watch's life (a new one
+    /// per event would register with the shared token every time).
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     finished: bool,
     _slot: WatchSlot,
 }
@@ -167,6 +176,7 @@ impl Watcher {
             .unwrap_or(shared.settings.bookmark_interval);
         let mut bookmark = tokio::time::interval_at(Instant::now() + period, period);
         bookmark.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let stopped = Box::pin(shared.draining.clone().cancelled_owned());
         let mut watcher = Self {
             shared,
             filter,
@@ -178,6 +188,8 @@ impl Watcher {
             include_heartbeats: request.include_heartbeats,
             heartbeats: None,
             bookmark,
+            last_sent: Instant::now(),
+            stopped,
             finished: false,
             _slot: slot,
         };
@@ -267,11 +279,10 @@ impl Watcher {
     }
 
     async fn next_live(&mut self) -> Result<WatchItem, LifecycleError> {
-        let stop = self.shared.draining.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return Err(LifecycleError::shutting_down()),
+                _ = &mut self.stopped => return Err(LifecycleError::shutting_down()),
                 received = self.events.as_mut().expect("subscribed before going live").recv() => match received {
                     Ok(event) => {
                         if event.revision <= self.position {
@@ -279,7 +290,7 @@ impl Watcher {
                         }
                         self.position = event.revision;
                         if self.filter.matches_event(&event) {
-                            self.bookmark.reset();
+                            self.last_sent = Instant::now();
                             return Ok(WatchItem::Event(event));
                         }
                     }
@@ -300,6 +311,11 @@ impl Watcher {
                     }
                 }
                 _ = self.bookmark.tick() => {
+                    let quiet_until = self.last_sent + self.bookmark.period();
+                    if Instant::now() < quiet_until {
+                        self.bookmark.reset_at(quiet_until);
+                        continue;
+                    }
                     return Ok(WatchItem::Bookmark { revision: self.position });
                 }
             }
