@@ -304,7 +304,7 @@ impl Engine {
         }
         let message = format!("wake attempt {attempt} failed: {error}");
         let mut agent = previous.clone();
-        agent.last_provision_error = Some(message.clone());
+        agent.last_provision_error = Some(message.as_str().into());
         let change =
             Change::changed(&previous, Reason::WakeFailed, attempt).with_error(Some(message));
         self.stage(batch, change, agent);

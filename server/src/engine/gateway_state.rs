@@ -202,7 +202,7 @@ impl Engine {
         next.last_wake_sent_at = Some(batch.now);
         let deadline = batch.now.plus(self.policy.checkin_deadline);
         next.checkin_deadline_at = Some(deadline);
-        next.last_provision_error = Some(message.clone());
+        next.last_provision_error = Some(message.as_str().into());
         batch.timers_to_arm.push(Timer {
             at: deadline,
             agent_id: agent.id.clone(),

@@ -224,6 +224,8 @@ pub struct Engine {
     boards: HashSet<BoardId>,
     /// Every template version agents have named, shared likewise.
     versions: HashSet<SharedStr>,
+    /// The offline reason of every expired lease: one copy.
+    lease_expired: SharedStr,
 }
 
 impl Engine {
@@ -256,6 +258,7 @@ impl Engine {
             template_syncs: BTreeMap::new(),
             boards: HashSet::new(),
             versions: HashSet::new(),
+            lease_expired: SharedStr::from("lease expired"),
         }
     }
 

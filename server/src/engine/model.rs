@@ -455,8 +455,9 @@ pub struct Agent {
     pub checkin_deadline_at: Option<Timestamp>,
     pub last_seen_at: Option<Timestamp>,
     pub lease_expires_at: Option<Timestamp>,
-    pub last_provision_error: Option<String>,
-    pub offline_reason: Option<String>,
+    /// Rare, and when set often the same text: 16 bytes each, shared.
+    pub last_provision_error: Option<SharedStr>,
+    pub offline_reason: Option<SharedStr>,
     pub desired_template_version: SharedStr,
     pub reported_template_version: SharedStr,
     pub created_at: Timestamp,

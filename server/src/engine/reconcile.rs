@@ -1,7 +1,7 @@
 //! What happens when time passes: check-in deadlines and lease expiries.
 
 use super::batch::{Change, Note, NoteKind};
-use super::model::{Agent, Reason, Status};
+use super::model::{Agent, Reason, SharedStr, Status};
 use super::timers::{Timer, TimerKind};
 use super::{Batch, Engine};
 
@@ -197,8 +197,10 @@ impl Engine {
         offline.status = Status::Offline;
         offline.checkin_deadline_at = None;
         offline.lease_expires_at = None;
-        offline.last_provision_error = Some(error.clone());
-        offline.offline_reason = Some(error.clone());
+        // One copy for both.
+        let shared = SharedStr::from(error.as_str());
+        offline.last_provision_error = Some(shared.clone());
+        offline.offline_reason = Some(shared);
         let change = Change::changed(&agent, reason, agent.wake_attempts).with_error(Some(error));
         self.stage(batch, change, offline)
     }
@@ -240,7 +242,7 @@ impl Engine {
     pub(super) fn expire_lease(&mut self, batch: &mut Batch, agent: Agent) {
         let mut offline = agent.clone();
         offline.status = Status::Offline;
-        offline.offline_reason = Some("lease expired".to_owned());
+        offline.offline_reason = Some(self.lease_expired.clone());
         let mut attempt = 0;
         if self.policy.wake_on_lease_expiry {
             self.start_wake_cycle(batch, &mut offline);

@@ -82,8 +82,16 @@ pub fn agent(a: &Agent) -> pb::Agent {
         checkin_deadline_at: opt_timestamp(a.checkin_deadline_at),
         last_seen_at: opt_timestamp(a.last_seen_at),
         lease_expires_at: opt_timestamp(a.lease_expires_at),
-        last_provision_error: a.last_provision_error.clone().unwrap_or_default(),
-        offline_reason: a.offline_reason.clone().unwrap_or_default(),
+        last_provision_error: a
+            .last_provision_error
+            .clone()
+            .map(String::from)
+            .unwrap_or_default(),
+        offline_reason: a
+            .offline_reason
+            .clone()
+            .map(String::from)
+            .unwrap_or_default(),
         desired_template_version: a.desired_template_version.to_string(),
         reported_template_version: a.reported_template_version.to_string(),
         created_at: Some(timestamp(a.created_at)),
@@ -150,7 +158,11 @@ pub fn snapshot_event(a: &Agent) -> pb::AgentEvent {
         reason: pb::TransitionReason::Snapshot.into(),
         description: "current state".into(),
         attempt: a.wake_attempts,
-        error: a.last_provision_error.clone().unwrap_or_default(),
+        error: a
+            .last_provision_error
+            .clone()
+            .map(String::from)
+            .unwrap_or_default(),
         at: Some(timestamp(a.updated_at)),
         rollout_id: String::new(),
     }

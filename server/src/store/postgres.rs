@@ -26,7 +26,7 @@ use crate::engine::rollout::Rollout;
 use crate::engine::{
     Agent, AgentId, Batch, BoardId, Brake, BrakeState, Event, EventKind, Gateway, GatewayId,
     GatewayState, GatewayTransition, LeaseCheckpoint, Link, LinkState, PendingRetire, PendingSync,
-    Reason, Role, RolloutId, Status, StoredLease, StoredState, Timestamp, TokenHash,
+    Reason, Role, RolloutId, SharedStr, Status, StoredLease, StoredState, Timestamp, TokenHash,
 };
 
 #[derive(Debug, Clone)]
@@ -237,8 +237,12 @@ fn agent_from_row(row: &Row, shared: &mut Interner) -> Result<Agent, StoreError>
         checkin_deadline_at: ts("checkin_deadline_at"),
         last_seen_at: ts("last_seen_at"),
         lease_expires_at: ts("lease_expires_at"),
-        last_provision_error: row.get("last_provision_error"),
-        offline_reason: row.get("offline_reason"),
+        last_provision_error: row
+            .get::<_, Option<&str>>("last_provision_error")
+            .map(SharedStr::from),
+        offline_reason: row
+            .get::<_, Option<&str>>("offline_reason")
+            .map(SharedStr::from),
         desired_template_version: shared.text(text("desired_template_version")),
         reported_template_version: shared.text(text("reported_template_version")),
         created_at: ts("created_at").unwrap_or(Timestamp::from_micros(0)),

@@ -401,7 +401,7 @@ fn judge(agent: Option<&Agent>, version: &str) -> Verdict {
                 .offline_reason
                 .clone()
                 .or_else(|| agent.last_provision_error.clone())
-                .unwrap_or_else(|| "offline".to_owned()),
+                .map_or_else(|| "offline".to_owned(), String::from),
         ),
         Status::Online if !agent.awaiting_checkin() => {
             if agent.reported_template_version == version {
