@@ -30,12 +30,18 @@ use tokio_postgres::error::SqlState;
 use super::postgres::classify;
 use super::{Candidate, StoreError};
 
-/// Returns one row while `$1` is the unexpired epoch, none otherwise: every
-/// writing transaction runs it first and rolls back on zero. `KEY SHARE`
-/// does not conflict with the leader's own renewals (a commit blocked for
-/// long must not cost the lease), only with a takeover's `FOR UPDATE`.
-pub const FENCE: &str = "SELECT 1 FROM leader_lease
-     WHERE epoch = $1 AND expires_at > clock_timestamp() FOR KEY SHARE";
+/// Succeeds (one row) while `$1` is the unexpired epoch, and fails with
+/// `division_by_zero` otherwise, aborting the transaction: every writing
+/// transaction runs it first, and sends its writes and `COMMIT` without
+/// waiting for the answer (see `postgres/commit.rs`). `KEY SHARE` does not
+/// conflict with the leader's own renewals (a commit blocked for long must
+/// not cost the lease), only with a takeover's `FOR UPDATE`.
+pub const FENCE: &str = "SELECT 1 / count(*)::int FROM (
+     SELECT 1 FROM leader_lease
+     WHERE epoch = $1 AND expires_at > clock_timestamp() FOR KEY SHARE) AS held";
+
+/// How [`FENCE`] fails when the epoch does not hold.
+pub const FENCED_OUT: SqlState = SqlState::DIVISION_BY_ZERO;
 
 /// A takeover first waits for the fenced transactions still open to end.
 const LOCK: &str = "SELECT 1 FROM leader_lease FOR UPDATE";
