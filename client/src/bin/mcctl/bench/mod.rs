@@ -7,6 +7,7 @@
 
 mod fanout;
 mod load;
+mod paced;
 mod report;
 mod stats;
 mod tally;
@@ -86,6 +87,20 @@ pub struct BenchArgs {
     pub server_pid: Option<u32>,
     #[command(flatten)]
     pub fanout: fanout::FanoutArgs,
+    /// Then provision the fleet's agents again, and check them in again,
+    /// at this fixed rate (calls a second, for --duration each, at most
+    /// one per agent), timing each call from when it was due. With
+    /// --rounds 0 only these phases are measured.
+    #[arg(long)]
+    pub paced: Option<f64>,
+    /// Before those, steady heartbeats spread over the fleet at this fixed
+    /// rate for --duration; repeat the flag for several rates (see
+    /// scripts/statements-vs-heartbeats).
+    #[arg(long)]
+    pub paced_heartbeats: Vec<f64>,
+    /// Fail (exit 4) when a --paced phase's p99 latency is above this.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub max_p99: Duration,
 }
 
 /// One connection, for both raw calls and the operator's.
@@ -99,6 +114,15 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
     if args.agents == 0 || args.connections == 0 || args.streams == 0 || args.boards == 0 {
         return Err(Failure::Usage(
             "--agents, --connections, --streams and --boards must be at least 1".into(),
+        ));
+    }
+    let rates = args.paced.iter().chain(&args.paced_heartbeats);
+    if rates
+        .into_iter()
+        .any(|rate| !(*rate > 0.0 && rate.is_finite()))
+    {
+        return Err(Failure::Usage(
+            "--paced and --paced-heartbeats take positive rates".into(),
         ));
     }
     let connections = connect(ctx, args.connections)?;
@@ -184,11 +208,27 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         None => None,
     };
     report.memory("after the heartbeat rounds", args.server_pid, args.agents);
+    let beats_paced = paced::heartbeats(
+        &connections,
+        &args,
+        &args.paced_heartbeats,
+        tokens.clone(),
+        &mut report,
+    )
+    .await;
+    let paced = match args.paced {
+        Some(rate) => paced::run(&connections, &args, rate, tokens.clone(), &mut report).await,
+        None => Ok(()),
+    };
     let target = report::Target {
         min_ratio: args.min_ratio,
         min_distinct: args.min_distinct,
     };
-    let mut verdict = report.compare(health, beats, args.agents.min(offset), target);
+    let mut verdict = if args.rounds > 0 {
+        report.compare(health, beats, args.agents.min(offset), target)
+    } else {
+        Ok(())
+    };
     if let Some((section, missed)) = fan_out {
         report.fanout(section);
         if !missed.is_empty() {
@@ -200,7 +240,15 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         }
     }
     report.print(ctx);
-    verdict.map_err(Failure::TargetMissed)
+    let missed: Vec<String> = [verdict.err(), beats_paced.err(), paced.err()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::TargetMissed(missed.join("; ")))
+    }
 }
 
 fn connect(ctx: &Context, count: usize) -> Result<Vec<Connection>, Failure> {

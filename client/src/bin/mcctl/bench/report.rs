@@ -1,6 +1,8 @@
 //! What `mcctl bench` prints: each phase's throughput and latency, the
 //! server's resident memory per agent, and the heartbeat/health verdict.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde_json::{Value, json};
 
 use super::BenchArgs;
@@ -23,6 +25,8 @@ pub struct Report {
     baseline_rss: Option<u64>,
     verdict: Option<Value>,
     fanout: Option<Value>,
+    /// When phases ran (Unix seconds), for counting on the server's side.
+    windows: Vec<Value>,
 }
 
 impl Report {
@@ -41,6 +45,7 @@ impl Report {
             baseline_rss: None,
             verdict: None,
             fanout: None,
+            windows: Vec::new(),
         }
     }
 
@@ -59,6 +64,15 @@ impl Report {
             },
         }));
         rate
+    }
+
+    pub fn window(&mut self, label: &str, from: SystemTime, to: SystemTime) {
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        self.windows
+            .push(json!({"phase": label, "from": unix(from), "to": unix(to)}));
     }
 
     /// The server's resident memory now, and per agent above the first
@@ -147,6 +161,7 @@ impl Report {
                     "memory": self.memory,
                     "verdict": self.verdict,
                     "fanout": self.fanout,
+                    "windows": self.windows,
                 })
                 .to_string(),
             ),
