@@ -239,7 +239,9 @@ impl Lifecycle {
             ttl: timing.expiry(),
         };
         let leadership = Leadership::new(candidate, timing);
+        let read = std::time::Instant::now();
         let state = store.load().await?;
+        let read_ms = read.elapsed().as_millis() as u64;
         let now = clock.now();
         // The proof counts from the request, not from the load before it: a
         // load longer than half the lease must not shut the start out.
@@ -247,7 +249,14 @@ impl Lifecycle {
         let (engine, follower) = match store.acquire_leadership(leadership.candidate()).await? {
             Some(epoch) => {
                 leadership.granted(epoch, leadership.proven_until(started));
-                let (mut engine, grace) = Engine::restore(settings.policy.clone(), state, now);
+                // Engine::restore in two steps, each timed: the maps, then
+                // the timers and the restart grace.
+                let restoring = std::time::Instant::now();
+                let mut engine = Engine::from_stored(settings.policy.clone(), state);
+                let restore_ms = restoring.elapsed().as_millis() as u64;
+                let arming = std::time::Instant::now();
+                let grace = engine.lead_from(now);
+                let arm_ms = arming.elapsed().as_millis() as u64;
                 // Rebuilding a large fleet takes a while: prove the lease
                 // again before committing the grace it computed.
                 let renewing = tokio::time::Instant::now();
@@ -255,6 +264,7 @@ impl Lifecycle {
                     leadership.renewed(leadership.proven_until(renewing));
                 }
                 store.commit(&grace).await?;
+                let commit_ms = renewing.elapsed().as_millis() as u64;
                 // Deadlines are extended with an event each; leases in memory only.
                 let deadlines_extended = grace.events().len();
                 let leases_extended = engine.dirty_lease_count();
@@ -267,6 +277,10 @@ impl Lifecycle {
                     deadlines_extended,
                     leases_extended,
                     revision = engine.revision(),
+                    read_ms,
+                    restore_ms,
+                    arm_ms,
+                    commit_ms,
                     "lifecycle.restored"
                 );
                 let follower = follow::Follower::distrusted("this replica led since it started");
