@@ -16,6 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 mod commit;
+mod fleet;
 
 use super::lease::PgLease;
 use super::{
@@ -116,6 +117,78 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Everything the engine needs, the agents read by up to `readers`
+    /// connections, each given at least `min_blocks` heap blocks; also
+    /// says how many read.
+    async fn load_with(
+        &self,
+        readers: usize,
+        min_blocks: u64,
+    ) -> Result<(StoredState, usize), StoreError> {
+        let reading = std::time::Instant::now();
+        let mut client = self.client().await?;
+        // One snapshot for every read, the agents' other readers included.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(classify)?;
+        let mut readers = self.spawn_readers(&tx, readers, min_blocks).await?;
+        let directory = read_directory(&tx).await?;
+        let (tombstones, revision, checkpoint) = tokio::try_join!(
+            async {
+                tx.query(
+                    "SELECT agent_id, generation FROM agent_tombstones ORDER BY agent_id",
+                    &[],
+                )
+                .await
+                .map_err(classify)
+            },
+            async {
+                tx.query_one(
+                    "SELECT GREATEST((SELECT compacted_revision FROM event_history),
+                                     (SELECT COALESCE(max(revision), 0) FROM agent_events))",
+                    &[],
+                )
+                .await
+                .map_err(classify)
+            },
+            read_lease_clock(&tx),
+        )?;
+        let first = readers.read_first(&tx).await?;
+        tx.commit().await.map_err(classify)?;
+        let fleet = readers.gather(first).await?;
+        tracing::info!(
+            agents = fleet.agents.len(),
+            readers = fleet.readers,
+            query_ms = reading.elapsed().as_millis() as u64,
+            decode_ms = fleet.decode.as_millis() as u64,
+            sort_ms = fleet.sort.as_millis() as u64,
+            "store.fleet_read"
+        );
+
+        let state = StoredState {
+            agents: fleet.agents,
+            gateways: directory.gateways,
+            pending_retires: directory.pending_retires,
+            tombstones: tombstones
+                .iter()
+                .map(|row| {
+                    let id = AgentId::parse(row.get::<_, String>(0))
+                        .map_err(|e| corrupt("agent id", &e.to_string()))?;
+                    Ok((id, row.get::<_, i64>(1) as u64))
+                })
+                .collect::<Result<_, StoreError>>()?,
+            revision: revision.get::<_, i64>(0) as u64,
+            rollouts: directory.rollouts,
+            checkpoint,
+            pending_syncs: directory.pending_syncs,
+        };
+        Ok((state, fleet.readers))
     }
 }
 
@@ -390,60 +463,10 @@ const EVENT_COLUMNS: &str = "revision, agent_id, kind, reason, previous_status, 
 #[async_trait]
 impl Store for PostgresStore {
     async fn load(&self) -> Result<StoredState, StoreError> {
-        let mut client = self.client().await?;
-        // One snapshot for all four reads.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(classify)?;
-        let agents = tx
-            .query("SELECT * FROM agents ORDER BY id", &[])
-            .await
-            .map_err(classify)?;
-        let directory = read_directory(&tx).await?;
-        let tombstones = tx
-            .query(
-                "SELECT agent_id, generation FROM agent_tombstones ORDER BY agent_id",
-                &[],
-            )
-            .await
-            .map_err(classify)?;
-        let revision: i64 = tx
-            .query_one(
-                "SELECT GREATEST((SELECT compacted_revision FROM event_history),
-                                 (SELECT COALESCE(max(revision), 0) FROM agent_events))",
-                &[],
-            )
-            .await
-            .map_err(classify)?
-            .get(0);
-        let checkpoint = read_lease_clock(&tx).await?;
-        tx.commit().await.map_err(classify)?;
-
-        let mut shared = Interner::default();
-        Ok(StoredState {
-            agents: agents
-                .iter()
-                .map(|row| agent_from_row(row, &mut shared))
-                .collect::<Result<_, _>>()?,
-            gateways: directory.gateways,
-            pending_retires: directory.pending_retires,
-            tombstones: tombstones
-                .iter()
-                .map(|row| {
-                    let id = AgentId::parse(row.get::<_, String>(0))
-                        .map_err(|e| corrupt("agent id", &e.to_string()))?;
-                    Ok((id, row.get::<_, i64>(1) as u64))
-                })
-                .collect::<Result<_, StoreError>>()?,
-            revision: revision as u64,
-            rollouts: directory.rollouts,
-            checkpoint,
-            pending_syncs: directory.pending_syncs,
-        })
+        let (state, _) = self
+            .load_with(fleet::readers(), fleet::MIN_BLOCKS_PER_READER)
+            .await?;
+        Ok(state)
     }
 
     async fn changes_since(&self, request: ChangesRequest<'_>) -> Result<Changes, StoreError> {
