@@ -27,14 +27,25 @@ async fn run() -> std::process::ExitCode {
              use --operator-token-file or MC_OPERATOR_TOKEN"
         );
     }
-    let app = match App::start(&config).await {
+    // Installed before the start, so a SIGTERM that arrives while (or just
+    // after) the fleet loads is not the default action, which kills the
+    // process with its leader lease still held.
+    let mut signals = ShutdownSignals::install();
+    let started = tokio::select! {
+        started = App::start(&config) => started,
+        () = signals.recv() => {
+            tracing::info!("stopped while starting");
+            return std::process::ExitCode::SUCCESS;
+        }
+    };
+    let app = match started {
         Ok(app) => app,
         Err(error) => {
             tracing::error!(%error, "cannot start");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match app.run_until(shutdown_signal()).await {
+    match app.run_until(signals.recv()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "server failed");
@@ -44,19 +55,38 @@ async fn run() -> std::process::ExitCode {
 }
 
 /// SIGTERM (what orchestrators send) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Takes over both signals now: from here on they end the server
+    /// gracefully instead of killing it.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).expect("a SIGTERM handler"),
+                interrupt: signal(SignalKind::interrupt()).expect("a SIGINT handler"),
+            }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `mission-control hash-token`: reads a token on standard input (so it
