@@ -101,6 +101,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Load a fleet of agents and measure heartbeats against the health check.
     Bench(BenchArgs),
+    /// The client side of a lease-expiry storm (see scripts/storm-bench):
+    /// heartbeats of the fleet's others, and a watch of its OFFLINE events.
+    Storm(crate::bench::storm::StormArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]

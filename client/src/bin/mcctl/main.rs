@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch(_)
             | Command::Simulate(_)
             | Command::Bench(_)
+            | Command::Storm(_)
             | Command::Rollout(rollout::RolloutCommand::Start(_))
     ) {
         let mut tries = ctx.endpoints.len();
@@ -77,6 +78,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch(args) => watch::run(&ctx, args).await,
         Command::Simulate(args) => simulate::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, args).await,
+        Command::Storm(args) => bench::storm::run(&ctx, args).await,
         Command::Rollout(command) => rollout::run(&ctx, &command).await,
         _ => unreachable!("one-shot commands are run above"),
     }
@@ -94,7 +96,7 @@ async fn one_shot(ctx: &Context, command: &Command) -> Result<(), Failure> {
         Command::Heartbeat { token } => commands::heartbeat(ctx, token).await,
         Command::Drift(args) => rollout::drift(ctx, args).await,
         Command::Rollout(command) => rollout::run(ctx, command).await,
-        Command::Watch(_) | Command::Simulate(_) | Command::Bench(_) => {
+        Command::Watch(_) | Command::Simulate(_) | Command::Bench(_) | Command::Storm(_) => {
             unreachable!("not one-shot")
         }
     }

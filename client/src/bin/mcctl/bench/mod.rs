@@ -10,6 +10,7 @@ mod load;
 mod paced;
 mod report;
 mod stats;
+pub mod storm;
 mod tally;
 
 use std::sync::{Arc, OnceLock};
