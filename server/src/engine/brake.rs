@@ -145,6 +145,18 @@ impl Census {
 pub(super) struct Censuses {
     pub by_gateway: BTreeMap<GatewayId, Census>,
     pub fleet: Census,
+    /// Whether silent agents are on more than one gateway (set by
+    /// [`Censuses::settle`], once, not per gateway judged).
+    pub spread: bool,
+}
+
+impl Censuses {
+    /// Drops gateways nobody counts in and notes whether the silence spans
+    /// gateways.
+    pub fn settle(&mut self) {
+        self.by_gateway.retain(|_, c| c.expected > 0);
+        self.spread = self.by_gateway.values().filter(|c| c.silent > 0).count() > 1;
+    }
 }
 
 impl Engine {
@@ -218,7 +230,7 @@ impl Engine {
                 }
             }
         }
-        censuses.by_gateway.retain(|_, c| c.expected > 0);
+        censuses.settle();
         #[cfg(test)]
         assert_eq!(
             censuses,
@@ -286,6 +298,7 @@ impl Engine {
                 staged.iter().for_each(&mut count);
             }
         }
+        censuses.settle();
         censuses
     }
 
@@ -300,13 +313,7 @@ impl Engine {
             .unwrap_or_default();
         // Fleet-wide only when the silence spans gateways: one gateway's
         // agents silent is that gateway's trouble, whatever the fleet's size.
-        let spread = censuses
-            .by_gateway
-            .values()
-            .filter(|c| c.silent > 0)
-            .count()
-            > 1;
-        if spread
+        if censuses.spread
             && censuses
                 .fleet
                 .trips(policy.fleet_brake_share, policy.brake_min_agents)
@@ -339,9 +346,13 @@ impl Engine {
     /// engaged brake, or one this failure engages (the census is taken at
     /// most once a batch). `None`: judge the agent as the policy says.
     pub(super) fn brake_on(&mut self, batch: &mut Batch, gateway_id: &GatewayId) -> Option<Brake> {
-        let gateway = self.gateway_in(batch, gateway_id)?;
+        // Looked at, not copied: once per failing agent.
+        let gateway = batch
+            .gateways
+            .get(gateway_id)
+            .or_else(|| self.gateways.get(gateway_id))?;
         if gateway.brake.is_some() {
-            return gateway.brake;
+            return gateway.brake.clone();
         }
         if batch.censuses.is_some() {
             // Taken and acted on earlier in this batch.
@@ -354,25 +365,27 @@ impl Engine {
 
     /// Suspects every gateway the census says should be.
     fn engage(&mut self, batch: &mut Batch, censuses: &Censuses) {
-        let ids: Vec<GatewayId> = censuses.by_gateway.keys().cloned().collect();
-        for id in ids {
-            let Some(gateway) = self.gateway_in(batch, &id) else {
+        for id in censuses.by_gateway.keys() {
+            // The census first: most gateways are not suspected, and are
+            // then not copied.
+            let Some(reason) = self.suspicion(censuses, id) else {
+                continue;
+            };
+            let Some(gateway) = self.gateway_in(batch, id) else {
                 continue;
             };
             if gateway.brake.is_some() {
                 continue;
             }
-            if let Some(reason) = self.suspicion(censuses, &id) {
-                let brake = Brake {
-                    state: BrakeState::Suspected,
-                    since: batch.now,
-                    reason: reason.clone(),
-                };
-                self.set_brake(batch, gateway, Some(brake), reason);
-                batch
-                    .brake_reviews
-                    .push((id, Some(batch.now.plus(REVIEW_EVERY))));
-            }
+            let brake = Brake {
+                state: BrakeState::Suspected,
+                since: batch.now,
+                reason: reason.clone(),
+            };
+            self.set_brake(batch, gateway, Some(brake), reason);
+            batch
+                .brake_reviews
+                .push((id.clone(), Some(batch.now.plus(REVIEW_EVERY))));
         }
     }
 

@@ -541,7 +541,7 @@ impl Actor {
             }
             committed
         };
-        self.timers_fired(&fired, committed.events.len());
+        self.timers_fired(&fired, now, committed.events.len());
         if wrote {
             // Only a real round trip says so: a batch that wrote nothing
             // (say, heartbeats during an outage) proves nothing.
@@ -630,16 +630,16 @@ impl Actor {
         Ok(())
     }
 
-    /// The lag of every timer the batch fired, from its deadline to its
-    /// batch committed and published.
-    fn timers_fired(&self, fired: &[Timestamp], transitions: usize) {
+    /// The lag of every timer the batch fired at `now`, from its deadline
+    /// to the batch's start and to its commit and publication.
+    fn timers_fired(&self, fired: &[Timestamp], now: Timestamp, transitions: usize) {
         if fired.is_empty() {
             return;
         }
         let published = self.shared.clock.now();
         let metrics = &self.shared.metrics;
         for deadline in fired {
-            metrics.timer_fired_late(published.since(*deadline));
+            metrics.timer_fired_late(now.since(*deadline), published.since(*deadline));
         }
         metrics.storm.batch(fired, transitions, published);
     }

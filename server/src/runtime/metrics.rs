@@ -88,6 +88,7 @@ pub(super) struct Metrics {
     checkin_latency: Histogram,
     heartbeat_time_left: Histogram,
     timer_lag: Histogram<{ LAG_BUCKETS.len() }>,
+    timer_fire_lag: Histogram<{ LAG_BUCKETS.len() }>,
     /// Batches running behind their timers, logged as they go.
     pub storm: super::timer_lag::StormLog,
 }
@@ -146,10 +147,11 @@ impl Metrics {
         self.heartbeat_time_left.observe(time_left);
     }
 
-    /// How late a fired timer's work was committed (and its events handed
-    /// to watchers) against the timer's deadline.
-    pub fn timer_fired_late(&self, lag: Duration) {
-        self.timer_lag.observe(lag);
+    /// How late a timer fired (its batch began) and how late its work was
+    /// committed (and its events handed to watchers), against its deadline.
+    pub fn timer_fired_late(&self, fired: Duration, committed: Duration) {
+        self.timer_fire_lag.observe(fired);
+        self.timer_lag.observe(committed);
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -247,6 +249,11 @@ impl Metrics {
             &mut out,
             "mission_control_timer_lag_seconds",
             "Time from a timer's deadline to its batch committed and its events published (lease expiries, check-in deadlines, stale entries re-armed).",
+        );
+        self.timer_fire_lag.render(
+            &mut out,
+            "mission_control_timer_fire_lag_seconds",
+            "Time from a timer's deadline to the batch that fired it (before its commit).",
         );
         gauge(
             &mut out,
@@ -350,7 +357,7 @@ mod tests {
         metrics.checked_in_after(Duration::from_millis(700));
         metrics.checked_in_after(Duration::from_secs(45));
         metrics.heartbeat_time_left(Duration::from_secs(3));
-        metrics.timer_fired_late(Duration::from_millis(3));
+        metrics.timer_fired_late(Duration::from_millis(3), Duration::from_millis(3));
         let text = metrics.render(&Gauges {
             agents: [
                 (Status::Provisioning, 1),
