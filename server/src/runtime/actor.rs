@@ -421,6 +421,12 @@ impl Actor {
     /// One round of following: a copy that cannot be trusted is loaded
     /// anew, otherwise it reads what changed.
     async fn follow_once(&mut self) {
+        // A replica that handed its leadership over is draining to exit: a
+        // fresh copy of the fleet (seconds at a million agents) would only
+        // hold the exit up.
+        if self.shared.leadership.retired() {
+            return;
+        }
         let result = match self.follower.distrust() {
             Some(why) => {
                 let why = why.to_owned();
