@@ -104,6 +104,8 @@ pub enum Command {
     /// The client side of a lease-expiry storm (see scripts/storm-bench):
     /// heartbeats of the fleet's others, and a watch of its OFFLINE events.
     Storm(crate::bench::storm::StormArgs),
+    /// Open many full-fleet watches; the server's memory and health meanwhile.
+    BenchWatchers(crate::bench::watchers::WatchersArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]

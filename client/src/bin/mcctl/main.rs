@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             | Command::Simulate(_)
             | Command::Bench(_)
             | Command::Storm(_)
+            | Command::BenchWatchers(_)
             | Command::Rollout(rollout::RolloutCommand::Start(_))
     ) {
         let mut tries = ctx.endpoints.len();
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Simulate(args) => simulate::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, args).await,
         Command::Storm(args) => bench::storm::run(&ctx, args).await,
+        Command::BenchWatchers(args) => bench::watchers::run(&ctx, args).await,
         Command::Rollout(command) => rollout::run(&ctx, &command).await,
         _ => unreachable!("one-shot commands are run above"),
     }
@@ -96,7 +98,11 @@ async fn one_shot(ctx: &Context, command: &Command) -> Result<(), Failure> {
         Command::Heartbeat { token } => commands::heartbeat(ctx, token).await,
         Command::Drift(args) => rollout::drift(ctx, args).await,
         Command::Rollout(command) => rollout::run(ctx, command).await,
-        Command::Watch(_) | Command::Simulate(_) | Command::Bench(_) | Command::Storm(_) => {
+        Command::Watch(_)
+        | Command::Simulate(_)
+        | Command::Bench(_)
+        | Command::Storm(_)
+        | Command::BenchWatchers(_) => {
             unreachable!("not one-shot")
         }
     }

@@ -12,6 +12,7 @@ mod report;
 mod stats;
 pub mod storm;
 mod tally;
+pub mod watchers;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
