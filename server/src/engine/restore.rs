@@ -184,7 +184,7 @@ impl Engine {
 /// its heaps, and that of other threads' heaps, only when asked: without
 /// this, a million agents kept about 300 MB of freed heap resident
 /// (BENCHMARKS.md, memory per agent).
-pub(super) fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {

@@ -128,6 +128,8 @@ struct Shared {
     /// Calls waiting for the writer, so a drain knows when they are done.
     in_flight: InFlight,
     open_watches: std::sync::atomic::AtomicUsize,
+    /// Whether a return of freed memory is due after watches closed.
+    trim_scheduled: std::sync::atomic::AtomicBool,
     /// The fleet snapshot watchers opening now share.
     snapshots: watch::SnapshotCache,
     metrics: metrics::Metrics,
@@ -317,6 +319,7 @@ impl Lifecycle {
             streams_stop,
             in_flight: InFlight::default(),
             open_watches: Default::default(),
+            trim_scheduled: Default::default(),
             snapshots: Default::default(),
             metrics: Default::default(),
             limits: limits::AgentLimits::new(&settings.policy, clock),
