@@ -409,11 +409,9 @@ impl Engine {
         else {
             return Ok(Renewal::UnknownToken);
         };
-        let agent = Arc::make_mut(
-            self.agents
-                .get_mut(id)
-                .expect("the token index names only known agents"),
-        );
+        let agent = agents
+            .get(id)
+            .expect("the token index names only known agents");
         let new_template = reported_template.is_some_and(|v| v != agent.reported_template_version);
         admit(id, new_template)?;
         let steady = agent.status == Status::Online
@@ -432,6 +430,13 @@ impl Engine {
                 });
             return Ok(Renewal::NeedsCommit(id.clone()));
         }
+        // Only a renewal changes the agent: a refused or committing heartbeat
+        // must not copy one that a watch snapshot still holds.
+        let agent = Arc::make_mut(
+            self.agents
+                .get_mut(id)
+                .expect("the token index names only known agents"),
+        );
         let time_left = agent
             .lease_expires_at
             .map_or(Duration::ZERO, |expiry| expiry.since(now));

@@ -1131,3 +1131,44 @@ mod gateway;
 mod rollout;
 mod silence;
 mod wake_rate;
+
+#[test]
+fn only_a_renewal_copies_an_agent_a_snapshot_still_holds() {
+    let mut h = Harness::new();
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    let held = h.engine.shared_agent(&id("a")).unwrap().clone();
+    let still_shared = |h: &Harness| Arc::ptr_eq(&held, h.engine.shared_agent(&id("a")).unwrap());
+
+    assert_eq!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::NeedsCommit(id("a"))
+    );
+    assert!(
+        still_shared(&h),
+        "a committing heartbeat changes nothing yet"
+    );
+    h.check_in("a");
+
+    let held = h.engine.shared_agent(&id("a")).unwrap().clone();
+    let refused = h
+        .engine
+        .renew_lease_admitted(&token, None, h.now, |_, _| Err("throttled"));
+    assert_eq!(refused, Err("throttled"));
+    assert!(
+        Arc::ptr_eq(&held, h.engine.shared_agent(&id("a")).unwrap()),
+        "a refused heartbeat changes nothing"
+    );
+
+    h.now = t(5);
+    assert!(matches!(
+        h.engine.renew_lease(&token, None, h.now),
+        Renewal::Renewed(_)
+    ));
+    assert_eq!(
+        held.lease_expires_at,
+        Some(t(30)),
+        "the snapshot keeps its copy"
+    );
+    assert_eq!(h.agent("a").lease_expires_at, Some(t(35)));
+}
