@@ -130,13 +130,7 @@ impl PostgresStore {
         let reading = std::time::Instant::now();
         let mut client = self.client().await?;
         // One snapshot for every read, the agents' other readers included.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(classify)?;
+        let tx = read_snapshot(&mut client).await?;
         let mut readers = self.spawn_readers(&tx, readers, min_blocks).await?;
         let directory = read_directory(&tx).await?;
         let (tombstones, revision, checkpoint) = tokio::try_join!(
@@ -197,6 +191,19 @@ fn pool_error(e: PoolError) -> StoreError {
         PoolError::Backend(e) => classify(e),
         other => StoreError::Unavailable(other.to_string()),
     }
+}
+
+/// A read-only transaction that sees one snapshot of the database.
+async fn read_snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(classify)
 }
 
 /// Maps a Postgres error to a store error, by SQLSTATE: the one place that
@@ -472,13 +479,7 @@ impl Store for PostgresStore {
     async fn changes_since(&self, request: ChangesRequest<'_>) -> Result<Changes, StoreError> {
         let mut client = self.client().await?;
         // One snapshot: the rows read below are the ones these events left.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(classify)?;
+        let tx = read_snapshot(&mut client).await?;
         let events_sql = format!(
             "SELECT {EVENT_COLUMNS} FROM agent_events
              WHERE revision > $1 ORDER BY revision LIMIT $2"

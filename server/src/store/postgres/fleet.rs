@@ -160,13 +160,7 @@ impl PostgresStore {
             let snapshot = snapshot.clone();
             readers.tasks.push(tokio::spawn(async move {
                 let mut client = pool.get().await.map_err(super::pool_error)?;
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(classify)?;
+                let tx = super::read_snapshot(&mut client).await?;
                 // The snapshot id comes from Postgres: digits, letters, '-'.
                 tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
                     .await
