@@ -1,7 +1,7 @@
 //! A batch of staged transitions: planned against the engine, committed to
 //! the store as one transaction, and only then applied to the engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::brake::{Censuses, GatewayState};
 use super::model::{
@@ -165,6 +165,12 @@ pub struct Batch {
     /// Each touched gateway's template sync as the batch leaves it; `None`:
     /// none pending any more.
     pub(super) template_syncs: BTreeMap<GatewayId, Option<PendingSync>>,
+    /// The round this batch stages now: a batch that goes on staging while
+    /// its earlier rounds are committed is cut once per round (see
+    /// [`Batch::cut`]).
+    pub(super) round: u64,
+    /// The round that last staged each agent in `agents`.
+    pub(super) staged_in: HashMap<AgentId, u64>,
 }
 
 impl Batch {
@@ -190,11 +196,98 @@ impl Batch {
             applied_checkins: Vec::new(),
             rollouts: BTreeMap::new(),
             template_syncs: BTreeMap::new(),
+            round: 0,
+            staged_in: HashMap::new(),
         }
     }
 
     pub fn now(&self) -> Timestamp {
         self.now
+    }
+
+    /// Starts the next round of staging at `now` (never earlier than the
+    /// last one), on top of what earlier rounds staged.
+    pub fn next_round(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+        // A census counts one instant.
+        self.censuses = None;
+    }
+
+    /// Takes what this round staged, to be committed on its own, while the
+    /// batch keeps every staged agent, so that the next round stages on
+    /// top of them. The agents leave the batch when their last round is
+    /// applied ([`super::Engine::commit_cut`]). Everything else moves to
+    /// the cut: a cut that changed more than agents (see
+    /// [`Batch::stages_over`]) must be applied before the next round.
+    pub fn cut(&mut self) -> Batch {
+        let round = self.round;
+        self.round += 1;
+        let agents = self
+            .staged_in
+            .iter()
+            .filter(|(_, staged)| **staged == round)
+            .map(|(id, _)| (id.clone(), self.agents[id].clone()))
+            .collect();
+        Batch {
+            now: self.now,
+            next_revision: self.next_revision,
+            agents,
+            gateways: std::mem::take(&mut self.gateways),
+            gateway_events: std::mem::take(&mut self.gateway_events),
+            release: std::mem::replace(&mut self.release, Release::Unchanged),
+            queue_reports: std::mem::take(&mut self.queue_reports),
+            brake_reviews: std::mem::take(&mut self.brake_reviews),
+            censuses: self.censuses.take(),
+            events: std::mem::take(&mut self.events),
+            effects: std::mem::take(&mut self.effects),
+            notes: std::mem::take(&mut self.notes),
+            timers_to_arm: std::mem::take(&mut self.timers_to_arm),
+            fired: std::mem::take(&mut self.fired),
+            retires_added: std::mem::take(&mut self.retires_added),
+            retires_done: std::mem::take(&mut self.retires_done),
+            tombstones: std::mem::take(&mut self.tombstones),
+            applied_checkins: std::mem::take(&mut self.applied_checkins),
+            rollouts: std::mem::take(&mut self.rollouts),
+            template_syncs: std::mem::take(&mut self.template_syncs),
+            round,
+            staged_in: HashMap::new(),
+        }
+    }
+
+    /// Whether the next round may be staged before this cut is applied:
+    /// it changed agents only (their staged state stays in the batch the
+    /// next round stages in), and it has an event, whose revision a store
+    /// checks to commit the next round only after this one. Gateways, the
+    /// wake queue's schedule, brakes, retires, tombstones, rollouts and
+    /// template syncs are read from the engine by the next round, so a cut
+    /// that changed any of them is applied first.
+    pub fn stages_over(&self) -> bool {
+        !self.events.is_empty()
+            && self.gateways.is_empty()
+            && self.gateway_events.is_empty()
+            && self.release == Release::Unchanged
+            && self.queue_reports.is_empty()
+            && self.brake_reviews.is_empty()
+            && self.retires_added.is_empty()
+            && self.retires_done.is_empty()
+            && self.tombstones.is_empty()
+            && self.rollouts.is_empty()
+            && self.template_syncs.is_empty()
+    }
+
+    /// The revision of this batch's last event, if it has one.
+    pub fn last_revision(&self) -> Option<u64> {
+        self.events.last().map(|event| event.revision)
+    }
+
+    /// Whether anything is staged and not yet cut, or kept for later rounds.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty() && !self.has_writes() && self.fired.is_empty()
+    }
+
+    pub(super) fn put_agent(&mut self, id: AgentId, agent: Option<Agent>) {
+        self.staged_in.insert(id.clone(), self.round);
+        self.agents.insert(id, agent);
     }
 
     /// The deadlines of the timers this batch fired, earliest first.
@@ -312,7 +405,7 @@ impl Batch {
             rollout_id: change.rollout_id,
         });
         let staged = (change.kind != EventKind::Deleted).then(|| after.clone());
-        self.agents.insert(after.id.clone(), staged);
+        self.put_agent(after.id.clone(), staged);
         after
     }
 }

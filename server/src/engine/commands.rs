@@ -216,7 +216,7 @@ impl Engine {
             // A renewal that only missed the fast path (the agent was in
             // flight): written with the batch, not an event. Followers read
             // only the lease fields of such a write (`Batch::lease_only_writes`).
-            batch.agents.insert(agent.id.clone(), Some(agent.clone()));
+            batch.put_agent(agent.id.clone(), Some(agent.clone()));
             self.in_flight.insert(agent.id.clone());
             return Ok(agent);
         }

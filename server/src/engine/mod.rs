@@ -596,6 +596,24 @@ impl Engine {
         }
     }
 
+    /// Applies a cut of `open` (see [`Batch::cut`]) the store has committed.
+    /// Its agents leave `open` unless a later round staged them again: those
+    /// stay in flight, and the next rounds keep staging on top of them.
+    pub fn commit_cut(&mut self, cut: Batch, open: &mut Batch) -> Committed {
+        let round = cut.round;
+        let ids: Vec<AgentId> = cut.agents.keys().cloned().collect();
+        let committed = self.commit(cut);
+        for id in ids {
+            if open.staged_in.get(&id) == Some(&round) {
+                open.staged_in.remove(&id);
+                open.agents.remove(&id);
+            } else {
+                self.in_flight.insert(id);
+            }
+        }
+        committed
+    }
+
     /// Points the agent at the one shared copy of its gateway's and board's
     /// ids (a million agents on a hundred boards: a hundred allocations).
     fn intern(&mut self, agent: &mut Agent) {

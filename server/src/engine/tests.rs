@@ -1129,6 +1129,7 @@ mod brake;
 mod drift;
 mod gateway;
 mod rollout;
+mod rounds;
 mod silence;
 mod wake_rate;
 

@@ -18,19 +18,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::follow::{CaughtUp, FOLLOW_PAGE, FollowError, Follower, WARM_BACKLOG};
-use super::gateways::{CloseReason, Delivery, GatewayCommand};
+use super::gateways::CloseReason;
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
+use super::writer::Pipeline;
 use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
-    Agent, AgentId, Batch, Effect, Engine, EngineError, Event, EventKind, GatewayId,
-    GatewayRegistered, GatewaySpec, GatewayState, Note, NoteKind, PendingRetire, PendingSync,
-    ProvisionSpec, Provisioned, Reason, RolloutId, StoredState, Timestamp, TokenHash,
+    Agent, AgentId, Engine, Event, GatewayId, GatewayRegistered, GatewaySpec, PendingRetire,
+    PendingSync, ProvisionSpec, Provisioned, RolloutId, StoredState, Timestamp, TokenHash,
 };
 use crate::store::{Directory, StoreError};
 
-type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
 
 pub(super) enum Command {
     Provision {
@@ -138,23 +138,6 @@ impl Command {
     }
 }
 
-/// Answers a caller once the batch's fate is known.
-type PendingReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
-fn pending<T: Send + 'static, E: Into<LifecycleError> + Send + 'static>(
-    reply: Reply<T>,
-    staged: Result<T, E>,
-) -> PendingReply {
-    Box::new(move |failure| {
-        let result = match (staged, failure) {
-            (Err(e), _) => Err(e.into()),
-            (Ok(_), Some(e)) => Err(e.clone().into()),
-            (Ok(value), None) => Ok(value),
-        };
-        let _ = reply.send(result);
-    })
-}
-
 pub(super) struct Actor {
     pub shared: Arc<Shared>,
     pub commands: mpsc::Receiver<Command>,
@@ -165,6 +148,8 @@ pub(super) struct Actor {
     /// The engine as a follower's copy: where it stands, and whether a
     /// takeover may start from it.
     pub follower: Follower,
+    /// The leader's rounds staged and not yet applied.
+    pub pipeline: Pipeline,
 }
 
 /// A follower reads the event log at least this often.
@@ -190,6 +175,16 @@ impl Actor {
     async fn lead(&mut self) -> ControlFlow<()> {
         let mut paused = false;
         loop {
+            if !self.shared.leadership.may_act() && !self.pipeline.is_idle() {
+                // Rounds in flight end first (the store fenced them if
+                // another replica leads): none is left behind a step down.
+                if let Err(error) = self.settle().await
+                    && self.after_failure(error).await.is_break()
+                {
+                    return ControlFlow::Continue(());
+                }
+                continue;
+            }
             let leadership = &self.shared.leadership;
             if !leadership.may_act() {
                 match leadership.role() {
@@ -225,6 +220,20 @@ impl Actor {
                 tracing::info!("the leader lease is proven again; acting");
                 paused = false;
             }
+            if !self.pipeline.may_stage() {
+                // The next round must wait for the one in flight.
+                let answer = tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                    answer = self.pipeline.answered() => answer,
+                };
+                if let Err(error) = self.apply_answer(answer).await
+                    && self.after_failure(error).await.is_break()
+                {
+                    return ControlFlow::Continue(());
+                }
+                continue;
+            }
             // Follow-ups count toward the batch's command budget too.
             let carried = self.followups.len().min(self.shared.settings.max_batch);
             let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
@@ -235,6 +244,14 @@ impl Actor {
                 tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                    answer = self.pipeline.answered() => {
+                        if let Err(error) = self.apply_answer(answer).await
+                            && self.after_failure(error).await.is_break()
+                        {
+                            return ControlFlow::Continue(());
+                        }
+                        continue;
+                    }
                     _ = self.roles.changed() => {
                         self.roles.borrow_and_update();
                         continue;
@@ -258,15 +275,20 @@ impl Actor {
                 refuse_all(commands);
                 continue;
             }
-            match self.run_batch(commands).await {
-                Err(StoreError::NotLeader(_)) => {
-                    self.step_down("a commit was fenced out: another replica leads");
-                    return ControlFlow::Continue(());
-                }
-                Err(error) => self.recover(error).await,
-                Ok(()) => {}
-            }
+            self.stage_round(commands).await;
         }
+    }
+
+    /// After a failed commit (every round in flight failed with it): steps
+    /// down if another replica leads (`Break`: stop leading), otherwise
+    /// rebuilds the engine from the store.
+    async fn after_failure(&mut self, error: StoreError) -> ControlFlow<()> {
+        if let StoreError::NotLeader(_) = error {
+            self.step_down("a commit was fenced out: another replica leads");
+            return ControlFlow::Break(());
+        }
+        self.recover(error).await;
+        ControlFlow::Continue(())
     }
 
     /// Stops acting as leader: what was staged is not committed, callers
@@ -505,214 +527,12 @@ impl Actor {
         while let Ok(command) = self.commands.try_recv() {
             rest.push(command);
         }
+        // Rounds in flight end first; a failure has answered their callers.
+        let _ = self.settle().await;
         if !self.shared.leadership.may_act() {
             refuse_all(rest);
         } else if !rest.is_empty() {
             let _ = self.run_batch(rest).await;
-        }
-    }
-
-    async fn run_batch(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
-        let now = self.shared.clock.now();
-        let (batch, replies) = {
-            let mut engine = self.shared.engine();
-            let mut batch = engine.begin(now);
-            let replies: Vec<PendingReply> = commands
-                .into_iter()
-                .filter_map(|command| stage(&mut engine, &mut batch, command))
-                .collect();
-            engine.fire_due_at_most(&mut batch, self.shared.settings.max_batch);
-            (batch, replies)
-        };
-        let fired = batch.fired_deadlines();
-
-        let wrote = batch.has_writes();
-        if wrote && let Err(error) = self.shared.store.commit(&batch).await {
-            self.shared.engine().abort(batch);
-            Metrics::add(&self.shared.metrics.commit_failures);
-            replies.into_iter().for_each(|reply| reply(Some(&error)));
-            return Err(error);
-        }
-
-        let committed = {
-            let mut engine = self.shared.engine();
-            let committed = engine.commit(batch);
-            // Under the engine lock, so a new watcher's snapshot and its
-            // subscription see the same point in the sequence.
-            for event in &committed.events {
-                let _ = self.shared.events.send(Arc::new(event.clone()));
-            }
-            for rollout in &committed.rollouts {
-                let _ = self.shared.rollouts.send(Arc::new(rollout.clone()));
-            }
-            committed
-        };
-        self.timers_fired(&fired, now, committed.events.len());
-        if wrote {
-            // Only a real round trip says so: a batch that wrote nothing
-            // (say, heartbeats during an outage) proves nothing.
-            self.shared.set_database_reachable(true);
-        }
-        replies.into_iter().for_each(|reply| reply(None));
-        Metrics::add(&self.shared.metrics.batches);
-        for event in &committed.events {
-            self.shared.metrics.transition(event.reason);
-            if let (Reason::CheckedIn, Some(woken), Some(seen)) = (
-                event.reason,
-                event.agent.last_wake_sent_at,
-                event.agent.last_seen_at,
-            ) && event.attempt > 0
-            {
-                self.shared.metrics.checked_in_after(seen.since(woken));
-            }
-            tracing::info!(
-                agent_id = %event.agent.id,
-                generation = event.agent.generation,
-                attempt = event.attempt,
-                revision = event.revision,
-                from = event.previous_status.map(|s| s.as_str()),
-                to = match event.kind {
-                    EventKind::Deleted => "deleted",
-                    _ => event.agent.status.as_str(),
-                },
-                reason = event.reason.as_str(),
-                error = event.error.as_deref(),
-                "lifecycle.transition"
-            );
-        }
-        for transition in &committed.gateway_events {
-            if transition.from == transition.to {
-                // A history entry that left the link as it was (a sync).
-                tracing::info!(gateway_id = %transition.gateway_id, reason = %transition.reason, "gateway.history");
-                continue;
-            }
-            let braked = matches!(
-                transition.to,
-                GatewayState::Suspected | GatewayState::Draining
-            );
-            if braked {
-                // The one line that says why a gateway's agents get no
-                // verdict (or a slow one).
-                tracing::warn!(
-                    gateway_id = %transition.gateway_id,
-                    from = transition.from.as_str(),
-                    to = transition.to.as_str(),
-                    reason = %transition.reason,
-                    "gateway.state"
-                );
-                continue;
-            }
-            tracing::info!(
-                gateway_id = %transition.gateway_id,
-                from = transition.from.as_str(),
-                to = transition.to.as_str(),
-                reason = %transition.reason,
-                wakes_released = transition.wakes_released,
-                "gateway.state"
-            );
-        }
-        let rate = self.shared.settings.policy.gateway_wake_rate;
-        for report in &committed.queue_reports {
-            let (gateway_id, queued) = (&report.gateway_id, report.queued);
-            if report.backing_up {
-                tracing::warn!(%gateway_id, queued, rate, "gateway.wakes.backing_up");
-            } else {
-                tracing::info!(%gateway_id, "gateway.wakes.caught_up");
-            }
-        }
-        committed.notes.iter().for_each(|note| log_note(note, now));
-        committed.rollouts.iter().for_each(log_rollout);
-        // Committed while the lease held (the fence saw to it), but the
-        // proof may have run out since: then another replica may lead, and
-        // no wake may go out from here. The deadlines they armed stand.
-        if self.shared.leadership.may_act() {
-            self.deliver(committed.effects);
-        } else if !committed.effects.is_empty() {
-            tracing::warn!(
-                effects = committed.effects.len(),
-                "committed, but the leader lease is no longer proven: nothing sent"
-            );
-        }
-        Ok(())
-    }
-
-    /// The lag of every timer the batch fired at `now`, from its deadline
-    /// to the batch's start and to its commit and publication.
-    fn timers_fired(&self, fired: &[Timestamp], now: Timestamp, transitions: usize) {
-        if fired.is_empty() {
-            return;
-        }
-        let published = self.shared.clock.now();
-        let metrics = &self.shared.metrics;
-        for deadline in fired {
-            metrics.timer_fired_late(now.since(*deadline), published.since(*deadline));
-        }
-        metrics.storm.batch(fired, transitions, published);
-    }
-
-    fn deliver(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
-            match effect {
-                Effect::Wake(order) => {
-                    let gateway = order.gateway_id.clone();
-                    let (agent_id, generation, attempt) =
-                        (order.agent_id.clone(), order.generation, order.attempt);
-                    let now = Instant::now();
-                    let delivery = self
-                        .shared
-                        .hub
-                        .send(&gateway, GatewayCommand::Wake(order), now);
-                    let error = match delivery {
-                        Ok(Delivery::Sent(command_id)) => {
-                            Metrics::add(&self.shared.metrics.wakes_sent);
-                            tracing::debug!(%agent_id, generation, attempt, command_id, "lifecycle.wake.sent");
-                            continue;
-                        }
-                        Ok(Delivery::Held(command_id)) => {
-                            // The engine holds it (or counts it failed):
-                            // a held wake is sent anew, with its own
-                            // deadline, when the gateway connects.
-                            self.shared.hub.forget(&gateway, command_id);
-                            Metrics::add(&self.shared.metrics.wakes_failed);
-                            tracing::info!(%agent_id, generation, attempt, gateway_id = %gateway, "wake found no stream to its gateway");
-                            self.followups.push(Command::WakeUndelivered {
-                                agent_id,
-                                generation,
-                                attempt,
-                                error: format!("gateway {gateway} is not connected"),
-                            });
-                            continue;
-                        }
-                        Err(error) => error.to_string(),
-                    };
-                    Metrics::add(&self.shared.metrics.wakes_failed);
-                    tracing::warn!(%agent_id, generation, attempt, %error, "lifecycle.wake.failed");
-                    self.followups.push(Command::WakeFailed {
-                        agent_id,
-                        generation,
-                        attempt,
-                        error,
-                    });
-                }
-                Effect::DisconnectGateway(gateway) => {
-                    self.shared.hub.evict(&gateway, CloseReason::TokenRotated);
-                    tracing::info!(gateway_id = %gateway, "gateway token rotated; its session was ended");
-                    self.followups.push(Command::GatewayDisconnected(gateway));
-                }
-                Effect::Retire(retire) => {
-                    let gateway = retire.gateway_id.clone();
-                    let retire = GatewayCommand::Retire(retire);
-                    match self.shared.hub.send(&gateway, retire, Instant::now()) {
-                        Ok(Delivery::Sent(_)) => {}
-                        Ok(Delivery::Held(_)) => {
-                            tracing::info!(gateway_id = %gateway, "retire command kept until the gateway connects")
-                        }
-                        Err(error) => {
-                            tracing::info!(%error, "retire command kept until the gateway connects again")
-                        }
-                    }
-                }
-            }
         }
     }
 
@@ -808,141 +628,6 @@ enum Takeover {
 fn refuse_all(commands: Vec<Command>) {
     for command in commands {
         command.refuse(super::not_leader());
-    }
-}
-
-fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<PendingReply> {
-    Some(match command {
-        Command::Provision {
-            spec,
-            new_token,
-            reply,
-        } => pending(reply, engine.provision(batch, spec, new_token)),
-        Command::CheckIn {
-            agent_id,
-            token,
-            reported_template,
-            received_at,
-            reply,
-        } => pending(
-            reply,
-            engine.check_in_received(batch, &agent_id, &token, reported_template, received_at),
-        ),
-        Command::Wake { agent_id, reply } => pending(reply, engine.wake(batch, &agent_id)),
-        Command::Delete { agent_id, reply } => pending(reply, engine.delete(batch, &agent_id)),
-        Command::RegisterGateway {
-            spec,
-            new_token,
-            reply,
-        } => pending(
-            reply,
-            Ok::<_, EngineError>(engine.register_gateway(batch, spec, new_token)),
-        ),
-        Command::WakeFailed {
-            agent_id,
-            generation,
-            attempt,
-            error,
-        } => {
-            engine.wake_failed(batch, &agent_id, generation, attempt, &error);
-            return None;
-        }
-        Command::RetireDelivered(retire) => {
-            engine.retire_delivered(batch, retire);
-            return None;
-        }
-        Command::WakeUndelivered {
-            agent_id,
-            generation,
-            attempt,
-            error,
-        } => {
-            engine.wake_undelivered(batch, &agent_id, generation, attempt, &error);
-            return None;
-        }
-        Command::GatewayConnected(gateway) => {
-            // Unknown only if it was never registered: nothing to do.
-            let _ = engine.gateway_connected(batch, &gateway);
-            return None;
-        }
-        Command::GatewayDisconnected(gateway) => {
-            let _ = engine.gateway_disconnected(batch, &gateway, "stream closed");
-            return None;
-        }
-        Command::Barrier { reply } => pending(reply, Ok::<_, EngineError>(())),
-        Command::RequestTemplateSync {
-            gateway_id,
-            command_id,
-            template_version,
-            reply,
-        } => pending(
-            reply,
-            engine.request_template_sync(batch, &gateway_id, command_id, template_version),
-        ),
-        Command::TemplateSyncAcknowledged { sync, outcome } => {
-            // Unknown only if it was never registered: nothing to do.
-            let _ = engine.template_sync_acknowledged(
-                batch,
-                &sync.gateway_id,
-                sync.command_id,
-                &sync.template_version,
-                &outcome,
-            );
-            return None;
-        }
-        Command::StartRollout { id, spec, reply } => {
-            pending(reply, engine.start_rollout(batch, id, spec))
-        }
-        Command::PauseRollout { id, reply } => pending(reply, engine.pause_rollout(batch, &id)),
-        Command::ResumeRollout {
-            id,
-            failure_budget,
-            reply,
-        } => pending(reply, engine.resume_rollout(batch, &id, failure_budget)),
-        Command::CancelRollout { id, reply } => pending(reply, engine.cancel_rollout(batch, &id)),
-    })
-}
-
-/// A rollout after a committed change: where it is, and why if it stopped.
-fn log_rollout(rollout: &Rollout) {
-    let counts = rollout.counts();
-    tracing::info!(
-        rollout_id = %rollout.id,
-        template_version = rollout.template_version,
-        state = rollout.state.as_str(),
-        wave = rollout.waves.len(),
-        agents = counts.agents,
-        in_flight = counts.in_flight,
-        done = counts.done,
-        failed = counts.failed,
-        pending = counts.pending,
-        reason = rollout.reason.as_deref(),
-        "rollout.progress"
-    );
-}
-
-/// The reference's log events, with the same names and fields.
-fn log_note(note: &Note, now: Timestamp) {
-    let deadline = note.deadline.map(|d| d.to_string());
-    let delay_ms = note.deadline.map(|d| d.since(now).as_millis() as u64);
-    let agent_id = note.agent_id.as_str();
-    let (generation, attempt) = (note.generation, note.attempt);
-    macro_rules! log {
-        ($level:ident) => {
-            tracing::$level!(
-                agent_id,
-                generation,
-                attempt,
-                deadline = deadline.as_deref(),
-                delay_ms,
-                "{}",
-                note.kind.event_name()
-            )
-        };
-    }
-    match note.kind {
-        NoteKind::MaxAttemptsReached | NoteKind::SkipMissingGateway => log!(warn),
-        _ => log!(info),
     }
 }
 

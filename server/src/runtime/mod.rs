@@ -21,6 +21,7 @@ mod template_sync;
 mod timer_lag;
 pub mod tokens;
 mod watch;
+mod writer;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,6 +38,7 @@ use crate::engine::{
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
 use leader::Leadership;
+use writer::Pipeline;
 
 pub use clock::Clock;
 pub use delivery::GatewaySession;
@@ -334,6 +336,7 @@ impl Lifecycle {
             followups: Vec::new(),
             roles: shared.leadership.subscribe(),
             follower,
+            pipeline: Pipeline::default(),
         };
         let tasks = vec![
             tokio::spawn(actor.run()),

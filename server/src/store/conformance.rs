@@ -28,6 +28,7 @@ macro_rules! store_conformance_tests {
             gateway_state_and_held_wakes_round_trip,
             template_syncs_survive_a_restart_until_acknowledged,
             the_brake_on_a_gateway_round_trips,
+            rounds_commit_in_order_and_only_over_a_committed_round,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -312,6 +313,76 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
     let result = store.commit(&batch).await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
     assert_eq!(store.load().await.unwrap(), before, "all or nothing");
+}
+
+/// The writer's overlapping rounds: each cut of one open batch, the second
+/// sent before the first is answered; a round whose round below did not
+/// commit is refused and writes nothing.
+pub async fn rounds_commit_in_order_and_only_over_a_committed_round(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    f.provision(at(1), "a").await;
+    let spec = |agent: &str| ProvisionSpec {
+        agent_id: id(agent),
+        name: agent.into(),
+        gateway_id: gateway(),
+        board_id: None,
+        role: Role::BoardWorker,
+        template_version: "v1".into(),
+        rotate_token: false,
+    };
+    let mut open = f.engine.begin(at(2));
+    f.engine
+        .provision(&mut open, spec("b"), TokenHash([50; 32]))
+        .unwrap();
+    let first = open.cut();
+    open.next_round(at(3));
+    // Staged on top of the first round: "b" exists, so this updates it.
+    let updated = f
+        .engine
+        .provision(&mut open, spec("b"), TokenHash([51; 32]))
+        .unwrap();
+    assert!(!updated.created);
+    let second = open.cut();
+    assert!(first.stages_over());
+    let below = first.last_revision();
+    assert_eq!(second.events()[0].revision, below.unwrap() + 1);
+
+    let (sent, on_its_way) = tokio::sync::oneshot::channel();
+    let (sent_next, _) = tokio::sync::oneshot::channel();
+    let (one, two) = tokio::join!(store.commit_after(&first, None, sent), async {
+        on_its_way.await.unwrap();
+        store.commit_after(&second, below, sent_next).await
+    });
+    one.unwrap();
+    two.unwrap();
+    f.engine.commit_cut(first, &mut open);
+    f.engine.commit_cut(second, &mut open);
+    let stored = store.load().await.unwrap();
+    assert_eq!(stored, f.state());
+    let b = stored.agents.iter().find(|a| a.id == id("b")).unwrap();
+    assert_eq!((b.generation, b.revision), (2, below.unwrap() + 1));
+
+    // A round staged over one that was never committed.
+    let before = store.load().await.unwrap();
+    let mut open = f.engine.begin(at(4));
+    f.engine
+        .provision(&mut open, spec("c"), TokenHash([52; 32]))
+        .unwrap();
+    let lost = open.cut();
+    open.next_round(at(5));
+    f.engine
+        .provision(&mut open, spec("d"), TokenHash([53; 32]))
+        .unwrap();
+    let over_lost = open.cut();
+    let (sent, _) = tokio::sync::oneshot::channel();
+    let result = store
+        .commit_after(&over_lost, lost.last_revision(), sent)
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(store.load().await.unwrap(), before, "nothing written");
+    f.engine.abort(over_lost);
+    f.engine.abort(lost);
+    f.engine.abort(open);
 }
 
 pub async fn deletes_and_retires_round_trip(store: &dyn Store) {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::{
@@ -33,6 +33,9 @@ pub struct MemoryStore {
     notify: Arc<Notify>,
     /// While set, this handle's notifications are lost.
     muted: Arc<AtomicBool>,
+    /// Ends when the last commit sent through this handle ends: the next
+    /// waits for it, as statements queue on one Postgres session.
+    last_sent: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// The lease, on tokio's clock: the "database clock" of this store.
@@ -71,6 +74,9 @@ struct State {
     /// While set, commits are written but reported as failed, like a
     /// connection lost before the answer to COMMIT arrived.
     lose_commit_answers: bool,
+    /// This many next commits fail without writing anything, like a
+    /// statement Postgres refused.
+    failing_commits: u32,
     /// How long each commit takes, like a loaded database.
     commit_delay: std::time::Duration,
     /// How long each load takes, like a large fleet read at start.
@@ -159,6 +165,11 @@ impl MemoryStore {
         self.lock().ping_delay = delay;
     }
 
+    /// Makes the next `count` commits fail without writing anything.
+    pub fn fail_next_commits(&self, count: u32) {
+        self.lock().failing_commits = count;
+    }
+
     /// Makes commits succeed but report failure (or stop doing so).
     pub fn set_lose_commit_answers(&self, lose: bool) {
         self.lock().lose_commit_answers = lose;
@@ -183,36 +194,26 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn load(&self) -> Result<StoredState, StoreError> {
-        let delay = self.lock().load_delay;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let state = self.available()?;
-        Ok(StoredState {
-            agents: state.agents.values().cloned().collect(),
-            gateways: state.gateways.values().cloned().collect(),
-            pending_retires: state.retires.iter().cloned().collect(),
-            tombstones: state
-                .tombstones
-                .iter()
-                .map(|(id, g)| (id.clone(), *g))
-                .collect(),
-            revision: state.last_revision,
-            rollouts: state.rollouts.values().cloned().collect(),
-            checkpoint: state.lease_clock,
-            pending_syncs: state.syncs.values().cloned().collect(),
-        })
-    }
-
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+impl MemoryStore {
+    /// A commit, refused if the batch ending at revision `after` is not
+    /// committed.
+    async fn commit_checked(&self, batch: &Batch, after: Option<u64>) -> Result<(), StoreError> {
         let delay = self.lock().commit_delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let mut state = self.fenced(self.available()?)?;
+        if state.failing_commits > 0 {
+            state.failing_commits -= 1;
+            return Err(StoreError::Unavailable("a commit failed on purpose".into()));
+        }
+        if let Some(after) = after
+            && !state.events.contains_key(&after)
+        {
+            return Err(StoreError::Conflict(format!(
+                "the batch ending at revision {after} was not committed"
+            )));
+        }
         // Check before writing anything: all or nothing.
         if let Some(event) = batch
             .events()
@@ -288,6 +289,55 @@ impl Store for MemoryStore {
             ));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self) -> Result<StoredState, StoreError> {
+        let delay = self.lock().load_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let state = self.available()?;
+        Ok(StoredState {
+            agents: state.agents.values().cloned().collect(),
+            gateways: state.gateways.values().cloned().collect(),
+            pending_retires: state.retires.iter().cloned().collect(),
+            tombstones: state
+                .tombstones
+                .iter()
+                .map(|(id, g)| (id.clone(), *g))
+                .collect(),
+            revision: state.last_revision,
+            rollouts: state.rollouts.values().cloned().collect(),
+            checkpoint: state.lease_clock,
+            pending_syncs: state.syncs.values().cloned().collect(),
+        })
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.commit_checked(batch, None).await
+    }
+
+    async fn commit_after(
+        &self,
+        batch: &Batch,
+        after: Option<u64>,
+        sent: oneshot::Sender<()>,
+    ) -> Result<(), StoreError> {
+        let (_done, this_done) = oneshot::channel::<()>();
+        let before = self
+            .last_sent
+            .lock()
+            .expect("memory store lock poisoned")
+            .replace(this_done);
+        let _ = sent.send(());
+        if let Some(before) = before {
+            // Ends with an error when that commit is over: `_done` dropped.
+            let _ = before.await;
+        }
+        self.commit_checked(batch, after).await
     }
 
     async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {

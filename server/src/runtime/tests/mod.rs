@@ -8,6 +8,7 @@ mod escalation;
 mod flags;
 mod gateway;
 mod leadership;
+mod pipeline;
 mod redelivery;
 mod rollouts;
 mod shedding;
