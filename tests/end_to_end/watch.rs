@@ -454,3 +454,64 @@ async fn settle_offline(app: &TestApp, database_url: &str, count: usize) -> u64 
         .last()
         .map_or(0, |event| event.revision)
 }
+
+#[tokio::test]
+async fn a_full_fleet_snapshot_of_many_pages_arrives_whole_then_every_change() {
+    let db = database().await;
+    let app = spawn_app(watch_flags(db.url())).await;
+    app.gateway("gw-a").await;
+    app.gateway("gw-b").await;
+    // More agents than a few of the server's snapshot pages (256 agents).
+    let fleet = 700;
+    for round in 0..fleet / 50 {
+        burst(&app, &format!("p{round:02}"), 50).await;
+    }
+
+    let mut watch = app.watch(WatchAgentRequest::default()).await;
+    let mut snapshot = Vec::new();
+    let snapshot_at = loop {
+        let item = tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .expect("the snapshot keeps coming")
+            .expect("the watch goes on")
+            .expect("no error");
+        match item.kind.unwrap() {
+            Kind::Event(event) => {
+                assert_eq!(
+                    event.reason,
+                    mission_control_client::TransitionReason::Snapshot as i32
+                );
+                snapshot.push(event);
+            }
+            Kind::SnapshotComplete(complete) => break complete.revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let revisions: Vec<u64> = snapshot.iter().map(|e| e.revision).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "in revision order"
+    );
+    // Each agent once, as the database had it at the snapshot's revision.
+    let mut latest = std::collections::BTreeMap::new();
+    for event in committed_events(db.url(), snapshot_at).await {
+        latest.insert(event.agent_id, event.revision);
+    }
+    let seen: std::collections::BTreeMap<String, u64> = snapshot
+        .iter()
+        .map(|e| (e.agent.clone().unwrap().id, e.revision))
+        .collect();
+    assert_eq!(seen.len(), fleet, "every agent once");
+    assert_eq!(seen, latest, "each agent as of the snapshot's revision");
+
+    // Then every change after it, once, in order (the silent agents
+    // escalate to OFFLINE meanwhile).
+    let now = settle_offline(&app, db.url(), fleet).await;
+    assert!(now > snapshot_at, "changes came after the snapshot");
+    assert_eq!(
+        revisions_until(&mut watch, now).await,
+        (snapshot_at + 1..=now).collect::<Vec<_>>(),
+        "no gap and no duplicate at the seam"
+    );
+    app.app.shutdown().await;
+}

@@ -6,6 +6,10 @@
 //! it once per watcher: with 1,000 watchers, a thousand `Agent` messages built
 //! (each with its strings) per transition. The call is routed here ahead of
 //! the generated service; everything else goes to that service unchanged.
+//! tonic decodes the request and answers a refused watch; the response
+//! body is `body`'s, which sends shared encodings without copying them.
+
+mod body;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -13,11 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
-use futures_util::{Stream, StreamExt};
 use mission_control_proto::codec::{ProtoCodec, StrictDecoder};
 use mission_control_proto::v1 as pb;
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycleServer;
-use prost::Message;
 use tonic::body::Body;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -26,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::lifecycle::{LifecycleService, watch_response};
 use super::validate;
 use crate::engine::Event;
-use crate::runtime::{Lifecycle, LifecycleError, WatchItem};
+use crate::runtime::{Lifecycle, PagedWatch, WatchItem};
 
 /// Encoded events kept for watchers still to send them: more than one
 /// commit's batch, so watchers that are a batch apart share them too.
@@ -83,7 +85,25 @@ impl tower::Service<http::Request<Body>> for LifecycleRoutes {
         Box::pin(async move {
             let mut grpc =
                 Grpc::new(EncodedCodec::default()).apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.server_streaming(WatchCall(watch), request).await)
+            let opened = Arc::new(Mutex::new(None));
+            let call = WatchCall {
+                shared: watch.clone(),
+                opened: opened.clone(),
+            };
+            let response = grpc.server_streaming(call, request).await;
+            let opened = opened.lock().unwrap_or_else(PoisonError::into_inner).take();
+            Ok(match opened {
+                // tonic's headers, and the body that streams the watch.
+                Some(chunks) => {
+                    let (parts, _empty) = response.into_parts();
+                    http::Response::from_parts(
+                        parts,
+                        Body::new(body::WatchBody::new(chunks, watch)),
+                    )
+                }
+                // Refused: tonic's trailers-only answer.
+                None => response,
+            })
         })
     }
 }
@@ -93,32 +113,29 @@ struct SharedWatch {
     encoded: EncodedEvents,
 }
 
-struct WatchCall(Arc<SharedWatch>);
+/// Opens the watch for a decoded request and leaves it in `opened`; the
+/// stream tonic gets is empty (its body is replaced).
+struct WatchCall {
+    shared: Arc<SharedWatch>,
+    opened: Arc<Mutex<Option<PagedWatch>>>,
+}
 
-type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+type NoMessages = futures_util::stream::Empty<Result<Bytes, Status>>;
 
 impl ServerStreamingService<pb::WatchAgentRequest> for WatchCall {
     type Response = Bytes;
-    type ResponseStream = EncodedStream;
-    type Future = BoxFuture<Result<Response<EncodedStream>, Status>>;
+    type ResponseStream = NoMessages;
+    type Future = BoxFuture<Result<Response<NoMessages>, Status>>;
 
     fn call(&mut self, request: Request<pb::WatchAgentRequest>) -> Self::Future {
-        let shared = self.0.clone();
+        let (shared, opened) = (self.shared.clone(), self.opened.clone());
         Box::pin(async move {
             let watch = validate::watch(request.get_ref())?;
-            let items = shared.lifecycle.watch(watch).await?;
-            let encoded = items.map(move |item: Result<WatchItem, LifecycleError>| match item {
-                Ok(WatchItem::Event(event)) => Ok(shared.encoded.get(&event)),
-                Ok(other) => Ok(encode(&watch_response(other))),
-                Err(error) => Err(Status::from(error)),
-            });
-            Ok(Response::new(Box::pin(encoded) as EncodedStream))
+            let chunks = shared.lifecycle.watch_by_pages(watch).await?;
+            *opened.lock().unwrap_or_else(PoisonError::into_inner) = Some(chunks);
+            Ok(Response::new(futures_util::stream::empty()))
         })
     }
-}
-
-fn encode(message: &pb::WatchAgentResponse) -> Bytes {
-    Bytes::from(message.encode_to_vec())
 }
 
 /// The latest encodings, by revision: slot `revision % len` holds the value
@@ -160,15 +177,16 @@ impl<T> EncodedEvents<T> {
 }
 
 impl EncodedEvents {
-    /// `event` as an encoded `WatchAgentResponse`.
+    /// `event` as an encoded `WatchAgentResponse` with its gRPC prefix.
     fn get(&self, event: &Arc<Event>) -> Bytes {
         self.get_or_encode(event, event.revision, || {
-            encode(&watch_response(WatchItem::Event(event.clone())))
+            body::framed(&watch_response(WatchItem::Event(event.clone())))
         })
     }
 }
 
-/// Sends messages already encoded; decodes requests as the generated code.
+/// Decodes requests as the generated code; the encoder is never used, as
+/// the body is `body`'s.
 #[derive(Default)]
 struct EncodedCodec(ProtoCodec<pb::WatchAgentResponse, pb::WatchAgentRequest>);
 

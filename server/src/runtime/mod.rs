@@ -46,7 +46,7 @@ pub use error::LifecycleError;
 pub use gateways::{CloseReason, GatewayCommand, Outbound};
 pub use leader::{LeaseTiming, ReplicaRole};
 pub use template_sync::SyncRequested;
-pub use watch::{HeartbeatSeen, WatchItem, WatchRequest};
+pub use watch::{HeartbeatSeen, PagedWatch, SnapshotPage, WatchChunk, WatchItem, WatchRequest};
 
 /// Commands (and, separately, due timers) per committed batch, by default.
 pub const MAX_BATCH: usize = 512;
@@ -745,6 +745,17 @@ impl Lifecycle {
                 Some((item, watcher))
             },
         ))
+    }
+
+    /// The same stream as [`Self::watch`], but a watch of the whole fleet
+    /// gets its snapshot by shared pages, and what is ready is taken
+    /// without waiting.
+    pub async fn watch_by_pages(
+        &self,
+        request: WatchRequest,
+    ) -> Result<PagedWatch, LifecycleError> {
+        let watcher = Box::new(watch::Watcher::open(self.shared.clone(), request).await?);
+        Ok(PagedWatch::new(watcher))
     }
 
     /// A signal that fires when gateway streams should end.

@@ -13,6 +13,7 @@
 //! capacity behind is ended with the revision to resume from: it never slows
 //! the writer or other watchers, and it never silently skips an event.
 
+mod paged;
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
@@ -21,13 +22,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{LifecycleError, Shared};
 use crate::engine::{Agent, AgentFilter, AgentId, BoardId, Event, GatewayId, Status, Timestamp};
+pub use paged::PagedWatch;
 pub(super) use snapshot::SnapshotCache;
+pub use snapshot::SnapshotPage;
 use snapshot::{Cursor, FleetSnapshot};
 
 /// Replayed history is read from the store in pages of this many events.
@@ -57,6 +63,16 @@ pub enum WatchItem {
         revision: u64,
     },
     Heartbeat(HeartbeatSeen),
+}
+
+/// What a watch streamed by pages yields: a page of the snapshot, for a
+/// watcher of the whole fleet, or an item as [`Lifecycle::watch`] yields.
+///
+/// [`Lifecycle::watch`]: super::Lifecycle::watch
+#[derive(Debug, Clone)]
+pub enum WatchChunk {
+    Page(SnapshotPage),
+    Item(WatchItem),
 }
 
 /// A lease renewal, for watchers that asked for them. Not a revision.
@@ -95,6 +111,8 @@ pub(super) struct Watcher {
     position: u64,
     /// The snapshot still being sent; dropped once it is.
     snapshot: Option<Cursor>,
+    /// The snapshot is sent by pages (a watch of the whole fleet).
+    by_pages: bool,
     queue: VecDeque<WatchItem>,
     /// Replaying stored history up to this revision.
     replay_until: Option<u64>,
@@ -206,6 +224,7 @@ impl Watcher {
             filter,
             position,
             snapshot,
+            by_pages: false,
             queue: VecDeque::new(),
             replay_until: None,
             events: None,
@@ -221,6 +240,50 @@ impl Watcher {
             watcher.subscribe();
         }
         Ok(watcher)
+    }
+
+    /// Sends the snapshot by pages from here on, if the watch has a fleet
+    /// snapshot to send and wants all of it.
+    pub(super) fn by_pages(&mut self) {
+        self.by_pages = self.snapshot.is_some() && self.filter == AgentFilter::default();
+    }
+
+    /// The next page or item, or `None` once the stream has ended.
+    pub(super) async fn next_chunk(&mut self) -> Option<Result<WatchChunk, LifecycleError>> {
+        if let Some(page) = self.next_page() {
+            return Some(Ok(WatchChunk::Page(page)));
+        }
+        self.next().await.map(|item| item.map(WatchChunk::Item))
+    }
+
+    /// What is ready without waiting: a queued item, a page, or a live
+    /// event already received. `None`: wait with [`Self::next_chunk`].
+    pub(super) fn ready_chunk(&mut self) -> Option<Result<WatchChunk, LifecycleError>> {
+        if self.finished {
+            return None;
+        }
+        if let Some(item) = self.queue.pop_front() {
+            return Some(Ok(WatchChunk::Item(item)));
+        }
+        if let Some(page) = self.next_page() {
+            return Some(Ok(WatchChunk::Page(page)));
+        }
+        if self.snapshot.is_some() || self.replay_until.is_some() {
+            return None;
+        }
+        let result = self.ready_live()?;
+        if result.is_err() {
+            self.finished = true;
+        }
+        Some(result.map(|event| WatchChunk::Item(WatchItem::Event(event))))
+    }
+
+    /// The next page of a snapshot sent by pages.
+    fn next_page(&mut self) -> Option<SnapshotPage> {
+        if !self.by_pages {
+            return None;
+        }
+        self.snapshot.as_mut()?.next_page()
     }
 
     /// The next item, or `None` once the stream has ended.
@@ -302,6 +365,41 @@ impl Watcher {
         Ok(())
     }
 
+    /// A live event already received that this watcher wants, if any.
+    fn ready_live(&mut self) -> Option<Result<Arc<Event>, LifecycleError>> {
+        if self.shared.draining.is_cancelled() {
+            return Some(Err(LifecycleError::shutting_down()));
+        }
+        let events = self.events.as_mut()?;
+        loop {
+            match events.try_recv() {
+                Ok(event) => {
+                    if event.revision <= self.position {
+                        continue;
+                    }
+                    self.position = event.revision;
+                    if self.filter.matches_event(&event) {
+                        self.last_sent = Instant::now();
+                        return Some(Ok(event));
+                    }
+                }
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(_)) => return Some(Err(self.fell_behind())),
+                Err(TryRecvError::Closed) => return Some(Err(LifecycleError::shutting_down())),
+            }
+        }
+    }
+
+    fn fell_behind(&self) -> LifecycleError {
+        LifecycleError::ResourceExhausted {
+            message: format!(
+                "this watch fell too far behind; resume from revision {}",
+                self.position
+            ),
+            resume_revision: self.position,
+        }
+    }
+
     async fn next_live(&mut self) -> Result<WatchItem, LifecycleError> {
         loop {
             tokio::select! {
@@ -318,15 +416,7 @@ impl Watcher {
                             return Ok(WatchItem::Event(event));
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        return Err(LifecycleError::ResourceExhausted {
-                            message: format!(
-                                "this watch fell too far behind; resume from revision {}",
-                                self.position
-                            ),
-                            resume_revision: self.position,
-                        });
-                    }
+                    Err(RecvError::Lagged(_)) => return Err(self.fell_behind()),
                     Err(RecvError::Closed) => return Err(LifecycleError::shutting_down()),
                 },
                 Some(seen) = next_heartbeat(&mut self.heartbeats) => {

@@ -8,6 +8,7 @@ mod escalation;
 mod flags;
 mod gateway;
 mod leadership;
+mod paged;
 mod pipeline;
 mod redelivery;
 mod rollouts;

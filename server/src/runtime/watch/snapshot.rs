@@ -4,10 +4,14 @@
 //!
 //! The engine's agents are `Arc`s that a change replaces (or copies, while
 //! a snapshot holds them), so what a snapshot points at never changes.
+//! Watchers of the whole fleet stream it by pages, and each page keeps the
+//! encoding the first of them made, so 1,000 watchers send the same bytes
+//! instead of encoding (and buffering) 1,000 copies.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::engine::{Agent, AgentId, Engine};
@@ -24,6 +28,17 @@ pub(super) struct FleetSnapshot {
     pub(super) revision: u64,
     taken_at: Instant,
     pub(super) agents: Box<[Arc<Agent>]>,
+    /// Each page's encoding, made by the first watcher that sends it.
+    encoded_pages: Box<[OnceLock<Bytes>]>,
+}
+
+/// Agents in a page of a snapshot streamed whole.
+pub(super) const PAGE: usize = 256;
+
+fn page_slots(agents: usize) -> Box<[OnceLock<Bytes>]> {
+    (0..agents.div_ceil(PAGE))
+        .map(|_| OnceLock::new())
+        .collect()
 }
 
 impl FleetSnapshot {
@@ -34,16 +49,18 @@ impl FleetSnapshot {
         Self {
             revision,
             taken_at: Instant::now(),
+            encoded_pages: page_slots(agents.len()),
             agents: agents.into_boxed_slice(),
         }
     }
 
     /// One agent (or none): a watch of one agent id needs no fleet.
     pub(super) fn of_one(engine: &Engine, id: &AgentId) -> Self {
-        let agents = engine.shared_agent(id).cloned().into_iter().collect();
+        let agents: Box<[Arc<Agent>]> = engine.shared_agent(id).cloned().into_iter().collect();
         Self {
             revision: engine.revision(),
             taken_at: Instant::now(),
+            encoded_pages: page_slots(agents.len()),
             agents,
         }
     }
@@ -121,6 +138,20 @@ impl Cursor {
         self.snapshot.revision
     }
 
+    /// The next page of agents, or `None` at the end. A cursor streams its
+    /// snapshot by pages or by agents, not both.
+    pub(super) fn next_page(&mut self) -> Option<SnapshotPage> {
+        if self.next >= self.snapshot.agents.len() {
+            return None;
+        }
+        let index = self.next / PAGE;
+        self.next = ((index + 1) * PAGE).min(self.snapshot.agents.len());
+        Some(SnapshotPage {
+            snapshot: self.snapshot.clone(),
+            index,
+        })
+    }
+
     /// The next agent that `wanted` accepts, or `None` at the end.
     pub(super) async fn next(&mut self, wanted: impl Fn(&Agent) -> bool) -> Option<Arc<Agent>> {
         let mut scanned = 0;
@@ -135,5 +166,34 @@ impl Cursor {
             }
         }
         None
+    }
+}
+
+/// Up to [`PAGE`] consecutive agents of a snapshot, in revision order, for a
+/// watcher of the whole fleet.
+#[derive(Debug, Clone)]
+pub struct SnapshotPage {
+    snapshot: Arc<FleetSnapshot>,
+    index: usize,
+}
+
+impl SnapshotPage {
+    pub fn agents(&self) -> &[Arc<Agent>] {
+        let start = self.index * PAGE;
+        let end = (start + PAGE).min(self.snapshot.agents.len());
+        &self.snapshot.agents[start..end]
+    }
+
+    /// The page's encoding: `encode`'s, made once for every watcher that
+    /// streams this snapshot, and kept as long as the snapshot is.
+    pub fn encoded(&self, encode: impl FnOnce(&[Arc<Agent>]) -> Bytes) -> Bytes {
+        let slot = &self.snapshot.encoded_pages[self.index];
+        if let Some(bytes) = slot.get() {
+            return bytes.clone();
+        }
+        // Encoded outside the slot: watchers racing for a page both encode
+        // it (alike) rather than block a worker thread on the other.
+        let bytes = encode(self.agents());
+        slot.get_or_init(|| bytes).clone()
     }
 }
