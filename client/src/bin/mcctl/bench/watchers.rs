@@ -111,7 +111,7 @@ pub async fn run(ctx: &Context, args: WatchersArgs) -> Result<(), Failure> {
     }
 
     let stop_health = CancellationToken::new();
-    let health = tokio::spawn(health_loop(ctx, args.deadline, stop_health.clone())?);
+    let health = health_loop(ctx, args.deadline, stop_health.clone())?;
 
     // The peak, sampled; and the guard against a runaway server.
     let (peak_tx, peak_rx) = watch::channel(before.unwrap_or(0.0));
@@ -224,7 +224,11 @@ pub async fn run(ctx: &Context, args: WatchersArgs) -> Result<(), Failure> {
     tokio::time::sleep(args.settle).await;
     let after = rss();
     stop_health.cancel();
-    let health = health.await.unwrap_or_default();
+    let health = tokio::task::spawn_blocking(move || health.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let load_end = load_average();
 
     let c = &counters;
@@ -273,34 +277,45 @@ struct Health {
 }
 
 /// Health checks one after another on a connection of their own, every
-/// 20 ms, until stopped.
+/// 20 ms, until stopped: on a thread and runtime of their own, so that a
+/// check waits for the server and not behind this process's 1,000 watch
+/// streams (with the server idle, checks on the shared runtime took over a
+/// second: the load generator's own queue).
 fn health_loop(
     ctx: &Context,
     deadline: Duration,
     stop: CancellationToken,
-) -> Result<impl std::future::Future<Output = Health> + Send + 'static, Failure> {
-    let endpoints = Endpoints::parse(ctx.endpoints.current(), Some(&ctx.tls))?;
-    let channel = endpoints.pick().1;
-    Ok(async move {
-        let mut client = HealthClient::new(channel);
-        let mut health = Health::default();
-        while !stop.is_cancelled() {
-            let at = Instant::now();
-            let request = HealthCheckRequest {
-                service: String::new(),
-            };
-            match client.check(request).await {
-                Ok(_) => health.ok += 1,
-                Err(_) => health.failed += 1,
+) -> Result<std::thread::JoinHandle<Health>, Failure> {
+    let (list, tls) = (ctx.endpoints.current().to_owned(), ctx.tls.clone());
+    // Checked here, so a bad endpoint is a usage error, not a silent thread.
+    Endpoints::parse(&list, Some(&tls))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Usage(format!("a runtime for the health checks: {e}")))?;
+    Ok(std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let endpoints = Endpoints::parse(&list, Some(&tls)).expect("parsed above");
+            let mut client = HealthClient::new(endpoints.pick().1);
+            let mut health = Health::default();
+            while !stop.is_cancelled() {
+                let at = Instant::now();
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                match client.check(request).await {
+                    Ok(_) => health.ok += 1,
+                    Err(_) => health.failed += 1,
+                }
+                let took = at.elapsed();
+                health.late += u64::from(took > deadline);
+                health.latencies.record(took);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stop.cancelled() => {}
+                }
             }
-            let took = at.elapsed();
-            health.late += u64::from(took > deadline);
-            health.latencies.record(took);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
-        health
-    })
+            health
+        })
+    }))
 }
