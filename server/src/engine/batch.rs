@@ -205,9 +205,9 @@ impl Batch {
         self.now
     }
 
-    /// Starts the next round of staging at `now` (never earlier than the
-    /// last one), on top of what earlier rounds staged.
-    pub fn next_round(&mut self, now: Timestamp) {
+    /// Stages from `now` on (never earlier than before), on top of what
+    /// was staged so far.
+    pub fn advance_to(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         // A census counts one instant.
         self.censuses = None;
@@ -278,11 +278,6 @@ impl Batch {
     /// The revision of this batch's last event, if it has one.
     pub fn last_revision(&self) -> Option<u64> {
         self.events.last().map(|event| event.revision)
-    }
-
-    /// Whether anything is staged and not yet cut, or kept for later rounds.
-    pub fn is_empty(&self) -> bool {
-        self.agents.is_empty() && !self.has_writes() && self.fired.is_empty()
     }
 
     pub(super) fn put_agent(&mut self, id: AgentId, agent: Option<Agent>) {

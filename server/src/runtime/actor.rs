@@ -178,11 +178,15 @@ impl Actor {
             if !self.shared.leadership.may_act() && !self.pipeline.is_idle() {
                 // Rounds in flight end first (the store fenced them if
                 // another replica leads): none is left behind a step down.
+                // Nothing staged is sent.
                 if let Err(error) = self.settle().await
                     && self.after_failure(error).await.is_break()
                 {
                     return ControlFlow::Continue(());
                 }
+                self.refuse_staged(&StoreError::NotLeader(
+                    "this replica is not the leader".into(),
+                ));
                 continue;
             }
             let leadership = &self.shared.leadership;
@@ -220,22 +224,51 @@ impl Actor {
                 tracing::info!("the leader lease is proven again; acting");
                 paused = false;
             }
-            if !self.pipeline.may_stage() {
-                // The next round must wait for the one in flight.
-                let answer = tokio::select! {
-                    biased;
-                    _ = self.stop.cancelled() => return ControlFlow::Break(()),
-                    answer = self.pipeline.answered() => answer,
+            let max_batch = self.shared.settings.max_batch;
+            if !self.pipeline.may_send() {
+                // A round is in flight: what comes meanwhile is staged on
+                // top of it, and goes out when it is answered.
+                let stage = self.pipeline.may_stage(max_batch);
+                let room = self.pipeline.room(max_batch);
+                let carried = if stage {
+                    self.followups.len().min(room)
+                } else {
+                    0
                 };
-                if let Err(error) = self.apply_answer(answer).await
-                    && self.after_failure(error).await.is_break()
-                {
-                    return ControlFlow::Continue(());
+                let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
+                if commands.is_empty() {
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => return ControlFlow::Break(()),
+                        answer = self.pipeline.answered() => {
+                            if let Err(error) = self.apply_answer(answer).await
+                                && self.after_failure(error).await.is_break()
+                            {
+                                return ControlFlow::Continue(());
+                            }
+                            continue;
+                        }
+                        command = self.commands.recv(), if stage => match command {
+                            Some(command) => commands.push(command),
+                            None => return ControlFlow::Break(()),
+                        },
+                    }
                 }
+                while commands.len() < room {
+                    match self.commands.try_recv() {
+                        Ok(command) => commands.push(command),
+                        Err(_) => break,
+                    }
+                }
+                self.stage_commands(commands);
+                continue;
+            }
+            if self.pipeline.has_staged() {
+                self.send_round().await;
                 continue;
             }
             // Follow-ups count toward the batch's command budget too.
-            let carried = self.followups.len().min(self.shared.settings.max_batch);
+            let carried = self.followups.len().min(max_batch);
             let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
             if commands.is_empty() {
                 let next_timer = self.shared.engine().next_timer_at();
@@ -265,7 +298,7 @@ impl Actor {
                 }
             }
             // Everything already received is judged before any timer fires.
-            while commands.len() < self.shared.settings.max_batch {
+            while commands.len() < max_batch {
                 match self.commands.try_recv() {
                     Ok(command) => commands.push(command),
                     Err(_) => break,
@@ -275,7 +308,8 @@ impl Actor {
                 refuse_all(commands);
                 continue;
             }
-            self.stage_round(commands).await;
+            self.stage_commands(commands);
+            self.send_round().await;
         }
     }
 
@@ -529,6 +563,16 @@ impl Actor {
         }
         // Rounds in flight end first; a failure has answered their callers.
         let _ = self.settle().await;
+        if self.pipeline.has_staged() {
+            if self.shared.leadership.may_act() {
+                self.send_round().await;
+                let _ = self.settle().await;
+            } else {
+                self.refuse_staged(&StoreError::NotLeader(
+                    "this replica is not the leader".into(),
+                ));
+            }
+        }
         if !self.shared.leadership.may_act() {
             refuse_all(rest);
         } else if !rest.is_empty() {

@@ -4,14 +4,14 @@
 //! answered, wakes sent. One writer means one order: revisions follow
 //! commits.
 //!
-//! Rounds overlap: while a round's COMMIT is flushed, the next is staged on
-//! top of it (the batch keeps the agents staged by rounds not yet applied)
-//! and sent behind it on the same session, where the store refuses it
-//! unless the round below committed. Nothing is shown to readers or
-//! answered before its own commit; a failure fails every round after it,
-//! and the engine is then rebuilt from the store. A round that changed
-//! more than agents (see `Batch::stages_over`) is applied before the next
-//! is staged, as is any round while the writer waits for the lease.
+//! Rounds overlap: while a round's COMMIT is flushed, the commands that
+//! arrive are staged on top of it (the batch keeps the agents staged by
+//! rounds not yet applied), and the moment its COMMIT returns they go out
+//! as the next round, before the first is applied, answered and logged.
+//! Nothing is shown to readers or answered before its own commit; a
+//! failure fails every round staged after it, and the engine is then
+//! rebuilt from the store. A round that changed more than agents (see
+//! `Batch::stages_over`) is applied before anything is staged on it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,9 +30,14 @@ use crate::engine::{
 };
 use crate::store::StoreError;
 
-/// Rounds sent and not yet applied, at most: one whose COMMIT is flushed
-/// and one queued behind it.
-const MAX_IN_FLIGHT: usize = 2;
+/// Rounds sent and not yet answered, at most. Postgres flushes one COMMIT
+/// after another on the writer's session, so a second round sent at once
+/// would only be a small one queued behind the first; instead what comes
+/// meanwhile is staged, and goes out as one round the moment the first is
+/// answered. (2, each round sent at once and queued behind the one
+/// flushing, the store refusing it unless that one committed, measured no
+/// better here: BENCHMARKS.md, "Durable transitions vs etcd".)
+const MAX_IN_FLIGHT: usize = 1;
 
 /// Answers a caller once the batch's fate is known.
 pub(super) type PendingReply = Box<dyn FnOnce(Option<&StoreError>) + Send + Sync>;
@@ -57,6 +62,9 @@ pub(super) struct Pipeline {
     /// The batch rounds are staged in while earlier ones are in flight.
     open: Option<Batch>,
     in_flight: VecDeque<InFlight>,
+    /// The callers of the commands staged since the last round was cut.
+    staged: Vec<PendingReply>,
+    staged_commands: usize,
 }
 
 /// A round sent to the store (or with nothing to write), with what is done
@@ -82,13 +90,30 @@ enum Commit {
 pub(super) type Answer = (Option<Batch>, Result<(), StoreError>);
 
 impl Pipeline {
-    /// Whether a round may be staged now.
-    pub fn may_stage(&self) -> bool {
+    /// Whether commands may be staged now: on top of the rounds in flight
+    /// if they changed only agents, and up to `max` per round.
+    pub fn may_stage(&self, max: usize) -> bool {
+        self.staged_commands < max && self.in_flight.back().is_none_or(|f| f.stages_over)
+    }
+
+    /// How many more commands the round being staged takes.
+    pub fn room(&self, max: usize) -> usize {
+        max.saturating_sub(self.staged_commands)
+    }
+
+    /// Whether a round may be sent now.
+    pub fn may_send(&self) -> bool {
         self.in_flight.len() < MAX_IN_FLIGHT && self.in_flight.back().is_none_or(|f| f.stages_over)
     }
 
+    /// Whether commands are staged and not yet sent.
+    pub fn has_staged(&self) -> bool {
+        self.staged_commands > 0
+    }
+
+    /// Whether nothing is in flight or staged.
     pub fn is_idle(&self) -> bool {
-        self.in_flight.is_empty()
+        self.in_flight.is_empty() && !self.has_staged()
     }
 
     /// The store's answer for the oldest round in flight; pending forever
@@ -113,22 +138,39 @@ impl Pipeline {
 }
 
 impl Actor {
-    /// Stages `commands` (and timers due) as the next round, on top of the
-    /// rounds in flight, and sends it; returns once it is on its way.
-    pub(super) async fn stage_round(&mut self, commands: Vec<Command>) {
+    /// Stages `commands` in the round to be sent next, on top of the rounds
+    /// in flight.
+    pub(super) fn stage_commands(&mut self, commands: Vec<Command>) {
+        if commands.is_empty() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        let mut engine = self.shared.engine();
+        let open = self.pipeline.open.get_or_insert_with(|| engine.begin(now));
+        open.advance_to(now);
+        self.pipeline.staged_commands += commands.len();
+        let staged = &mut self.pipeline.staged;
+        staged.extend(
+            commands
+                .into_iter()
+                .filter_map(|command| stage(&mut engine, open, command)),
+        );
+    }
+
+    /// Cuts what is staged, with the timers due, as a round and sends it;
+    /// returns once it is on its way.
+    pub(super) async fn send_round(&mut self) {
         let now = self.shared.clock.now();
         let max_batch = self.shared.settings.max_batch;
-        let (cut, replies) = {
+        let cut = {
             let mut engine = self.shared.engine();
             let open = self.pipeline.open.get_or_insert_with(|| engine.begin(now));
-            open.next_round(now);
-            let replies: Vec<PendingReply> = commands
-                .into_iter()
-                .filter_map(|command| stage(&mut engine, open, command))
-                .collect();
+            open.advance_to(now);
             engine.fire_due_at_most(open, max_batch);
-            (open.cut(), replies)
+            open.cut()
         };
+        let replies = std::mem::take(&mut self.pipeline.staged);
+        self.pipeline.staged_commands = 0;
         let fired = cut.fired_deadlines();
         let stages_over = cut.stages_over();
         let last_revision = cut.last_revision();
@@ -159,6 +201,20 @@ impl Actor {
         });
     }
 
+    /// Forgets the commands staged and not sent, answering their callers
+    /// with `error` (nothing may be sent: the lease is not proven).
+    pub(super) fn refuse_staged(&mut self, error: &StoreError) {
+        if self.pipeline.in_flight.is_empty()
+            && let Some(open) = self.pipeline.open.take()
+        {
+            self.shared.engine().abort(open);
+        }
+        self.pipeline.staged_commands = 0;
+        for reply in std::mem::take(&mut self.pipeline.staged) {
+            reply(Some(error));
+        }
+    }
+
     /// Applies the oldest round in flight, given the store's answer. After
     /// a failure every round after it fails too (each was staged on it),
     /// and the error is returned: the caller rebuilds the engine from the
@@ -171,8 +227,16 @@ impl Actor {
             .expect("an answer for a round in flight");
         match answer {
             (Some(cut), Ok(())) => {
+                // What was staged meanwhile goes out first: the session is
+                // busy again while this round is applied.
+                if self.pipeline.has_staged()
+                    && self.pipeline.may_send()
+                    && self.shared.leadership.may_act()
+                {
+                    self.send_round().await;
+                }
                 self.apply(cut, flight);
-                if self.pipeline.in_flight.is_empty() {
+                if self.pipeline.in_flight.is_empty() && !self.pipeline.has_staged() {
                     // Every round staged is applied: nothing is left in it.
                     self.pipeline.open = None;
                 }
@@ -192,7 +256,9 @@ impl Actor {
     /// them, and their callers are told `error`. Rounds already sent are
     /// waited for first, so that a rebuild reads the store after them.
     async fn fail_in_flight(&mut self, cut: Option<Batch>, flight: InFlight, error: &StoreError) {
-        let mut failed = vec![(cut, flight.replies)];
+        let staged = std::mem::take(&mut self.pipeline.staged);
+        self.pipeline.staged_commands = 0;
+        let mut failed = vec![(cut, flight.replies), (None, staged)];
         while !self.pipeline.in_flight.is_empty() {
             let (cut, _) = self.pipeline.answered().await;
             let flight = self.pipeline.in_flight.pop_front().expect("just answered");
@@ -213,20 +279,22 @@ impl Actor {
         }
     }
 
-    /// Waits for every round in flight and applies it.
+    /// Waits for every round in flight and applies it (sending what is
+    /// staged meanwhile only while the lease is proven).
     pub(super) async fn settle(&mut self) -> Result<(), StoreError> {
-        while !self.pipeline.is_idle() {
+        while !self.pipeline.in_flight.is_empty() {
             let answer = self.pipeline.answered().await;
             self.apply_answer(answer).await?;
         }
         Ok(())
     }
 
-    /// Stages `commands` as a round of their own, once every round before
-    /// it is applied, and applies it.
+    /// Sends `commands`, with whatever is staged, as the last round, and
+    /// waits for every round to be applied.
     pub(super) async fn run_batch(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
         self.settle().await?;
-        self.stage_round(commands).await;
+        self.stage_commands(commands);
+        self.send_round().await;
         self.settle().await
     }
 

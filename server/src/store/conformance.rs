@@ -335,7 +335,7 @@ pub async fn rounds_commit_in_order_and_only_over_a_committed_round(store: &dyn 
         .provision(&mut open, spec("b"), TokenHash([50; 32]))
         .unwrap();
     let first = open.cut();
-    open.next_round(at(3));
+    open.advance_to(at(3));
     // Staged on top of the first round: "b" exists, so this updates it.
     let updated = f
         .engine
@@ -369,7 +369,7 @@ pub async fn rounds_commit_in_order_and_only_over_a_committed_round(store: &dyn 
         .provision(&mut open, spec("c"), TokenHash([52; 32]))
         .unwrap();
     let lost = open.cut();
-    open.next_round(at(5));
+    open.advance_to(at(5));
     f.engine
         .provision(&mut open, spec("d"), TokenHash([53; 32]))
         .unwrap();

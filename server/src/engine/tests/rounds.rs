@@ -25,7 +25,7 @@ fn a_round_is_staged_over_the_rounds_in_flight_and_applied_in_order() {
     let first = open.cut();
     assert!(first.stages_over(), "agents only, with events");
 
-    open.next_round(t(2));
+    open.advance_to(t(2));
     // Staged on top of the first round: "b" exists, at generation 1.
     let updated = h.engine.provision(&mut open, spec, second_token).unwrap();
     assert!(!updated.created);
@@ -87,7 +87,7 @@ fn aborting_the_rounds_in_flight_forgets_them_all() {
         .provision(&mut open, spec.clone(), tokens.0)
         .unwrap();
     let first = open.cut();
-    open.next_round(t(2));
+    open.advance_to(t(2));
     h.engine.provision(&mut open, spec, tokens.1).unwrap();
     let second = open.cut();
 

@@ -1,5 +1,5 @@
-//! Overlapping rounds: the writer stages and sends a round while the one
-//! before it is still committing. Nothing is answered or shown before its
+//! Overlapping rounds: the writer stages a round on top of the one still
+//! committing, and sends it when that one's COMMIT returns. Nothing is answered or shown before its
 //! own commit, revisions stay contiguous, and a round that fails takes the
 //! rounds staged over it down with it.
 
