@@ -394,6 +394,21 @@ async fn logs_are_json_with_the_reference_event_names_and_never_a_token() {
     assert!(eager_online["revision"].is_u64(), "{eager_online}");
     assert!(eager_online["generation"].is_u64(), "{eager_online}");
     assert!(eager_online["from"].is_string(), "{eager_online}");
+    // A transition that enqueued a wake is one line: the seed's event, with
+    // the transition's fields beside the wake's.
+    let provisioned: Vec<_> = enqueued
+        .iter()
+        .filter(|e| e["agent_id"] == "silent" && e["reason"] == "provisioned")
+        .collect();
+    assert_eq!(provisioned.len(), 1, "{provisioned:?}");
+    assert!(provisioned[0]["revision"].is_u64(), "{}", provisioned[0]);
+    assert_eq!(provisioned[0]["to"], "provisioning", "{}", provisioned[0]);
+    assert!(
+        !transitions
+            .iter()
+            .any(|e| e["agent_id"] == "silent" && e["reason"] == "provisioned"),
+        "logged once"
+    );
     assert!(transitions.iter().any(|e| e["agent_id"] == "silent"
         && e["to"] == "offline"
         && e["reason"] == "max_attempts_reached"));
