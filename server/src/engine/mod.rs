@@ -13,6 +13,7 @@ mod commands;
 mod drift;
 mod follow;
 pub mod gateway_state;
+mod heartbeat_budget;
 pub mod model;
 pub mod policy;
 mod reconcile;
@@ -36,6 +37,7 @@ pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
 pub use follow::{Diverged, StoredLease};
 pub use gateway_state::{Link, LinkState};
+pub use heartbeat_budget::{HEARTBEAT_BURST, HeartbeatBudget};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,
     RolloutId, SharedStr, Status, Timestamp, TokenHash,
@@ -124,6 +126,15 @@ pub enum Renewal {
     NeedsCommit(AgentId),
     /// No agent holds this token.
     UnknownToken,
+}
+
+/// What a heartbeat asks of the agent's budgets, for the caller to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// The heartbeat budget: within it, or refused for this long.
+    pub heartbeat: Result<(), Duration>,
+    /// The heartbeat reports a template version other than the agent's.
+    pub new_template: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,44 +390,58 @@ impl Engine {
 
     /// The heartbeat fast path: a steady-state heartbeat of an online agent
     /// renews its lease in memory. Anything else needs a committed batch.
-    /// The agent holding this token, if any.
+    /// The agent's heartbeat budget is not enforced here (see
+    /// [`Engine::renew_lease_admitted`]).
     pub fn renew_lease(
         &mut self,
         token: &TokenHash,
         reported_template: Option<&str>,
         now: Timestamp,
     ) -> Renewal {
-        let admit_all = |_: &AgentId, _: bool| Ok::<(), std::convert::Infallible>(());
+        let admit_all = |_: &AgentId, _: Admission| Ok::<(), std::convert::Infallible>(());
         match self.renew_lease_admitted(token, reported_template, now, admit_all) {
             Ok(renewal) => renewal,
         }
     }
 
-    /// `renew_lease`, once `admit` accepts the agent and whether it reports
-    /// a new template version (a per-agent budget): the token is looked up
-    /// once, and a refused heartbeat changes nothing.
+    /// `renew_lease`, once `admit` accepts the agent, told what its
+    /// heartbeat budget says and whether it reports a new template version
+    /// (which has a budget of the caller's). The token is looked up once,
+    /// and a refused heartbeat changes nothing. An admitted heartbeat
+    /// spends from the budget only if the budget allowed it.
     pub fn renew_lease_admitted<E>(
         &mut self,
         token: &TokenHash,
         reported_template: Option<&str>,
         now: Timestamp,
-        admit: impl FnOnce(&AgentId, bool) -> Result<(), E>,
+        admit: impl FnOnce(&AgentId, Admission) -> Result<(), E>,
     ) -> Result<Renewal, E> {
-        let agents = &self.agents;
-        let Some(id) = self
-            .agent_tokens
-            .get(token, |id| agents.get(id).map(|agent| agent.token_hash))
-        else {
+        let Some(id) = self.token_holder(token) else {
             return Ok(Renewal::UnknownToken);
         };
-        let agent = agents
-            .get(id)
+        let slot = self
+            .agent_tokens
+            .slot_mut(token, &id)
+            .expect("the token index names its holder");
+        let spent = HeartbeatBudget::of(&self.policy).spend(slot.budget_tat, now);
+        let shared = self
+            .agents
+            .get_mut(&id)
             .expect("the token index names only known agents");
-        let new_template = reported_template.is_some_and(|v| v != agent.reported_template_version);
-        admit(id, new_template)?;
-        let steady = agent.status == Status::Online
-            && !agent.awaiting_checkin()
-            && !self.in_flight.contains(id)
+        let new_template = reported_template.is_some_and(|v| v != shared.reported_template_version);
+        admit(
+            &id,
+            Admission {
+                heartbeat: spent.map(|_| ()),
+                new_template,
+            },
+        )?;
+        if let Ok(tat) = spent {
+            slot.budget_tat = Some(tat);
+        }
+        let steady = shared.status == Status::Online
+            && !shared.awaiting_checkin()
+            && !self.in_flight.contains(&id)
             && !new_template;
         if !steady {
             // Recorded now, under the lock the writer fires timers under: the
@@ -428,15 +453,11 @@ impl Engine {
                     token: *token,
                     reported_template: reported_template.map(str::to_owned),
                 });
-            return Ok(Renewal::NeedsCommit(id.clone()));
+            return Ok(Renewal::NeedsCommit(id));
         }
         // Only a renewal changes the agent: a refused or committing heartbeat
         // must not copy one that a watch snapshot still holds.
-        let agent = Arc::make_mut(
-            self.agents
-                .get_mut(id)
-                .expect("the token index names only known agents"),
-        );
+        let agent = Arc::make_mut(shared);
         let time_left = agent
             .lease_expires_at
             .map_or(Duration::ZERO, |expiry| expiry.since(now));
@@ -444,8 +465,17 @@ impl Engine {
         agent.last_seen_at = Some(now);
         agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
         self.silence.heard(agent, heard);
-        self.dirty_leases.insert(id.clone());
-        Ok(Renewal::Renewed(LeaseState::of(agent, time_left)))
+        let renewed = LeaseState::of(agent, time_left);
+        self.dirty_leases.insert(id);
+        Ok(Renewal::Renewed(renewed))
+    }
+
+    /// The agent holding `token`.
+    fn token_holder(&self, token: &TokenHash) -> Option<AgentId> {
+        let agents = &self.agents;
+        self.agent_tokens
+            .get(token, |id| agents.get(id).map(|agent| agent.token_hash))
+            .cloned()
     }
 
     /// Leases renewed (or extended) in memory and not yet checkpointed.
@@ -460,16 +490,19 @@ impl Engine {
     /// that heartbeat meanwhile are written as renewed; the rest follow, a
     /// slice at a time.
     pub fn take_dirty_leases(&mut self) -> Vec<LeaseCheckpoint> {
-        let mut dirty = std::mem::take(&mut self.dirty_leases);
         let slice = self
             .extended_leases
             .len()
             .min(EXTENDED_LEASES_PER_CHECKPOINT);
         let start = self.extended_leases.len() - slice;
-        dirty.extend(self.extended_leases.drain(start..));
-        dirty
-            .into_iter()
-            .filter_map(|id| self.agents.get(&id).map(Arc::as_ref))
+        self.dirty_leases
+            .extend(self.extended_leases.drain(start..));
+        // Drained, not replaced: the set keeps its capacity, so the next
+        // interval's heartbeats do not grow it again under the engine lock.
+        let agents = &self.agents;
+        self.dirty_leases
+            .drain()
+            .filter_map(|id| agents.get(&id).map(Arc::as_ref))
             .filter(|agent| agent.status == Status::Online)
             .filter_map(|agent| {
                 Some(LeaseCheckpoint {
@@ -534,15 +567,21 @@ impl Engine {
         for (id, staged) in batch.agents {
             self.in_flight.remove(&id);
             let old = self.agents.remove(&id);
-            if let Some(old) = &old {
-                self.agent_tokens.remove(&old.token_hash, &old.id);
-            }
+            // The heartbeat budget is the agent's: a check-in or a new
+            // token does not fill it again.
+            let budget_tat = old
+                .as_ref()
+                .and_then(|old| self.agent_tokens.remove(&old.token_hash, &old.id));
             self.index_owed(old.as_deref(), staged.as_ref());
             self.silence.replace(old.as_deref(), staged.as_ref());
             match staged {
                 Some(mut agent) => {
                     self.intern(&mut agent);
-                    self.agent_tokens.insert(agent.token_hash, agent.id.clone());
+                    self.agent_tokens.insert_with_budget(
+                        agent.token_hash,
+                        agent.id.clone(),
+                        budget_tat,
+                    );
                     self.agents.insert(agent.id.clone(), Arc::new(agent));
                 }
                 None => {

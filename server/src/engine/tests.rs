@@ -1128,6 +1128,7 @@ fn a_check_in_storm_is_spread_over_batches_and_still_wins_every_deadline() {
 mod brake;
 mod drift;
 mod gateway;
+mod heartbeat_budget;
 mod rollout;
 mod rounds;
 mod silence;

@@ -1,19 +1,38 @@
-//! Which agent holds a token: the heartbeat's first lookup.
+//! Which agent holds a token: the heartbeat's first lookup, and beside it
+//! the agent's heartbeat budget (see `heartbeat_budget`), so a heartbeat
+//! finds both with one hash.
 //!
 //! Keyed by the first 8 bytes of the token's SHA-256, not all 32: a slot
-//! of 24 bytes instead of 48 (BENCHMARKS.md, memory per agent). Two tokens
+//! of 32 bytes instead of 56 (BENCHMARKS.md, memory per agent). Two tokens
 //! can share a prefix, so a hit is checked against the agent's own hash,
 //! and a token whose prefix another agent already holds is kept whole in a
 //! second map, which stays empty but for such (astronomically rare) pairs.
 
 use std::collections::HashMap;
 
-use super::model::{AgentId, TokenHash};
+use super::model::{AgentId, Timestamp, TokenHash};
 
 #[derive(Debug, Default)]
 pub struct TokenIndex {
-    by_prefix: HashMap<u64, AgentId>,
-    collided: HashMap<TokenHash, AgentId>,
+    by_prefix: HashMap<u64, Slot>,
+    collided: HashMap<TokenHash, Slot>,
+}
+
+/// The agent a token names, and its heartbeat budget's arrival time (none
+/// while the budget is full, as for an agent never heard from).
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub agent_id: AgentId,
+    pub budget_tat: Option<Timestamp>,
+}
+
+impl Slot {
+    fn new(agent_id: AgentId, budget_tat: Option<Timestamp>) -> Self {
+        Self {
+            agent_id,
+            budget_tat,
+        }
+    }
 }
 
 fn prefix(token: &TokenHash) -> u64 {
@@ -30,30 +49,65 @@ impl TokenIndex {
         token_of: impl Fn(&AgentId) -> Option<TokenHash>,
     ) -> Option<&AgentId> {
         match self.by_prefix.get(&prefix(token)) {
-            Some(id) if token_of(id).as_ref() == Some(token) => Some(id),
-            _ => self.collided.get(token),
+            Some(slot) if token_of(&slot.agent_id).as_ref() == Some(token) => Some(&slot.agent_id),
+            _ => self.collided.get(token).map(|slot| &slot.agent_id),
         }
     }
 
+    /// The slot `id` holds for `token`, to read or spend its budget.
+    pub fn slot_mut(&mut self, token: &TokenHash, id: &AgentId) -> Option<&mut Slot> {
+        match self.by_prefix.get_mut(&prefix(token)) {
+            Some(slot) if slot.agent_id == *id => Some(slot),
+            _ => self
+                .collided
+                .get_mut(token)
+                .filter(|slot| slot.agent_id == *id),
+        }
+    }
+
+    /// Indexes `token` for `id`, with a full heartbeat budget.
     pub fn insert(&mut self, token: TokenHash, id: AgentId) {
+        self.insert_with_budget(token, id, None);
+    }
+
+    /// Indexes `token` for `id`, keeping a budget the agent already spent
+    /// (under a token it held before).
+    pub fn insert_with_budget(
+        &mut self,
+        token: TokenHash,
+        id: AgentId,
+        budget_tat: Option<Timestamp>,
+    ) {
         match self.by_prefix.get_mut(&prefix(&token)) {
             None => {
-                self.by_prefix.insert(prefix(&token), id);
+                self.by_prefix
+                    .insert(prefix(&token), Slot::new(id, budget_tat));
             }
-            Some(held) if *held == id => *held = id,
+            Some(held) if held.agent_id == id => *held = Slot::new(id, budget_tat),
             Some(_) => {
-                self.collided.insert(token, id);
+                self.collided.insert(token, Slot::new(id, budget_tat));
             }
         }
     }
 
-    /// Forgets `token`, the one `id` was indexed with, if `id` holds it.
-    pub fn remove(&mut self, token: &TokenHash, id: &AgentId) {
+    /// Forgets `token`, the one `id` was indexed with, if `id` holds it;
+    /// returns its heartbeat budget.
+    pub fn remove(&mut self, token: &TokenHash, id: &AgentId) -> Option<Timestamp> {
         let key = prefix(token);
-        if self.by_prefix.get(&key) == Some(id) {
-            self.by_prefix.remove(&key);
-        } else if self.collided.get(token) == Some(id) {
-            self.collided.remove(token);
+        if self
+            .by_prefix
+            .get(&key)
+            .is_some_and(|slot| slot.agent_id == *id)
+        {
+            self.by_prefix.remove(&key)?.budget_tat
+        } else if self
+            .collided
+            .get(token)
+            .is_some_and(|slot| slot.agent_id == *id)
+        {
+            self.collided.remove(token)?.budget_tat
+        } else {
+            None
         }
     }
 
@@ -128,5 +182,25 @@ mod tests {
         let find = |t| index.get(&t, |id| tokens.get(id).copied()).cloned();
         assert_eq!(find(token(1, 1)), None);
         assert_eq!(find(token(5, 5)), Some(id("a")));
+    }
+
+    #[test]
+    fn each_holder_keeps_its_own_budget_and_gives_it_back_when_removed() {
+        let mut index = TokenIndex::default();
+        let at = Timestamp::from_micros;
+        index.insert(token(1, 1), id("a"));
+        index.insert_with_budget(token(1, 2), id("b"), Some(at(7)));
+        // The prefix is a's: b is kept whole, and each slot is found by its
+        // holder only.
+        index.slot_mut(&token(1, 1), &id("a")).unwrap().budget_tat = Some(at(5));
+        assert!(index.slot_mut(&token(1, 1), &id("b")).is_none());
+        assert_eq!(
+            index.slot_mut(&token(1, 2), &id("b")).unwrap().budget_tat,
+            Some(at(7))
+        );
+        assert_eq!(index.remove(&token(1, 2), &id("c")), None);
+        assert_eq!(index.remove(&token(1, 2), &id("b")), Some(at(7)));
+        assert_eq!(index.remove(&token(1, 1), &id("a")), Some(at(5)));
+        assert!(index.slot_mut(&token(1, 1), &id("a")).is_none());
     }
 }

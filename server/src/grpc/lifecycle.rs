@@ -77,7 +77,7 @@ impl AgentLifecycle for LifecycleService {
         };
         let ack = self.lifecycle.heartbeat(token, reported).await?;
         Ok(Response::new(pb::HeartbeatResponse {
-            agent_id: ack.agent_id.to_string(),
+            agent_id: ack.agent_id.into(),
             status: convert::status(ack.status).into(),
             generation: ack.generation,
             next_heartbeat_at: Some(convert::timestamp(ack.next_heartbeat_at)),

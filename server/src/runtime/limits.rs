@@ -1,7 +1,8 @@
-//! Per-agent budgets (GCRA, through `governor`): heartbeats beyond the pace
-//! the service asked for, and reports of a new template version (each one
-//! commits an event row). One looping agent spends its own budget, never
-//! anyone else's.
+//! Per-agent budgets of the runtime's own (GCRA, through `governor`):
+//! reports of a new template version, each of which commits an event row.
+//! The heartbeat budget lives in the engine, beside the agent's token (see
+//! `engine::HeartbeatBudget`). One looping agent spends its own budget,
+//! never anyone else's.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -14,9 +15,6 @@ use governor::{Quota, RateLimiter};
 use super::Clock;
 use crate::engine::{AgentId, Policy};
 
-/// Heartbeats an agent may send at once before the pace applies: a
-/// check-in, a retry or two after an outage, a restart.
-pub const HEARTBEAT_BURST: u32 = 10;
 /// New template versions an agent may report at once, then one per
 /// heartbeat interval.
 pub const TEMPLATE_REPORT_BURST: u32 = 3;
@@ -38,7 +36,6 @@ impl GovernorClock for LimiterClock {
 }
 
 pub(super) struct AgentLimits {
-    heartbeats: Keyed,
     template_reports: Keyed,
     clock: LimiterClock,
 }
@@ -50,46 +47,39 @@ pub(super) struct Refused {
     pub retry_after: Duration,
 }
 
+impl Refused {
+    /// The engine's heartbeat budget refused a beat.
+    pub fn heartbeats(retry_after: Duration) -> Self {
+        Self {
+            what: "heartbeats",
+            retry_after,
+        }
+    }
+}
+
 impl AgentLimits {
-    /// Sustained, an agent may beat twice as often as the shortest pause
-    /// the service ever asks for (the interval less its jitter).
     pub fn new(policy: &Policy, clock: Clock) -> Self {
-        let shortest_pause = policy
-            .heartbeat_interval
-            .mul_f64(1.0 - policy.heartbeat_jitter);
-        let heartbeat = quota(shortest_pause / 2, HEARTBEAT_BURST);
         let template = quota(policy.heartbeat_interval, TEMPLATE_REPORT_BURST);
         let clock = LimiterClock(clock);
         Self {
-            heartbeats: RateLimiter::hashmap_with_clock(heartbeat, clock.clone()),
             template_reports: RateLimiter::hashmap_with_clock(template, clock.clone()),
             clock,
         }
     }
 
-    /// Spends one heartbeat, and one template report if it carries a new
-    /// version; nothing is spent when either is refused.
-    pub fn admit(&self, agent: &AgentId, new_template: bool) -> Result<(), Refused> {
+    /// Spends one report of a new template version.
+    pub fn admit_report(&self, agent: &AgentId) -> Result<(), Refused> {
         let now = self.clock.now();
-        if new_template {
-            self.template_reports
-                .check_key(agent)
-                .map_err(|not_until| Refused {
-                    what: "template version reports",
-                    retry_after: not_until.wait_time_from(now),
-                })?;
-        }
-        self.heartbeats
+        self.template_reports
             .check_key(agent)
             .map_err(|not_until| Refused {
-                what: "heartbeats",
+                what: "template version reports",
                 retry_after: not_until.wait_time_from(now),
             })
     }
 
     /// Forgets agents whose budgets are full again (deleted ones included).
     pub fn forget_idle(&self) {
-        self.heartbeats.retain_recent();
         self.template_reports.retain_recent();
     }
 }
@@ -117,34 +107,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_looping_agent_is_refused_and_others_are_not() {
-        let limits = limits();
-        let looping = agent("looping");
-        let refusals = (0..100)
-            .filter(|_| limits.admit(&looping, false).is_err())
-            .count();
-        assert_eq!(refusals, 100 - HEARTBEAT_BURST as usize);
-        let refused = limits.admit(&looping, false).unwrap_err();
-        assert_eq!(refused.what, "heartbeats");
-        assert!(refused.retry_after > Duration::ZERO);
-        assert!(limits.admit(&agent("calm"), false).is_ok());
-
-        // Default policy: 10 s less 20% jitter, halved: one beat per 4 s.
-        tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(limits.admit(&looping, false).is_ok());
-        assert!(limits.admit(&looping, false).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn template_reports_have_their_own_smaller_budget() {
         let limits = limits();
         let a = agent("a");
         for _ in 0..TEMPLATE_REPORT_BURST {
-            limits.admit(&a, true).unwrap();
+            limits.admit_report(&a).unwrap();
         }
-        let refused = limits.admit(&a, true).unwrap_err();
+        let refused = limits.admit_report(&a).unwrap_err();
         assert_eq!(refused.what, "template version reports");
-        // A refused report spent no heartbeat: plain beats still pass.
-        assert!(limits.admit(&a, false).is_ok());
+        assert!(refused.retry_after > Duration::ZERO);
+        // Another agent's reports are its own.
+        assert!(limits.admit_report(&agent("b")).is_ok());
+
+        // Default policy: one more report per heartbeat interval (10 s).
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(limits.admit_report(&a).is_ok());
+        assert!(limits.admit_report(&a).is_err());
     }
 }

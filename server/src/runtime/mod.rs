@@ -546,9 +546,14 @@ impl Lifecycle {
             &hash,
             reported_template.as_deref(),
             now,
-            |agent_id, new_template| {
-                limits
-                    .admit(agent_id, new_template)
+            |agent_id, admission| {
+                admission
+                    .heartbeat
+                    .map_err(limits::Refused::heartbeats)
+                    .and_then(|()| match admission.new_template {
+                        true => limits.admit_report(agent_id),
+                        false => Ok(()),
+                    })
                     .map_err(|refused| throttled(agent_id, refused))
             },
         )?;

@@ -3,6 +3,7 @@
 //! Nothing here sleeps in real time: tokio advances the clock when idle.
 
 mod brake;
+mod budgets;
 mod durability;
 mod escalation;
 mod flags;
