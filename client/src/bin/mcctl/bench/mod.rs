@@ -294,10 +294,13 @@ async fn provision(
                     .provision(request)
                     .await
                     .map_err(into_status)?;
-                let token = reply
+                let mut token: AsciiMetadataValue = reply
                     .agent_token
                     .parse()
                     .map_err(|_| tonic::Status::internal("the reply carries no usable token"))?;
+                // As the client library's agents send it: a secret stays out
+                // of HTTP/2 header compression tables, on both sides.
+                token.set_sensitive(true);
                 let _ = tokens[n as usize].set(token);
                 Ok(())
             }
