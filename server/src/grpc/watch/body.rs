@@ -199,3 +199,150 @@ fn trailers(status: &Status) -> HeaderMap {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use http_body::Body as _;
+
+    use super::super::EncodedEvents;
+    use super::*;
+    use crate::engine::{AgentId, GatewayId, GatewaySpec, ProvisionSpec, Role};
+    use crate::runtime::{Clock, Lifecycle, Settings, WatchRequest};
+    use crate::store::MemoryStore;
+
+    async fn fleet(agents: usize) -> Lifecycle {
+        let lifecycle = Lifecycle::start(
+            Arc::new(MemoryStore::new()),
+            Settings::default(),
+            Clock::system(),
+        )
+        .await
+        .expect("start");
+        let gateway_id = GatewayId::parse("gw").unwrap();
+        lifecycle
+            .register_gateway(GatewaySpec {
+                gateway_id: gateway_id.clone(),
+                name: None,
+                rotate_token: false,
+            })
+            .await
+            .expect("gateway");
+        for n in 0..agents {
+            let name = format!("a{n:03}");
+            let spec = ProvisionSpec {
+                agent_id: AgentId::parse(&name).unwrap(),
+                name,
+                gateway_id: gateway_id.clone(),
+                board_id: None,
+                role: Role::GatewayMain,
+                template_version: "v1".into(),
+                rotate_token: false,
+            };
+            lifecycle.provision(spec).await.expect("provision");
+        }
+        lifecycle
+    }
+
+    async fn next_data(body: &mut WatchBody) -> Bytes {
+        let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .expect("the watch goes on")
+            .expect("no error");
+        frame.into_data().expect("a message, not the trailers")
+    }
+
+    /// The messages in `data`, as the client decodes them.
+    fn messages(mut data: &[u8]) -> Vec<pb::WatchAgentResponse> {
+        let mut messages = Vec::new();
+        while !data.is_empty() {
+            assert_eq!(data[0], 0, "not compressed");
+            let len = u32::from_be_bytes(data[1..PREFIX].try_into().unwrap()) as usize;
+            let message = &data[PREFIX..PREFIX + len];
+            messages.push(pb::WatchAgentResponse::decode(message).expect("decodes"));
+            data = &data[PREFIX + len..];
+        }
+        messages
+    }
+
+    #[tokio::test]
+    async fn every_watcher_sends_a_fleet_snapshot_and_a_lone_event_as_the_same_bytes() {
+        use pb::watch_agent_response::Kind;
+        let fleet_size = 600;
+        let lifecycle = fleet(fleet_size).await;
+        let shared = Arc::new(SharedWatch {
+            lifecycle: lifecycle.clone(),
+            encoded: EncodedEvents::new(16),
+        });
+        let mut frames: Vec<Vec<Bytes>> = Vec::new();
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let chunks = lifecycle
+                .watch_by_pages(WatchRequest::default())
+                .await
+                .expect("watch");
+            let mut body = WatchBody::new(chunks, shared.clone());
+            let (mut sent, mut agents) = (Vec::new(), Vec::new());
+            loop {
+                let data = next_data(&mut body).await;
+                let kinds: Vec<Kind> = messages(&data)
+                    .into_iter()
+                    .map(|m| m.kind.unwrap())
+                    .collect();
+                let complete = matches!(kinds.last(), Some(Kind::SnapshotComplete(_)));
+                for kind in kinds {
+                    match kind {
+                        Kind::Event(event) => agents.push(event.agent.unwrap().id),
+                        Kind::SnapshotComplete(_) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                if complete {
+                    break;
+                }
+                sent.push(data);
+            }
+            let mut unique = agents.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                (agents.len(), unique.len()),
+                (fleet_size, fleet_size),
+                "every agent once"
+            );
+            frames.push(sent);
+            bodies.push(body);
+        }
+        assert!(frames[0].len() > 1, "several pages");
+        assert_eq!(frames[0].len(), frames[1].len());
+        for (first, second) in frames[0].iter().zip(&frames[1]) {
+            assert_eq!(
+                first.as_ptr(),
+                second.as_ptr(),
+                "a page goes out as the bytes every watcher shares, not a copy"
+            );
+        }
+
+        // A change alone goes out as its shared encoding too.
+        let spec = ProvisionSpec {
+            agent_id: AgentId::parse("late").unwrap(),
+            name: "late".into(),
+            gateway_id: GatewayId::parse("gw").unwrap(),
+            board_id: None,
+            role: Role::GatewayMain,
+            template_version: "v1".into(),
+            rotate_token: false,
+        };
+        lifecycle.provision(spec).await.expect("provision");
+        let mut events = Vec::new();
+        for body in &mut bodies {
+            events.push(next_data(body).await);
+        }
+        let Some(Kind::Event(event)) = messages(&events[0])[0].kind.clone() else {
+            panic!("an event")
+        };
+        assert_eq!(event.agent.unwrap().id, "late");
+        assert_eq!(events[0].as_ptr(), events[1].as_ptr());
+    }
+}
