@@ -117,6 +117,30 @@ async fn provision(operator: &OperatorClient, gateway: &str, agent: &str) -> (St
     (gateway_token, agent_token)
 }
 
+/// `provision` on a server without a gateway grace, returning once the
+/// agent's first wake, which found no stream, has stopped being held. Until
+/// then a gateway that connects is handed that wake, and the tests that use
+/// this expect only the wakes they ask for.
+async fn provision_unheld(
+    operator: &OperatorClient,
+    gateway: &str,
+    agent: &str,
+) -> (String, String) {
+    let tokens = provision(operator, gateway, agent).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let state = operator.get(agent).await.unwrap();
+        if !state.wake_held {
+            return tokens;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first wake of {agent} is still held: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn fast_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(20), Duration::from_millis(200))
 }
@@ -246,7 +270,7 @@ async fn a_rejected_token_ends_the_agent_loop_instead_of_retrying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_stream_reconnects_after_an_outage_and_gets_the_next_wake() {
     let (app, operator) = server().await;
-    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let (gateway_token, _) = provision_unheld(&operator, "gw", "a1").await;
     let mut proxy = Proxy::start(app.addr()).await;
 
     // A spread far below the backoff, so the first retry shows which it used.
@@ -339,7 +363,7 @@ async fn next_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_ack_is_recorded_and_an_ack_on_a_lost_stream_says_so() {
     let (app, operator) = server().await;
-    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let (gateway_token, _) = provision_unheld(&operator, "gw", "a1").await;
     let mut proxy = Proxy::start(app.addr()).await;
     let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
         .unwrap()
@@ -417,7 +441,7 @@ async fn copies_of_a_command_are_shown_once_and_answered_with_the_outcome_given(
         &["--gateway-ack-timeout", "200ms", "--gateway-grace", "0s"],
     )
     .await;
-    let (gateway_token, _) = provision(&operator, "gw", "a1").await;
+    let (gateway_token, _) = provision_unheld(&operator, "gw", "a1").await;
     let mut proxy = Proxy::start(app.addr()).await;
     let mut events = GatewayClient::connect(&proxy.endpoint(), &gateway_token)
         .unwrap()
