@@ -209,3 +209,47 @@ async fn a_paged_watcher_that_falls_behind_is_ended_with_its_resume_point() {
     }
     assert!(w.next().await.is_none(), "then ended");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_later_snapshot_reuses_the_encoding_of_each_page_that_did_not_change() {
+    let f = start(settings()).await;
+    let mut tokens = Vec::new();
+    for n in 0..600 {
+        tokens.push(f.provision(&format!("a{n:03}")).await.token.unwrap());
+    }
+    // Checked in: nothing moves them while the test runs.
+    for token in &tokens {
+        f.lifecycle.heartbeat(token, None).await.unwrap();
+    }
+    let encodings = AtomicUsize::new(0);
+    let encode = |agents: &[Arc<Agent>]| {
+        encodings.fetch_add(1, Ordering::SeqCst);
+        Bytes::from(agents.iter().map(|a| a.id.to_string()).collect::<String>())
+    };
+    let mut first = paged(&f, WatchRequest::default()).await;
+    let (before, _) = read_pages(&mut first).await;
+    let sent: Vec<Bytes> = before.iter().map(|p| p.encoded(encode)).collect();
+    assert_eq!(encodings.load(Ordering::SeqCst), before.len());
+
+    // Past the age a snapshot is shared for, one agent more: a new
+    // snapshot, whose last page differs and whose others do not.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.provision("late").await;
+    let mut second = paged(&f, WatchRequest::default()).await;
+    let (after, _) = read_pages(&mut second).await;
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "the new agent fits the last page"
+    );
+    let resent: Vec<Bytes> = after.iter().map(|p| p.encoded(encode)).collect();
+    assert_eq!(
+        encodings.load(Ordering::SeqCst),
+        before.len() + 1,
+        "only the changed page encoded again"
+    );
+    let last = before.len() - 1;
+    for (page, (a, b)) in sent.iter().zip(&resent).enumerate() {
+        assert_eq!(a.as_ptr() == b.as_ptr(), page != last, "page {page}");
+    }
+}

@@ -30,6 +30,9 @@ pub(super) struct FleetSnapshot {
     pub(super) agents: Box<[Arc<Agent>]>,
     /// Each page's encoding, made by the first watcher that sends it.
     encoded_pages: Box<[OnceLock<Bytes>]>,
+    /// The snapshot taken before this one: a page whose agents are the
+    /// same (the same pointers: unchanged) reuses its encoding.
+    previous: Weak<FleetSnapshot>,
 }
 
 /// Agents in a page of a snapshot streamed whole.
@@ -51,6 +54,7 @@ impl FleetSnapshot {
             taken_at: Instant::now(),
             encoded_pages: page_slots(agents.len()),
             agents: agents.into_boxed_slice(),
+            previous: Weak::new(),
         }
     }
 
@@ -62,6 +66,7 @@ impl FleetSnapshot {
             taken_at: Instant::now(),
             encoded_pages: page_slots(agents.len()),
             agents,
+            previous: Weak::new(),
         }
     }
 
@@ -106,7 +111,10 @@ impl SnapshotCache {
             let agents: Vec<Arc<Agent>> = engine.shared_agents().cloned().collect();
             (current, agents)
         };
-        let snapshot = Arc::new(FleetSnapshot::sorted(revision, agents));
+        let snapshot = Arc::new(FleetSnapshot {
+            previous: latest.clone(),
+            ..FleetSnapshot::sorted(revision, agents)
+        });
         *latest = Arc::downgrade(&snapshot);
         // Kept for the watchers that open next, then let go.
         let keep = snapshot.clone();
@@ -191,9 +199,32 @@ impl SnapshotPage {
         if let Some(bytes) = slot.get() {
             return bytes.clone();
         }
+        if let Some(bytes) = self.unchanged_in_previous() {
+            return slot.get_or_init(|| bytes).clone();
+        }
         // Encoded outside the slot: watchers racing for a page both encode
         // it (alike) rather than block a worker thread on the other.
         let bytes = encode(self.agents());
         slot.get_or_init(|| bytes).clone()
+    }
+
+    /// The encoding of the same page of the snapshot taken before, if that
+    /// page holds the same agents: watchers of an unchanged fleet that open
+    /// more than a snapshot's age apart share one encoding of it.
+    fn unchanged_in_previous(&self) -> Option<Bytes> {
+        let previous = SnapshotPage {
+            snapshot: self.snapshot.previous.upgrade()?,
+            index: self.index,
+        };
+        let bytes = previous
+            .snapshot
+            .encoded_pages
+            .get(self.index)?
+            .get()?
+            .clone();
+        let (agents, before) = (self.agents(), previous.agents());
+        let unchanged = agents.len() == before.len()
+            && agents.iter().zip(before).all(|(a, b)| Arc::ptr_eq(a, b));
+        unchanged.then_some(bytes)
     }
 }
