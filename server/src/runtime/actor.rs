@@ -21,7 +21,7 @@ use super::follow::{CaughtUp, FOLLOW_PAGE, FollowError, Follower, WARM_BACKLOG};
 use super::gateways::CloseReason;
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
-use super::writer::Pipeline;
+use super::writer::{Answer, Pipeline};
 use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
@@ -241,9 +241,7 @@ impl Actor {
                         biased;
                         _ = self.stop.cancelled() => return ControlFlow::Break(()),
                         answer = self.pipeline.answered() => {
-                            if let Err(error) = self.apply_answer(answer).await
-                                && self.after_failure(error).await.is_break()
-                            {
+                            if self.take_answer(answer).await.is_break() {
                                 return ControlFlow::Continue(());
                             }
                             continue;
@@ -278,9 +276,7 @@ impl Actor {
                     biased;
                     _ = self.stop.cancelled() => return ControlFlow::Break(()),
                     answer = self.pipeline.answered() => {
-                        if let Err(error) = self.apply_answer(answer).await
-                            && self.after_failure(error).await.is_break()
-                        {
+                        if self.take_answer(answer).await.is_break() {
                             return ControlFlow::Continue(());
                         }
                         continue;
@@ -310,6 +306,15 @@ impl Actor {
             }
             self.stage_commands(commands);
             self.send_round().await;
+        }
+    }
+
+    /// Applies the store's answer for the oldest round in flight; `Break`
+    /// when a failed commit showed another replica leads (stop leading).
+    async fn take_answer(&mut self, answer: Answer) -> ControlFlow<()> {
+        match self.apply_answer(answer).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => self.after_failure(error).await,
         }
     }
 

@@ -370,16 +370,11 @@ impl Watcher {
         if self.shared.draining.is_cancelled() {
             return Some(Err(LifecycleError::shutting_down()));
         }
-        let events = self.events.as_mut()?;
         loop {
-            match events.try_recv() {
+            let received = self.events.as_mut()?.try_recv();
+            match received {
                 Ok(event) => {
-                    if event.revision <= self.position {
-                        continue;
-                    }
-                    self.position = event.revision;
-                    if self.filter.matches_event(&event) {
-                        self.last_sent = Instant::now();
+                    if let Some(event) = self.admit(event) {
                         return Some(Ok(event));
                     }
                 }
@@ -388,6 +383,20 @@ impl Watcher {
                 Err(TryRecvError::Closed) => return Some(Err(LifecycleError::shutting_down())),
             }
         }
+    }
+
+    /// Moves the watch past `event`; returns it if this watcher sends it
+    /// (not seen before, and matching the filter).
+    fn admit(&mut self, event: Arc<Event>) -> Option<Arc<Event>> {
+        if event.revision <= self.position {
+            return None;
+        }
+        self.position = event.revision;
+        if !self.filter.matches_event(&event) {
+            return None;
+        }
+        self.last_sent = Instant::now();
+        Some(event)
     }
 
     fn fell_behind(&self) -> LifecycleError {
@@ -407,12 +416,7 @@ impl Watcher {
                 _ = &mut self.stopped => return Err(LifecycleError::shutting_down()),
                 received = self.events.as_mut().expect("subscribed before going live").recv() => match received {
                     Ok(event) => {
-                        if event.revision <= self.position {
-                            continue;
-                        }
-                        self.position = event.revision;
-                        if self.filter.matches_event(&event) {
-                            self.last_sent = Instant::now();
+                        if let Some(event) = self.admit(event) {
                             return Ok(WatchItem::Event(event));
                         }
                     }
