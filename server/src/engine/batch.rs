@@ -256,8 +256,9 @@ impl Batch {
 
     /// Whether the next round may be staged before this cut is applied:
     /// it changed agents only (their staged state stays in the batch the
-    /// next round stages in), and it has an event, whose revision a store
-    /// checks to commit the next round only after this one. Gateways, the
+    /// next round stages in), and it has an event (a round of lease
+    /// extensions alone is applied first, as every round was before rounds
+    /// overlapped). Gateways, the
     /// wake queue's schedule, brakes, retires, tombstones, rollouts and
     /// template syncs are read from the engine by the next round, so a cut
     /// that changed any of them is applied first.

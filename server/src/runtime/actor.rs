@@ -262,7 +262,7 @@ impl Actor {
                 continue;
             }
             if self.pipeline.has_staged() {
-                self.send_round().await;
+                self.send_round();
                 continue;
             }
             // Follow-ups count toward the batch's command budget too.
@@ -305,7 +305,7 @@ impl Actor {
                 continue;
             }
             self.stage_commands(commands);
-            self.send_round().await;
+            self.send_round();
         }
     }
 
@@ -570,7 +570,7 @@ impl Actor {
         let _ = self.settle().await;
         if self.pipeline.has_staged() {
             if self.shared.leadership.may_act() {
-                self.send_round().await;
+                self.send_round();
                 let _ = self.settle().await;
             } else {
                 self.refuse_staged(&StoreError::NotLeader(

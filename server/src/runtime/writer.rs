@@ -16,7 +16,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -35,9 +34,9 @@ use crate::store::StoreError;
 /// after another on the writer's session, so a second round sent at once
 /// would only be a small one queued behind the first; instead what comes
 /// meanwhile is staged, and goes out as one round the moment the first is
-/// answered. (2, each round sent at once and queued behind the one
-/// flushing, the store refusing it unless that one committed, measured no
-/// better here: BENCHMARKS.md, "Durable transitions vs etcd".)
+/// answered. (Sending each round at once, queued behind the one flushing
+/// and refused by the store unless that one committed, measured no better
+/// here: BENCHMARKS.md, "Durable transitions vs etcd".)
 const MAX_IN_FLIGHT: usize = 1;
 
 /// Answers a caller once the batch's fate is known.
@@ -78,7 +77,6 @@ struct InFlight {
     wrote: bool,
     /// Whether the next round may be staged before this one is applied.
     stages_over: bool,
-    last_revision: Option<u64>,
 }
 
 enum Commit {
@@ -158,9 +156,9 @@ impl Actor {
         );
     }
 
-    /// Cuts what is staged, with the timers due, as a round and sends it;
-    /// returns once it is on its way.
-    pub(super) async fn send_round(&mut self) {
+    /// Cuts what is staged, with the timers due, as a round, and hands it to
+    /// a task that commits it.
+    pub(super) fn send_round(&mut self) {
         let now = self.shared.clock.now();
         let max_batch = self.shared.settings.max_batch;
         let cut = {
@@ -174,20 +172,13 @@ impl Actor {
         self.pipeline.staged_commands = 0;
         let fired = cut.fired_deadlines();
         let stages_over = cut.stages_over();
-        let last_revision = cut.last_revision();
         let wrote = cut.has_writes();
         let commit = if wrote {
-            // The round below, if one is in flight, ended with this event.
-            let after = self.pipeline.in_flight.back().and_then(|f| f.last_revision);
-            let (sent, on_its_way) = oneshot::channel();
             let store = self.shared.store.clone();
-            let task = tokio::spawn(async move {
-                let result = store.commit_after(&cut, after, sent).await;
+            Commit::Sent(tokio::spawn(async move {
+                let result = store.commit(&cut).await;
                 (cut, result)
-            });
-            // Dropped unsent when the commit failed first: its answer says why.
-            let _ = on_its_way.await;
-            Commit::Sent(task)
+            }))
         } else {
             Commit::Unwritten(Some(Box::new(cut)))
         };
@@ -198,7 +189,6 @@ impl Actor {
             now,
             wrote,
             stages_over,
-            last_revision,
         });
     }
 
@@ -234,7 +224,7 @@ impl Actor {
                     && self.pipeline.may_send()
                     && self.shared.leadership.may_act()
                 {
-                    self.send_round().await;
+                    self.send_round();
                 }
                 self.apply(cut, flight);
                 if self.pipeline.in_flight.is_empty() && !self.pipeline.has_staged() {
@@ -295,7 +285,7 @@ impl Actor {
     pub(super) async fn run_batch(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
         self.settle().await?;
         self.stage_commands(commands);
-        self.send_round().await;
+        self.send_round();
         self.settle().await
     }
 

@@ -28,7 +28,7 @@ macro_rules! store_conformance_tests {
             gateway_state_and_held_wakes_round_trip,
             template_syncs_survive_a_restart_until_acknowledged,
             the_brake_on_a_gateway_round_trips,
-            rounds_commit_in_order_and_only_over_a_committed_round,
+            rounds_staged_on_top_of_each_other_commit_in_order,
         );
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
@@ -315,10 +315,10 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
     assert_eq!(store.load().await.unwrap(), before, "all or nothing");
 }
 
-/// The writer's overlapping rounds: each cut of one open batch, the second
-/// sent before the first is answered; a round whose round below did not
-/// commit is refused and writes nothing.
-pub async fn rounds_commit_in_order_and_only_over_a_committed_round(store: &dyn Store) {
+/// The writer's rounds: cuts of one open batch, the second staged on top of
+/// the first before it was committed, commit in order to the state the
+/// engine holds once both are applied.
+pub async fn rounds_staged_on_top_of_each_other_commit_in_order(store: &dyn Store) {
     let mut f = Fixture::new(store).await;
     f.provision(at(1), "a").await;
     let spec = |agent: &str| ProvisionSpec {
@@ -347,42 +347,14 @@ pub async fn rounds_commit_in_order_and_only_over_a_committed_round(store: &dyn 
     let below = first.last_revision();
     assert_eq!(second.events()[0].revision, below.unwrap() + 1);
 
-    let (sent, on_its_way) = tokio::sync::oneshot::channel();
-    let (sent_next, _) = tokio::sync::oneshot::channel();
-    let (one, two) = tokio::join!(store.commit_after(&first, None, sent), async {
-        on_its_way.await.unwrap();
-        store.commit_after(&second, below, sent_next).await
-    });
-    one.unwrap();
-    two.unwrap();
+    store.commit(&first).await.unwrap();
+    store.commit(&second).await.unwrap();
     f.engine.commit_cut(first, &mut open);
     f.engine.commit_cut(second, &mut open);
     let stored = store.load().await.unwrap();
     assert_eq!(stored, f.state());
     let b = stored.agents.iter().find(|a| a.id == id("b")).unwrap();
     assert_eq!((b.generation, b.revision), (2, below.unwrap() + 1));
-
-    // A round staged over one that was never committed.
-    let before = store.load().await.unwrap();
-    let mut open = f.engine.begin(at(4));
-    f.engine
-        .provision(&mut open, spec("c"), TokenHash([52; 32]))
-        .unwrap();
-    let lost = open.cut();
-    open.advance_to(at(5));
-    f.engine
-        .provision(&mut open, spec("d"), TokenHash([53; 32]))
-        .unwrap();
-    let over_lost = open.cut();
-    let (sent, _) = tokio::sync::oneshot::channel();
-    let result = store
-        .commit_after(&over_lost, lost.last_revision(), sent)
-        .await;
-    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
-    assert_eq!(store.load().await.unwrap(), before, "nothing written");
-    f.engine.abort(over_lost);
-    f.engine.abort(lost);
-    f.engine.abort(open);
 }
 
 pub async fn deletes_and_retires_round_trip(store: &dyn Store) {

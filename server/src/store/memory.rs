@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
@@ -33,9 +33,6 @@ pub struct MemoryStore {
     notify: Arc<Notify>,
     /// While set, this handle's notifications are lost.
     muted: Arc<AtomicBool>,
-    /// Ends when the last commit sent through this handle ends: the next
-    /// waits for it, as statements queue on one Postgres session.
-    last_sent: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// The lease, on tokio's clock: the "database clock" of this store.
@@ -195,9 +192,7 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// A commit, refused if the batch ending at revision `after` is not
-    /// committed.
-    async fn commit_checked(&self, batch: &Batch, after: Option<u64>) -> Result<(), StoreError> {
+    async fn commit_batch(&self, batch: &Batch) -> Result<(), StoreError> {
         let delay = self.lock().commit_delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -206,13 +201,6 @@ impl MemoryStore {
         if state.failing_commits > 0 {
             state.failing_commits -= 1;
             return Err(StoreError::Unavailable("a commit failed on purpose".into()));
-        }
-        if let Some(after) = after
-            && !state.events.contains_key(&after)
-        {
-            return Err(StoreError::Conflict(format!(
-                "the batch ending at revision {after} was not committed"
-            )));
         }
         // Check before writing anything: all or nothing.
         if let Some(event) = batch
@@ -317,27 +305,7 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.commit_checked(batch, None).await
-    }
-
-    async fn commit_after(
-        &self,
-        batch: &Batch,
-        after: Option<u64>,
-        sent: oneshot::Sender<()>,
-    ) -> Result<(), StoreError> {
-        let (_done, this_done) = oneshot::channel::<()>();
-        let before = self
-            .last_sent
-            .lock()
-            .expect("memory store lock poisoned")
-            .replace(this_done);
-        let _ = sent.send(());
-        if let Some(before) = before {
-            // Ends with an error when that commit is over: `_done` dropped.
-            let _ = before.await;
-        }
-        self.commit_checked(batch, after).await
+        self.commit_batch(batch).await
     }
 
     async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {

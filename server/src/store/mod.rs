@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use tokio::sync::oneshot;
 
 use crate::engine::rollout::Rollout;
 use crate::engine::{
@@ -131,19 +130,6 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a batch's agents, gateways, events and retires in one
     /// transaction: all of it or nothing.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
-
-    /// Commits a batch behind the batches sent before it and not yet
-    /// answered, and only if the batch that ended at revision `after` (the
-    /// one sent just before) committed: a batch staged on top of another
-    /// is never committed without it. `sent` is told once the batch is on
-    /// its way, in order; the writer sends the next one only then, so it
-    /// stages while this one's COMMIT is flushed.
-    async fn commit_after(
-        &self,
-        batch: &Batch,
-        after: Option<u64>,
-        sent: oneshot::Sender<()>,
-    ) -> Result<(), StoreError>;
 
     /// Writes leases renewed in memory, in one statement. A checkpoint never
     /// moves `last_seen_at` backwards and never touches an agent that has

@@ -54,9 +54,6 @@ impl Default for PoolSettings {
 
 pub struct PostgresStore {
     pool: Pool,
-    /// The session the writer's batches queue on (see `commit_after`): a
-    /// batch runs there only after the one sent before it has ended.
-    writer: std::sync::Mutex<Option<Arc<deadpool_postgres::Object>>>,
     pub(super) lease: PgLease,
     notifications: Arc<Notify>,
     listener_stop: CancellationToken,
@@ -112,7 +109,6 @@ impl PostgresStore {
         ));
         Ok(Self {
             pool,
-            writer: std::sync::Mutex::new(None),
             lease: PgLease::new(&database),
             notifications,
             listener_stop,
@@ -121,37 +117,6 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
-    }
-
-    /// The writer's session, taken from the pool when there is none.
-    async fn writer_session(&self) -> Result<Arc<deadpool_postgres::Object>, StoreError> {
-        if let Some(session) = self.writer_slot().clone() {
-            return Ok(session);
-        }
-        let session = Arc::new(self.client().await?);
-        *self.writer_slot() = Some(session.clone());
-        Ok(session)
-    }
-
-    /// A batch on `session` is over. After a failure the session is not the
-    /// writer's any more, and once the batches sent on it are over too, it
-    /// is closed rather than handed to anyone else.
-    fn writer_session_done(&self, session: Arc<deadpool_postgres::Object>, failed: bool) {
-        let mut slot = self.writer_slot();
-        let current = slot.as_ref().is_some_and(|w| Arc::ptr_eq(w, &session));
-        if failed && current {
-            *slot = None;
-        }
-        drop(slot);
-        if (failed || !current)
-            && let Ok(session) = Arc::try_unwrap(session)
-        {
-            drop(deadpool_postgres::Object::take(session));
-        }
-    }
-
-    fn writer_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<deadpool_postgres::Object>>> {
-        self.writer.lock().expect("writer session lock poisoned")
     }
 
     /// Everything the engine needs, the agents read by up to `readers`
@@ -596,17 +561,7 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        commit::commit(self, batch, None).await
-    }
-
-    async fn commit_after(
-        &self,
-        batch: &Batch,
-        after: Option<u64>,
-        sent: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<(), StoreError> {
-        let pipelined = commit::Pipelined { after, sent };
-        commit::commit(self, batch, Some(pipelined)).await
+        commit::commit(self, batch).await
     }
 
     async fn checkpoint_leases(&self, leases: &[LeaseCheckpoint]) -> Result<(), StoreError> {

@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures_util::future::{MaybeDone, maybe_done, try_join_all};
-use tokio::sync::oneshot;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{PostgresStore, classify, opt_time, time};
@@ -143,23 +142,7 @@ impl<'a> AgentColumns<'a> {
     }
 }
 
-/// Refuses (division by zero) to commit a batch staged on top of one whose
-/// last event is not committed: sent on the same session right behind it,
-/// it runs only once that one's COMMIT (or rollback) is done.
-const AFTER: &str = "SELECT 1 / count(*)::int FROM agent_events WHERE revision = $1";
-
-/// A batch sent behind others on the writer's session (see
-/// [`crate::store::Store::commit_after`]).
-pub(super) struct Pipelined {
-    pub after: Option<u64>,
-    pub sent: oneshot::Sender<()>,
-}
-
-pub(super) async fn commit(
-    store: &PostgresStore,
-    batch: &Batch,
-    pipelined: Option<Pipelined>,
-) -> Result<(), StoreError> {
+pub(super) async fn commit(store: &PostgresStore, batch: &Batch) -> Result<(), StoreError> {
     let mut upserts = AgentColumns::default();
     let mut deletes: Vec<&str> = Vec::new();
     let lease_only: Vec<&str> = batch
@@ -271,11 +254,6 @@ pub(super) async fn commit(
     // First: this replica must still be the leader.
     let epoch = store.lease.epoch()?;
     let mut statements: Vec<(&str, Params<'_>)> = vec![(lease::FENCE, vec![&epoch])];
-    // Second: the batch below this one is committed.
-    let after = pipelined.as_ref().and_then(|p| p.after).map(|r| r as i64);
-    if let Some(after) = &after {
-        statements.push((AFTER, vec![after]));
-    }
     if !upserts.id.is_empty() {
         statements.push((UPSERT_AGENTS, upserts.params().to_vec()));
     }
@@ -403,16 +381,7 @@ pub(super) async fn commit(
         ));
     }
 
-    match pipelined {
-        None => run(store, statements).await,
-        Some(Pipelined { after, sent }) => {
-            let chained = after.is_some();
-            let session = store.writer_session().await?;
-            let outcome = run_on(&session, statements, chained, Some(sent)).await;
-            store.writer_session_done(session, outcome.is_err());
-            outcome
-        }
-    }
+    run(store, statements).await
 }
 
 /// Writes leases renewed in memory: one statement, whatever their number.
@@ -457,27 +426,10 @@ type Call<'c> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> +
 /// success.
 async fn run(store: &PostgresStore, statements: Vec<(&str, Params<'_>)>) -> Result<(), StoreError> {
     let client = store.client().await?;
-    let outcome = run_on(&client, statements, false, None).await;
-    if outcome.is_err() {
-        // Whatever state the failure left the session in, it is not
-        // handed to anyone else.
-        drop(deadpool_postgres::Object::take(client));
-    }
-    outcome
-}
-
-/// [`run`] on a given session; `chained`: the second statement is
-/// [`AFTER`]. `sent` is told once every request is on the session's queue.
-async fn run_on(
-    client: &deadpool_postgres::Object,
-    statements: Vec<(&str, Params<'_>)>,
-    chained: bool,
-    sent: Option<oneshot::Sender<()>>,
-) -> Result<(), StoreError> {
     let prepared = try_join_all(statements.iter().map(|(sql, _)| client.prepare_cached(sql)))
         .await
         .map_err(classify)?;
-    let pg: &tokio_postgres::Client = client;
+    let pg: &tokio_postgres::Client = &client;
     let mut calls: Vec<Pin<Box<MaybeDone<Call<'_>>>>> = Vec::with_capacity(statements.len() + 2);
     calls.push(Box::pin(maybe_done(Box::pin(pg.batch_execute("BEGIN")))));
     for (statement, (_, params)) in prepared.iter().zip(&statements) {
@@ -494,9 +446,6 @@ async fn run_on(
         std::task::Poll::Ready(())
     })
     .await;
-    if let Some(sent) = sent {
-        let _ = sent.send(());
-    }
     for call in calls.iter_mut() {
         call.as_mut().await;
     }
@@ -508,15 +457,18 @@ async fn run_on(
         // The first failure says why; the statements after it only say
         // that the transaction was already aborted.
         if outcome.is_ok() {
-            let refused = error.code() == Some(&lease::FENCED_OUT);
-            outcome = Err(if i == 1 && refused {
+            outcome = Err(if i == 1 && error.code() == Some(&lease::FENCED_OUT) {
                 lease::not_leader()
-            } else if i == 2 && chained && refused {
-                StoreError::Conflict("the batch this one was staged on is not committed".into())
             } else {
                 classify(error)
             });
         }
+    }
+    drop(calls);
+    if outcome.is_err() {
+        // Whatever state the failure left the session in, it is not
+        // handed to anyone else.
+        drop(deadpool_postgres::Object::take(client));
     }
     outcome
 }
