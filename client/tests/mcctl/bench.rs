@@ -1,7 +1,7 @@
 //! `mcctl bench`: a small fleet provisioned, checked in and heartbeaten,
 //! and the exit code a missed target gives. No figure is asserted.
 
-use crate::support::{fails, json, server};
+use crate::support::{fails, json, mcctl, server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bench_leaves_its_fleet_online_and_fails_when_the_ratio_is_missed() {
@@ -58,6 +58,72 @@ async fn a_bench_leaves_its_fleet_online_and_fails_when_the_ratio_is_missed() {
     let (code, stderr) = fails(&server.endpoint, &missed).await;
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.starts_with("target missed: "), "{stderr}");
+    server.app.shutdown().await;
+}
+
+/// `--calls`: phases of exactly that many calls; `--pause`: each measured
+/// phase announced on stderr before it starts, and the end after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_call_phases_run_exactly_their_calls_after_announced_pauses() {
+    let server = server("30s", "1h", "1s").await;
+    let args = [
+        "--output",
+        "json",
+        "bench",
+        "--agents",
+        "30",
+        "--connections",
+        "2",
+        "--streams",
+        "2",
+        "--calls",
+        "45",
+        "--pause",
+        "10ms",
+        "--rounds",
+        "2",
+        "--min-distinct",
+        "0",
+        "--min-ratio",
+        "0",
+    ];
+    let output = mcctl(&server.endpoint, &args).await;
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let measured: Vec<_> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["phase"].as_str().unwrap().contains("round"))
+        .map(|p| (p["phase"].as_str().unwrap(), p["calls"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        measured,
+        [
+            ("health Check, round 1", 45),
+            ("Heartbeat, round 1", 45),
+            ("health Check, round 2", 45),
+            ("Heartbeat, round 2", 45),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["run"]["phase_calls"], 45);
+    let pauses: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("mcctl bench: pause before "))
+        .collect();
+    assert_eq!(
+        pauses,
+        [
+            "health Check, round 1",
+            "Heartbeat, round 1",
+            "health Check, round 2",
+            "Heartbeat, round 2",
+            "the end",
+        ],
+        "{stderr}"
+    );
     server.app.shutdown().await;
 }
 

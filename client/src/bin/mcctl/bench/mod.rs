@@ -74,6 +74,16 @@ pub struct BenchArgs {
     /// load falls on both alike.
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
+    /// End each measured health and heartbeat phase after this many calls
+    /// instead of --duration: the same work in both, for counting
+    /// instructions per call under a profiler (scripts/heartbeat-instructions).
+    #[arg(long)]
+    pub calls: Option<u64>,
+    /// Before each measured phase and after the last, stay idle this long
+    /// and say so on stderr ("mcctl bench: pause before ..."), so a
+    /// profiler can be switched or dumped between phases.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub pause: Option<Duration>,
     /// Fail (exit 4) when heartbeats run below this multiple of the health
     /// check's rate, or any heartbeat fails. The target: 0.8 over
     /// at least 100,000 distinct agents.
@@ -182,28 +192,29 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         }
     };
 
+    let measured = match args.calls {
+        Some(calls) => Until::Calls(calls),
+        None => Until::Elapsed(args.duration),
+    };
     let mut health = Vec::new();
     let mut beats = Vec::new();
     let mut offset = 0;
-    for _ in 0..args.rounds {
-        health.push(
-            drive(
-                &channels,
-                args.streams,
-                Until::Elapsed(args.duration),
-                check,
-            )
-            .await,
-        );
+    for round in 1..=args.rounds {
+        pause(&args, &format!("health Check, round {round}")).await;
+        health.push(drive(&channels, args.streams, measured, check).await);
+        pause(&args, &format!("Heartbeat, round {round}")).await;
         let phase = drive(
             &channels,
             args.streams,
-            Until::Elapsed(args.duration),
+            measured,
             heartbeat(tokens.clone(), offset, false),
         )
         .await;
         offset += phase.ok + phase.failed();
         beats.push(phase);
+    }
+    if args.rounds > 0 {
+        pause(&args, "the end").await;
     }
     let fan_out = match fan_out {
         Some(fan_out) => Some(fan_out.finish(args.fanout.max_delivery_p99).await),
@@ -250,6 +261,14 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::TargetMissed(missed.join("; ")))
+    }
+}
+
+/// `--pause`: idle before `next`, announced on stderr.
+async fn pause(args: &BenchArgs, next: &str) {
+    if let Some(pause) = args.pause {
+        eprintln!("mcctl bench: pause before {next}");
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -37,6 +37,7 @@ impl Report {
                 "connections": args.connections,
                 "streams_per_connection": args.streams,
                 "phase_seconds": args.duration.as_secs_f64(),
+                "phase_calls": args.calls,
                 "rounds": args.rounds,
                 "load_average_at_start": load_average(),
             }),
@@ -171,12 +172,15 @@ impl Report {
 
     fn text(&self) -> String {
         let h = &self.header;
+        let phases = match h["phase_calls"].as_u64() {
+            Some(calls) => format!("{calls}-call"),
+            None => format!("{} s", h["phase_seconds"]),
+        };
         let mut out = format!(
-            "{} agents, {} connections x {} streams, {} s phases x {} rounds, load average {}\n\n",
+            "{} agents, {} connections x {} streams, {phases} phases x {} rounds, load average {}\n\n",
             h["agents"],
             h["connections"],
             h["streams_per_connection"],
-            h["phase_seconds"],
             h["rounds"],
             h["load_average_at_start"].as_str().unwrap_or("?"),
         );
