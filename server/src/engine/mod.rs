@@ -416,21 +416,19 @@ impl Engine {
         now: Timestamp,
         admit: impl FnOnce(&AgentId, Admission) -> Result<(), E>,
     ) -> Result<Renewal, E> {
-        let Some(id) = self.token_holder(token) else {
+        let agents = &mut self.agents;
+        let holder = |id: &AgentId| {
+            // Moved in: asked once, the agent's borrow outlives the closure.
+            let agents = agents;
+            agents.get_mut(id).filter(|a| a.token_hash == *token)
+        };
+        let Some((slot, shared)) = self.agent_tokens.holder_mut(token, holder) else {
             return Ok(Renewal::UnknownToken);
         };
-        let slot = self
-            .agent_tokens
-            .slot_mut(token, &id)
-            .expect("the token index names its holder");
         let spent = HeartbeatBudget::of(&self.policy).spend(slot.budget_tat, now);
-        let shared = self
-            .agents
-            .get_mut(&id)
-            .expect("the token index names only known agents");
         let new_template = reported_template.is_some_and(|v| v != shared.reported_template_version);
         admit(
-            &id,
+            &shared.id,
             Admission {
                 heartbeat: spent.map(|_| ()),
                 new_template,
@@ -441,9 +439,10 @@ impl Engine {
         }
         let steady = shared.status == Status::Online
             && !shared.awaiting_checkin()
-            && !self.in_flight.contains(&id)
+            && !self.in_flight.contains(&shared.id)
             && !new_template;
         if !steady {
+            let id = shared.id.clone();
             // Recorded now, under the lock the writer fires timers under: the
             // heartbeat is judged by when it arrived, not when it is dequeued.
             self.pending_checkins
@@ -466,16 +465,8 @@ impl Engine {
         agent.lease_expires_at = Some(now.plus(self.policy.lease_ttl));
         self.silence.heard(agent, heard);
         let renewed = LeaseState::of(agent, time_left);
-        self.dirty_leases.insert(id);
+        self.dirty_leases.insert(renewed.agent_id.clone());
         Ok(Renewal::Renewed(renewed))
-    }
-
-    /// The agent holding `token`.
-    fn token_holder(&self, token: &TokenHash) -> Option<AgentId> {
-        let agents = &self.agents;
-        self.agent_tokens
-            .get(token, |id| agents.get(id).map(|agent| agent.token_hash))
-            .cloned()
     }
 
     /// Leases renewed (or extended) in memory and not yet checkpointed.

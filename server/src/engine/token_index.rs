@@ -1,6 +1,6 @@
 //! Which agent holds a token: the heartbeat's first lookup, and beside it
 //! the agent's heartbeat budget (see `heartbeat_budget`), so a heartbeat
-//! finds both with one hash.
+//! finds both with one lookup.
 //!
 //! Keyed by the first 8 bytes of the token's SHA-256, not all 32: a slot
 //! of 32 bytes instead of 56 (BENCHMARKS.md, memory per agent). Two tokens
@@ -42,27 +42,24 @@ fn prefix(token: &TokenHash) -> u64 {
 }
 
 impl TokenIndex {
-    /// The agent holding `token`; `token_of` gives an agent's current token.
-    pub fn get(
-        &self,
+    /// The slot of the agent holding `token`, and what `holder` makes of
+    /// that agent. Only one agent can hold it: the one a token kept whole
+    /// names, or else its prefix's holder, who may hold another token with
+    /// the same prefix; so `holder` is asked once, and answers None unless
+    /// that agent's current token is `token`. One lookup here and one of
+    /// the agent, where a lookup to check the holder and another to reach
+    /// its slot made two of each.
+    pub fn holder_mut<A>(
+        &mut self,
         token: &TokenHash,
-        token_of: impl Fn(&AgentId) -> Option<TokenHash>,
-    ) -> Option<&AgentId> {
-        match self.by_prefix.get(&prefix(token)) {
-            Some(slot) if token_of(&slot.agent_id).as_ref() == Some(token) => Some(&slot.agent_id),
-            _ => self.collided.get(token).map(|slot| &slot.agent_id),
-        }
-    }
-
-    /// The slot `id` holds for `token`, to read or spend its budget.
-    pub fn slot_mut(&mut self, token: &TokenHash, id: &AgentId) -> Option<&mut Slot> {
-        match self.by_prefix.get_mut(&prefix(token)) {
-            Some(slot) if slot.agent_id == *id => Some(slot),
-            _ => self
-                .collided
-                .get_mut(token)
-                .filter(|slot| slot.agent_id == *id),
-        }
+        holder: impl FnOnce(&AgentId) -> Option<A>,
+    ) -> Option<(&mut Slot, A)> {
+        let slot = match self.collided.get_mut(token) {
+            Some(slot) => slot,
+            None => self.by_prefix.get_mut(&prefix(token))?,
+        };
+        let found = holder(&slot.agent_id)?;
+        Some((slot, found))
     }
 
     /// Indexes `token` for `id`, with a full heartbeat budget.
@@ -140,35 +137,61 @@ mod tests {
             tokens.insert(id(name), token);
             index.insert(token, id(name));
         }
-        let lookup = |index: &TokenIndex, tokens: &BTreeMap<AgentId, TokenHash>, t| {
+        let lookup = |index: &mut TokenIndex, tokens: &BTreeMap<AgentId, TokenHash>, t| {
             index
-                .get(&t, |id| tokens.get(id).copied())
-                .map(|id| id.to_string())
+                .holder_mut(&t, |id| {
+                    (tokens.get(id) == Some(&t)).then(|| id.to_string())
+                })
+                .map(|(_, id)| id)
         };
-        assert_eq!(lookup(&index, &tokens, token(1, 1)).as_deref(), Some("a"));
-        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
-        assert_eq!(lookup(&index, &tokens, token(2, 3)).as_deref(), Some("c"));
-        assert_eq!(lookup(&index, &tokens, token(1, 9)), None);
-        assert_eq!(lookup(&index, &tokens, token(3, 3)), None);
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 1)).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 2)).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            lookup(&mut index, &tokens, token(2, 3)).as_deref(),
+            Some("c")
+        );
+        assert_eq!(lookup(&mut index, &tokens, token(1, 9)), None);
+        assert_eq!(lookup(&mut index, &tokens, token(3, 3)), None);
 
         // The prefix's first holder goes: the second is still found, and a
         // third with the same prefix takes the free slot.
         index.remove(&token(1, 1), &id("a"));
         tokens.remove(&id("a"));
-        assert_eq!(lookup(&index, &tokens, token(1, 1)), None);
-        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        assert_eq!(lookup(&mut index, &tokens, token(1, 1)), None);
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 2)).as_deref(),
+            Some("b")
+        );
         tokens.insert(id("d"), token(1, 4));
         index.insert(token(1, 4), id("d"));
-        assert_eq!(lookup(&index, &tokens, token(1, 4)).as_deref(), Some("d"));
-        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 4)).as_deref(),
+            Some("d")
+        );
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 2)).as_deref(),
+            Some("b")
+        );
 
         // Removing names the holder: another agent's token is left alone.
         index.remove(&token(1, 2), &id("c"));
-        assert_eq!(lookup(&index, &tokens, token(1, 2)).as_deref(), Some("b"));
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 2)).as_deref(),
+            Some("b")
+        );
         index.remove(&token(1, 2), &id("b"));
         tokens.remove(&id("b"));
-        assert_eq!(lookup(&index, &tokens, token(1, 2)), None);
-        assert_eq!(lookup(&index, &tokens, token(1, 4)).as_deref(), Some("d"));
+        assert_eq!(lookup(&mut index, &tokens, token(1, 2)), None);
+        assert_eq!(
+            lookup(&mut index, &tokens, token(1, 4)).as_deref(),
+            Some("d")
+        );
     }
 
     #[test]
@@ -179,9 +202,24 @@ mod tests {
         index.remove(&token(1, 1), &id("a"));
         tokens.insert(id("a"), token(5, 5));
         index.insert(token(5, 5), id("a"));
-        let find = |t| index.get(&t, |id| tokens.get(id).copied()).cloned();
+        let mut find = |t| {
+            index
+                .holder_mut(&t, |id| (tokens.get(id) == Some(&t)).then(|| id.clone()))
+                .map(|(_, id)| id)
+        };
         assert_eq!(find(token(1, 1)), None);
         assert_eq!(find(token(5, 5)), Some(id("a")));
+    }
+
+    /// The slot `token` names if `id` holds it.
+    fn slot_of<'a>(
+        index: &'a mut TokenIndex,
+        token: &TokenHash,
+        id: &AgentId,
+    ) -> Option<&'a mut Slot> {
+        index
+            .holder_mut(token, |holder| (holder == id).then_some(()))
+            .map(|(slot, ())| slot)
     }
 
     #[test]
@@ -192,15 +230,19 @@ mod tests {
         index.insert_with_budget(token(1, 2), id("b"), Some(at(7)));
         // The prefix is a's: b is kept whole, and each slot is found by its
         // holder only.
-        index.slot_mut(&token(1, 1), &id("a")).unwrap().budget_tat = Some(at(5));
-        assert!(index.slot_mut(&token(1, 1), &id("b")).is_none());
+        slot_of(&mut index, &token(1, 1), &id("a"))
+            .unwrap()
+            .budget_tat = Some(at(5));
+        assert!(slot_of(&mut index, &token(1, 1), &id("b")).is_none());
         assert_eq!(
-            index.slot_mut(&token(1, 2), &id("b")).unwrap().budget_tat,
+            slot_of(&mut index, &token(1, 2), &id("b"))
+                .unwrap()
+                .budget_tat,
             Some(at(7))
         );
         assert_eq!(index.remove(&token(1, 2), &id("c")), None);
         assert_eq!(index.remove(&token(1, 2), &id("b")), Some(at(7)));
         assert_eq!(index.remove(&token(1, 1), &id("a")), Some(at(5)));
-        assert!(index.slot_mut(&token(1, 1), &id("a")).is_none());
+        assert!(slot_of(&mut index, &token(1, 1), &id("a")).is_none());
     }
 }
