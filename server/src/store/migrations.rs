@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_gateway_brake",
         include_str!("../../../migrations/0008_gateway_brake.sql"),
     ),
+    (
+        "0009_agents_fillfactor",
+        include_str!("../../../migrations/0009_agents_fillfactor.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

@@ -842,6 +842,27 @@ mod tests {
         tx.commit().await.unwrap();
     }
 
+    /// A lease checkpoint rewrites a row on its own page (a HOT update, no
+    /// index entries): the agents table keeps half of each page free.
+    #[tokio::test]
+    async fn agent_pages_keep_room_for_checkpointed_leases() {
+        let db = TestDatabase::create().await;
+        let _migrated = connect(&db).await;
+        let (admin, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let options: Vec<String> = admin
+            .query_one(
+                "SELECT reloptions::text[] FROM pg_class WHERE oid = 'agents'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(options, ["fillfactor=50"]);
+    }
+
     /// After the leader's sessions are lost (a database restart, a killed
     /// backend), its next commits succeed on new connections, under the
     /// same lease: a lost connection is not a lost lease.

@@ -1,0 +1,11 @@
+-- Half of each page of agents is left free, so that a lease checkpoint's
+-- update of a row (last_seen_at, lease_expires_at and lease_checkpoint, none
+-- of them indexed) puts the new version on the same page: a HOT update,
+-- with no new entry in the table's three indexes. Full pages (the default)
+-- moved every checkpointed row to another page and indexed it again, and
+-- the checkpoints writing every renewed lease cost the database more CPU
+-- per heartbeat than the server's whole difference from a health check
+-- (BENCHMARKS.md, Heartbeats). Half, because one checkpoint may rewrite
+-- every row of a page before the old versions can be pruned. Pages written
+-- from now on; `VACUUM FULL agents` rewrites the existing ones.
+ALTER TABLE agents SET (fillfactor = 50);
