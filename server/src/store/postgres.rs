@@ -16,6 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 mod commit;
+mod event_json;
 mod fleet;
 
 use super::lease::PgLease;

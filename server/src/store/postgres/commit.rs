@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use futures_util::future::{MaybeDone, maybe_done, try_join_all};
 use tokio_postgres::types::{Json, ToSql};
 
+use super::event_json::StoredAgent;
 use super::{PostgresStore, classify, opt_time, time};
 use crate::engine::rollout::Rollout;
 use crate::engine::{
@@ -215,7 +216,10 @@ pub(super) async fn commit(store: &PostgresStore, batch: &Batch) -> Result<(), S
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Other(format!("encoding a rollout: {e}")))?;
     // Serialized straight into the statement's buffer: no JSON tree.
-    let ev_agent: Vec<Json<&Agent>> = events.iter().map(|e| Json(&e.agent)).collect();
+    let ev_agent: Vec<Json<StoredAgent<'_>>> = events
+        .iter()
+        .map(|e| Json(StoredAgent(&e.agent)))
+        .collect();
 
     let retire_columns = |retires: &[PendingRetire]| {
         (
