@@ -10,6 +10,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
+mod text_fields;
+
 /// Libraries whose debug and trace output can carry credentials (query
 /// parameters hold token hashes; HTTP/2 headers hold tokens). They stay at
 /// info whatever RUST_LOG says.
@@ -36,7 +38,11 @@ pub fn init(format: LogFormat) {
             .finish()
             .with(no_credentials)
             .init(),
-        LogFormat::Text => builder.finish().with(no_credentials).init(),
+        LogFormat::Text => builder
+            .fmt_fields(text_fields::TextFields)
+            .finish()
+            .with(no_credentials)
+            .init(),
     }
 }
 

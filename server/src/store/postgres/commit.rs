@@ -216,10 +216,8 @@ pub(super) async fn commit(store: &PostgresStore, batch: &Batch) -> Result<(), S
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Other(format!("encoding a rollout: {e}")))?;
     // Serialized straight into the statement's buffer: no JSON tree.
-    let ev_agent: Vec<Json<StoredAgent<'_>>> = events
-        .iter()
-        .map(|e| Json(StoredAgent(&e.agent)))
-        .collect();
+    let ev_agent: Vec<Json<StoredAgent<'_>>> =
+        events.iter().map(|e| Json(StoredAgent(&e.agent))).collect();
 
     let retire_columns = |retires: &[PendingRetire]| {
         (
