@@ -20,10 +20,16 @@ pub use v1::*;
 /// The metadata keys that carry credentials (and the forwarding mark), shared by the server and the
 /// client library so the two cannot drift apart.
 pub mod metadata {
+    use tonic::codegen::http::HeaderName;
+
     /// An agent's token, on `Heartbeat`.
     pub const AGENT_TOKEN: &str = "x-agent-token";
     /// A gateway's token, on `ConnectGateway`.
     pub const GATEWAY_TOKEN: &str = "x-gateway-token";
+    /// The token headers as names, to look them up with: a lookup by `&str`
+    /// parses the name again on every call.
+    pub const AGENT_TOKEN_NAME: HeaderName = HeaderName::from_static(AGENT_TOKEN);
+    pub const GATEWAY_TOKEN_NAME: HeaderName = HeaderName::from_static(GATEWAY_TOKEN);
     /// `Bearer <operator token>`, on every operator call.
     pub const AUTHORIZATION: &str = "authorization";
     /// Set by a replica on a call it forwards to the leader (its value: the

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
@@ -217,8 +217,8 @@ impl Gate {
     ) -> Result<(), Status> {
         match method.access {
             Access::Open => Ok(()),
-            Access::Agent => present(headers, metadata::AGENT_TOKEN),
-            Access::Gateway => present(headers, metadata::GATEWAY_TOKEN),
+            Access::Agent => present(headers, &metadata::AGENT_TOKEN_NAME),
+            Access::Gateway => present(headers, &metadata::GATEWAY_TOKEN_NAME),
             Access::Operator(needed) => self.operator(needed, headers, subject),
         }
     }
@@ -271,7 +271,7 @@ impl Gate {
 
 /// The token itself is checked by the service (against the fleet); here
 /// only that there is one, so nothing is read for a caller without.
-fn present(headers: &HeaderMap, header: &str) -> Result<(), Status> {
+fn present(headers: &HeaderMap, header: &HeaderName) -> Result<(), Status> {
     match headers.get(header).map(|value| value.to_str()) {
         Some(Ok(value)) if !value.trim().is_empty() => Ok(()),
         Some(_) => Err(Status::unauthenticated(format!(

@@ -175,7 +175,7 @@ impl Gateways for GatewayService {
         &self,
         request: Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<Response<Self::ConnectGatewayStream>, Status> {
-        let token = token(&request, GATEWAY_TOKEN_HEADER)?;
+        let token = token(&request, &GATEWAY_TOKEN_HEADER)?;
         let (session, commands) = self.lifecycle.connect_gateway(token)?;
         let session = Arc::new(session);
         let stop = self.lifecycle.streams_stopped();

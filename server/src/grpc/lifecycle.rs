@@ -3,6 +3,7 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
+use http::HeaderName;
 use mission_control_proto::v1 as pb;
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycle;
 use tonic::{Request, Response, Status};
@@ -21,9 +22,10 @@ impl LifecycleService {
 }
 
 /// The bearer token in `header`, or UNAUTHENTICATED.
-pub fn token<'a, T>(request: &'a Request<T>, header: &str) -> Result<&'a str, Status> {
+pub fn token<'a, T>(request: &'a Request<T>, header: &HeaderName) -> Result<&'a str, Status> {
     let value = request
         .metadata()
+        .as_ref()
         .get(header)
         .ok_or_else(|| Status::unauthenticated(format!("missing {header} metadata")))?;
     value
@@ -70,7 +72,7 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let token = token(&request, AGENT_TOKEN_HEADER)?;
+        let token = token(&request, &AGENT_TOKEN_HEADER)?;
         let reported = match request.get_ref().template_version.as_str() {
             "" => None,
             version => Some(validate::template_version(version)?),

@@ -26,7 +26,7 @@ use crate::runtime::Lifecycle;
 
 pub use forward::{FORWARDED_HEADER, ForwardLayer};
 pub use mission_control_proto::metadata::{
-    AGENT_TOKEN as AGENT_TOKEN_HEADER, GATEWAY_TOKEN as GATEWAY_TOKEN_HEADER,
+    AGENT_TOKEN_NAME as AGENT_TOKEN_HEADER, GATEWAY_TOKEN_NAME as GATEWAY_TOKEN_HEADER,
 };
 
 /// Serves every service on `listener`'s connections (plaintext or TLS)

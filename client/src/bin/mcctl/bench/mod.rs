@@ -24,7 +24,7 @@ use mission_control_client::{
     AGENT_TOKEN_HEADER, AgentRole, AgentStatus, Endpoints, Error, HeartbeatRequest,
     ProvisionRequest,
 };
-use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -161,13 +161,13 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
     let tokens: Arc<Vec<AsciiMetadataValue>> =
         Arc::new(tokens.iter().filter_map(|t| t.get().cloned()).collect());
 
-    let checked_in = drive(
-        &channels,
-        args.streams,
-        Until::Calls(args.agents),
-        heartbeat(tokens.clone(), 0, true),
-    )
-    .await;
+    let key = AsciiMetadataKey::from_static(AGENT_TOKEN_HEADER);
+    let checked_in = {
+        let (tokens, key) = (tokens.clone(), key.clone());
+        let check_in =
+            move |channel, n| heartbeat(channel, key.clone(), token_of(&tokens, 0, n), true);
+        drive(&channels, args.streams, Until::Calls(args.agents), check_in).await
+    };
     report.phase("check-in (first Heartbeat)", checked_in);
     report.memory("online, leases armed", args.server_pid, args.agents);
 
@@ -203,13 +203,10 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), Failure> {
         pause(&args, &format!("health Check, round {round}")).await;
         health.push(drive(&channels, args.streams, measured, check).await);
         pause(&args, &format!("Heartbeat, round {round}")).await;
-        let phase = drive(
-            &channels,
-            args.streams,
-            measured,
-            heartbeat(tokens.clone(), offset, false),
-        )
-        .await;
+        let (tokens, key) = (tokens.clone(), key.clone());
+        let beat =
+            move |channel, n| heartbeat(channel, key.clone(), token_of(&tokens, offset, n), false);
+        let phase = drive(&channels, args.streams, measured, beat).await;
         offset += phase.ok + phase.failed();
         beats.push(phase);
     }
@@ -328,33 +325,33 @@ async fn provision(
     .await
 }
 
-/// A heartbeat of agent `(offset + n) % agents` with its own token; a
-/// check-in must leave the agent online.
-fn heartbeat(
-    tokens: Arc<Vec<AsciiMetadataValue>>,
-    offset: u64,
+/// Agent `(offset + n) % agents`'s token.
+fn token_of(tokens: &[AsciiMetadataValue], offset: u64, n: u64) -> AsciiMetadataValue {
+    tokens[((offset + n) % tokens.len() as u64) as usize].clone()
+}
+
+/// One heartbeat with the agent's own token, as the client library's agents
+/// send it (`key` is the header's name, parsed once); a check-in must leave
+/// the agent online. Called from closures at each phase, so that its future
+/// is not boxed, as the health check's is not.
+async fn heartbeat(
+    channel: Channel,
+    key: AsciiMetadataKey,
+    token: AsciiMetadataValue,
     check_in: bool,
-) -> impl Fn(Channel, u64) -> std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    move |channel, n| {
-        let token = tokens[((offset + n) % tokens.len() as u64) as usize].clone();
-        Box::pin(async move {
-            let mut request = tonic::Request::new(HeartbeatRequest::default());
-            request.metadata_mut().insert(AGENT_TOKEN_HEADER, token);
-            let reply = AgentLifecycleClient::new(channel)
-                .heartbeat(request)
-                .await?
-                .into_inner();
-            if check_in && reply.status() != AgentStatus::Online {
-                return Err(tonic::Status::failed_precondition(
-                    "not online after check-in",
-                ));
-            }
-            Ok(())
-        })
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(HeartbeatRequest::default());
+    request.metadata_mut().insert(key, token);
+    let reply = AgentLifecycleClient::new(channel)
+        .heartbeat(request)
+        .await?
+        .into_inner();
+    if check_in && reply.status() != AgentStatus::Online {
+        return Err(tonic::Status::failed_precondition(
+            "not online after check-in",
+        ));
     }
+    Ok(())
 }
 
 async fn check(channel: Channel, _: u64) -> Result<(), tonic::Status> {
