@@ -10,6 +10,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
+mod clock;
 mod text_fields;
 
 /// Libraries whose debug and trace output can carry credentials (query
@@ -28,6 +29,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
+        .with_timer(clock::LineClock)
         .with_ansi(std::io::stdout().is_terminal());
     let no_credentials = filter_fn(may_log);
     match format {
