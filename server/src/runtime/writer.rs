@@ -601,7 +601,8 @@ fn log_rollout(rollout: &Rollout) {
 
 /// The first wake enqueued for each agent, generation and attempt.
 fn enqueued_by(notes: &[Note]) -> HashMap<(&str, u64, u32), usize> {
-    let mut first = HashMap::new();
+    // Sized once: grown one insert at a time it rehashed several times a round.
+    let mut first = HashMap::with_capacity(notes.len());
     for (i, note) in notes.iter().enumerate() {
         if note.kind == NoteKind::Enqueued {
             let key = (note.agent_id.as_str(), note.generation, note.attempt);

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures_util::future::{MaybeDone, maybe_done, try_join_all};
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::ToSql;
 
 use super::event_json::StoredAgent;
 use super::{PostgresStore, classify, opt_time, time};
@@ -215,9 +215,8 @@ pub(super) async fn commit(store: &PostgresStore, batch: &Batch) -> Result<(), S
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Other(format!("encoding a rollout: {e}")))?;
-    // Serialized straight into the statement's buffer: no JSON tree.
-    let ev_agent: Vec<Json<StoredAgent<'_>>> =
-        events.iter().map(|e| Json(StoredAgent(&e.agent))).collect();
+    // Written straight into the statement's buffer: no JSON tree.
+    let ev_agent: Vec<StoredAgent<'_>> = events.iter().map(|e| StoredAgent(&e.agent)).collect();
 
     let retire_columns = |retires: &[PendingRetire]| {
         (
