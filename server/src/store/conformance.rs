@@ -21,6 +21,7 @@ macro_rules! store_conformance_tests {
             events_after_is_ordered_and_limited,
             history_is_newest_first_and_paged,
             checkpoints_only_move_online_leases_forward,
+            a_checkpoint_of_many_leases_writes_every_one,
             compaction_drops_old_events_and_keeps_the_revision,
             changes_since_reads_what_events_do_not_carry,
             ping_answers,
@@ -551,6 +552,49 @@ pub async fn rollouts_round_trip_with_their_events(store: &dyn Store) {
     assert_eq!(history[0].rollout_id, Some(rollout));
     let untouched = f.store.agent_history(&id("c"), None, 1).await.unwrap();
     assert_eq!(untouched[0].rollout_id, None);
+}
+
+/// Postgres writes a large checkpoint in several statements (two leases
+/// each under test): every lease lands, and a follower reads them all.
+pub async fn a_checkpoint_of_many_leases_writes_every_one(store: &dyn Store) {
+    let mut f = Fixture::new(store).await;
+    let names = ["a", "b", "c", "d", "e"];
+    for name in names {
+        f.provision(at(1), name).await;
+        f.check_in(at(2), name).await;
+    }
+    let start = store.load().await.unwrap();
+    for name in names {
+        let token = f.engine.agent(&id(name)).unwrap().token_hash;
+        assert!(matches!(
+            f.engine.renew_lease(&token, None, at(9)),
+            Renewal::Renewed(_)
+        ));
+    }
+    let leases = f.engine.take_dirty_leases();
+    assert_eq!(leases.len(), names.len());
+    store.checkpoint_leases(&leases).await.unwrap();
+
+    let loaded = store.load().await.unwrap();
+    for agent in &loaded.agents {
+        assert_eq!(agent.last_seen_at, Some(at(9)), "{}", agent.id);
+        assert_eq!(agent.lease_expires_at, Some(at(39)), "{}", agent.id);
+    }
+    let changes = store
+        .changes_since(ChangesRequest {
+            revision: start.revision,
+            checkpoint: start.checkpoint,
+            named: &[],
+            limit: 10,
+            directory: false,
+        })
+        .await
+        .unwrap();
+    let rows = changes.rows.expect("nothing committed since");
+    let mut read: Vec<String> = rows.leases.iter().map(|l| l.agent_id.to_string()).collect();
+    read.sort();
+    assert_eq!(read, names);
+    assert_eq!(rows.checkpoint, loaded.checkpoint);
 }
 
 /// A follower's read: events, and once they reach the end of the log, the

@@ -385,7 +385,36 @@ pub(super) async fn commit(store: &PostgresStore, batch: &Batch) -> Result<(), S
     run(store, statements).await
 }
 
-/// Writes leases renewed in memory: one statement, whatever their number.
+/// Leases per checkpoint statement. A statement is encoded whole into its
+/// connection's buffers, which keep the size they grew to: one statement of
+/// every lease renewed in an interval left megabytes on each pooled
+/// connection that wrote one (18 MB at 100,000 heartbeating agents,
+/// BENCHMARKS.md, memory per agent), growing with the fleet. About 1 MB
+/// encoded; a fleet of fewer agents is still written in one statement.
+/// The unit tests' few leases take several, so that path is the one tested.
+const LEASES_PER_STATEMENT: usize = if cfg!(test) { 2 } else { 16_384 };
+
+/// A slice of the leases, as the checkpoint statement's arrays.
+struct LeaseColumns<'a> {
+    ids: Vec<&'a str>,
+    generations: Vec<i64>,
+    seen: Vec<SystemTime>,
+    expires: Vec<SystemTime>,
+}
+
+impl<'a> LeaseColumns<'a> {
+    fn of(leases: &'a [LeaseCheckpoint]) -> Self {
+        Self {
+            ids: leases.iter().map(|l| l.agent_id.as_str()).collect(),
+            generations: leases.iter().map(|l| l.generation as i64).collect(),
+            seen: leases.iter().map(|l| time(l.last_seen_at)).collect(),
+            expires: leases.iter().map(|l| time(l.lease_expires_at)).collect(),
+        }
+    }
+}
+
+/// Writes leases renewed in memory, in one transaction and one round trip:
+/// a statement per [`LEASES_PER_STATEMENT`] of them.
 pub(super) async fn checkpoint_leases(
     store: &PostgresStore,
     leases: &[LeaseCheckpoint],
@@ -393,20 +422,24 @@ pub(super) async fn checkpoint_leases(
     if leases.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = leases.iter().map(|l| l.agent_id.as_str()).collect();
-    let generations: Vec<i64> = leases.iter().map(|l| l.generation as i64).collect();
-    let seen: Vec<SystemTime> = leases.iter().map(|l| time(l.last_seen_at)).collect();
-    let expires: Vec<SystemTime> = leases.iter().map(|l| time(l.lease_expires_at)).collect();
+    let columns: Vec<LeaseColumns<'_>> = leases
+        .chunks(LEASES_PER_STATEMENT)
+        .map(LeaseColumns::of)
+        .collect();
     let epoch = store.lease.epoch()?;
-    let statements: Vec<(&str, Params<'_>)> = vec![
-        (lease::FENCE, vec![&epoch]),
-        (CHECKPOINT_LEASES, vec![&ids, &generations, &seen, &expires]),
-    ];
+    let mut statements: Vec<(&str, Params<'_>)> = vec![(lease::FENCE, vec![&epoch])];
+    for c in &columns {
+        statements.push((
+            CHECKPOINT_LEASES,
+            vec![&c.ids, &c.generations, &c.seen, &c.expires],
+        ));
+    }
     run(store, statements).await
 }
 
 /// The next generation of the lease clock stamps the rows, so that
-/// followers read them (no event names them).
+/// followers read them (no event names them); each statement of a
+/// checkpoint takes a generation of its own.
 const CHECKPOINT_LEASES: &str = "
 WITH clock AS (UPDATE lease_clock SET generation = generation + 1 RETURNING generation)
 UPDATE agents AS a SET
