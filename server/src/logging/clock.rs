@@ -5,7 +5,7 @@
 //! fields.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -19,12 +19,17 @@ impl FormatTime for LineClock {
 }
 
 fn write_time(w: &mut impl fmt::Write, at: SystemTime) -> fmt::Result {
+    if at < UNIX_EPOCH {
+        // humantime panics before the epoch: a host clock set that far
+        // back still gets its lines, with the raw time.
+        return write!(w, "{at:?}");
+    }
     write!(w, "{}", humantime::format_rfc3339_micros(at))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     use super::*;
 
@@ -42,6 +47,12 @@ mod tests {
         // Nanoseconds are cut to microseconds, as tracing-subscriber does.
         let at = UNIX_EPOCH + Duration::new(951_825_599, 999_999_999);
         assert_eq!(written(at), "2000-02-29T11:59:59.999999Z");
+    }
+
+    #[test]
+    fn a_clock_before_1970_still_writes_a_time() {
+        let at = UNIX_EPOCH - Duration::from_secs(5);
+        assert!(written(at).contains("SystemTime"), "{}", written(at));
     }
 
     #[test]
