@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{BoardId, GatewayId};
+use super::model::{Agent, BoardId, GatewayId};
 use super::{AgentFilter, Engine};
 
 /// How many agents a gateway or board holds, and how many of them drifted.
@@ -52,16 +52,23 @@ impl Engine {
             boards: BTreeMap::new(),
         };
         for agent in self.agents.values().filter(|a| filter.matches(a)) {
-            let drifted = usize::from(agent.drifted());
-            let count = |slot: &mut DriftCount| {
-                slot.agents += 1;
-                slot.drifted += drifted;
-            };
-            count(report.gateways.entry(agent.gateway_id.clone()).or_default());
-            if let Some(board) = &agent.board_id {
-                count(report.boards.entry(board.clone()).or_default());
-            }
+            report.count(agent);
         }
         report
+    }
+}
+
+impl DriftReport {
+    /// Counts one agent for its gateway and its board.
+    pub(super) fn count(&mut self, agent: &Agent) {
+        let drifted = usize::from(agent.drifted());
+        let count = |slot: &mut DriftCount| {
+            slot.agents += 1;
+            slot.drifted += drifted;
+        };
+        count(self.gateways.entry(agent.gateway_id.clone()).or_default());
+        if let Some(board) = &agent.board_id {
+            count(self.boards.entry(board.clone()).or_default());
+        }
     }
 }

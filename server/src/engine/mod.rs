@@ -13,6 +13,7 @@ mod commands;
 mod drift;
 mod follow;
 pub mod gateway_state;
+mod gauges;
 mod heartbeat_budget;
 pub mod model;
 pub mod policy;
@@ -37,6 +38,7 @@ pub use commands::{GatewayRegistered, GatewaySpec, ProvisionSpec, Provisioned};
 pub use drift::{DriftCount, DriftReport};
 pub use follow::{Diverged, StoredLease};
 pub use gateway_state::{Link, LinkState};
+pub use gauges::AgentGauges;
 pub use heartbeat_budget::{HEARTBEAT_BURST, HeartbeatBudget};
 pub use model::{
     Agent, AgentId, BoardId, Event, EventKind, Gateway, GatewayId, PendingRetire, Reason, Role,

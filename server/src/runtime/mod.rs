@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Agent, AgentFilter, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec, GatewayState,
-    GatewayTransition, Policy, ProvisionSpec, Renewal, Status, Timestamp,
+    Agent, AgentFilter, AgentGauges, AgentId, Engine, Event, Gateway, GatewayId, GatewaySpec,
+    GatewayState, GatewayTransition, Policy, ProvisionSpec, Renewal, Status, Timestamp,
 };
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
@@ -225,6 +225,9 @@ const COMMAND_QUEUE: usize = 8192;
 /// Rollout changes a progress stream may fall behind; each is the whole
 /// rollout, so one that falls further behind just reads it again.
 const ROLLOUT_BUFFER: usize = 256;
+/// Agents counted per hold of the engine lock for `/metrics` (about a
+/// millisecond's walk).
+const METRICS_SLICE: usize = 8192;
 
 impl Lifecycle {
     /// Loads the fleet from the store and starts the writer and background
@@ -775,23 +778,27 @@ impl Lifecycle {
 
     /// The service's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        let (agents, timers, drift, wakes_held, (gateways_away, suspected, draining)) = {
-            let engine = self.shared.engine();
-            let mut agents = Status::ALL.map(|status| (status, 0usize));
-            let mut wakes_held = 0;
-            for agent in engine.agents() {
-                if let Some(slot) = agents.iter_mut().find(|(s, _)| *s == agent.status) {
-                    slot.1 += 1;
-                }
-                wakes_held += usize::from(agent.wake_held);
+        // Agents are counted a slice at a time, the lock let go between
+        // slices, so a scrape of a large fleet never stalls heartbeats.
+        let mut gauges = AgentGauges::default();
+        let mut after = None;
+        loop {
+            let next =
+                self.shared
+                    .engine()
+                    .count_agents(&mut gauges, after.as_ref(), METRICS_SLICE);
+            match next {
+                Some(id) => after = Some(id),
+                None => break,
             }
+        }
+        let (timers, wakes_queued, (gateways_away, suspected, draining)) = {
+            let engine = self.shared.engine();
             let away = engine.gateways().filter(|g| !g.link.is_connected()).count();
             let braked = |state| engine.gateways().filter(|g| g.state() == state).count();
             (
-                agents,
                 engine.timer_count(),
-                (engine.drift(), engine.wakes_owed()),
-                wakes_held,
+                engine.wakes_owed(),
                 (
                     away,
                     braked(GatewayState::Suspected),
@@ -799,7 +806,11 @@ impl Lifecycle {
                 ),
             )
         };
-        let (drift, wakes_queued) = drift;
+        let AgentGauges {
+            by_status: agents,
+            wakes_held,
+            drift,
+        } = gauges;
         self.shared.metrics.render(&metrics::Gauges {
             agents,
             gateways_connected: self.shared.hub.connected_count(),

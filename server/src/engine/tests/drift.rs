@@ -73,3 +73,35 @@ fn a_drift_filter_sees_an_agent_catch_up_and_a_new_desired_version_drift_it() {
     assert!(filter.matches_event(&updated.events[0]));
     assert_eq!(drifted(&h), ["a"]);
 }
+
+#[test]
+fn gauges_counted_in_slices_equal_one_whole_count() {
+    let mut h = Harness::new();
+    for name in ["a1", "a2", "a3", "a4", "a5"] {
+        h.provision(name);
+    }
+    report(&mut h, "a2", "v1");
+    report(&mut h, "a4", "v0");
+    let counted = |limit: usize| {
+        let mut gauges = AgentGauges::default();
+        let (mut after, mut holds) = (None, 0);
+        loop {
+            holds += 1;
+            match h.engine.count_agents(&mut gauges, after.as_ref(), limit) {
+                Some(id) => after = Some(id),
+                None => return (gauges, holds),
+            }
+        }
+    };
+    let (whole, holds) = counted(100);
+    assert_eq!(holds, 1);
+    assert_eq!(whole.drift, h.engine.drift());
+    let count_of = |status| whole.by_status.iter().find(|(s, _)| *s == status).unwrap().1;
+    assert_eq!(count_of(Status::Provisioning), 3);
+    assert_eq!(count_of(Status::Online), 2);
+    // Five agents in slices of two: three holds of the lock, the same
+    // counts; a slice ending on the last agent takes one more, empty, hold.
+    let (sliced, holds) = counted(2);
+    assert_eq!((sliced.clone(), holds), (whole.clone(), 3));
+    assert_eq!(counted(5), (whole, 2));
+}
