@@ -96,7 +96,14 @@ fn gauges_counted_in_slices_equal_one_whole_count() {
     let (whole, holds) = counted(100);
     assert_eq!(holds, 1);
     assert_eq!(whole.drift, h.engine.drift());
-    let count_of = |status| whole.by_status.iter().find(|(s, _)| *s == status).unwrap().1;
+    let count_of = |status| {
+        whole
+            .by_status
+            .iter()
+            .find(|(s, _)| *s == status)
+            .unwrap()
+            .1
+    };
     assert_eq!(count_of(Status::Provisioning), 3);
     assert_eq!(count_of(Status::Online), 2);
     // Five agents in slices of two: three holds of the lock, the same
