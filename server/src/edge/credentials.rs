@@ -167,9 +167,7 @@ impl Credentials {
 pub fn hash_line(token: &str) -> String {
     let TokenHash(bytes) = tokens::hash(token.trim());
     let mut line = String::from("sha256:");
-    for byte in bytes {
-        line.push_str(&format!("{byte:02x}"));
-    }
+    tokens::push_hex(&mut line, &bytes);
     line
 }
 

@@ -142,8 +142,9 @@ fn render_value(encoded: &[u8]) -> Option<String> {
             String::from_utf16(&units).ok()?
         }
         _ => {
-            let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
-            return Some(format!("#{hex}"));
+            let mut hex = String::from("#");
+            crate::runtime::tokens::push_hex(&mut hex, encoded);
+            return Some(hex);
         }
     };
     Some(escape(&text))

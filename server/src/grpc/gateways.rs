@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::lifecycle::token;
-use super::{GATEWAY_TOKEN_HEADER, convert, validate};
+use mission_control_proto::metadata::GATEWAY_TOKEN_NAME;
+
+use super::{convert, validate};
 use crate::runtime::{CloseReason, GatewaySession, Lifecycle, Outbound};
 
 pub struct GatewayService {
@@ -175,7 +177,7 @@ impl Gateways for GatewayService {
         &self,
         request: Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<Response<Self::ConnectGatewayStream>, Status> {
-        let token = token(&request, &GATEWAY_TOKEN_HEADER)?;
+        let token = token(&request, &GATEWAY_TOKEN_NAME)?;
         let (session, commands) = self.lifecycle.connect_gateway(token)?;
         let session = Arc::new(session);
         let stop = self.lifecycle.streams_stopped();

@@ -8,7 +8,9 @@ use mission_control_proto::v1 as pb;
 use mission_control_proto::v1::agent_lifecycle_server::AgentLifecycle;
 use tonic::{Request, Response, Status};
 
-use super::{AGENT_TOKEN_HEADER, convert, page_token, validate};
+use mission_control_proto::metadata::AGENT_TOKEN_NAME;
+
+use super::{convert, page_token, validate};
 use crate::runtime::{Lifecycle, LifecycleError, WatchItem};
 
 pub struct LifecycleService {
@@ -72,7 +74,7 @@ impl AgentLifecycle for LifecycleService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let token = token(&request, &AGENT_TOKEN_HEADER)?;
+        let token = token(&request, &AGENT_TOKEN_NAME)?;
         let reported = match request.get_ref().template_version.as_str() {
             "" => None,
             version => Some(validate::template_version(version)?),

@@ -25,9 +25,6 @@ use crate::net::{ConnectionSettings, Incoming, Listener};
 use crate::runtime::Lifecycle;
 
 pub use forward::{FORWARDED_HEADER, ForwardLayer};
-pub use mission_control_proto::metadata::{
-    AGENT_TOKEN_NAME as AGENT_TOKEN_HEADER, GATEWAY_TOKEN_NAME as GATEWAY_TOKEN_HEADER,
-};
 
 /// Serves every service on `listener`'s connections (plaintext or TLS)
 /// until `shutdown` completes, then stops accepting and waits for calls in

@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::engine::{AgentFilter, AgentId};
-use crate::runtime::LifecycleError;
+use crate::runtime::{LifecycleError, tokens};
 
 const VERSION: &str = "p1";
 
@@ -51,7 +51,9 @@ fn checksum(id: &str, filter: &AgentFilter) -> [u8; 8] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut text = String::new();
+    tokens::push_hex(&mut text, bytes);
+    text
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
