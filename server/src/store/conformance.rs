@@ -506,6 +506,20 @@ pub async fn compaction_drops_old_events_and_keeps_the_revision(store: &dyn Stor
     // Compacting everything keeps the last revision known.
     assert_eq!(store.compact(at(10_000)).await.unwrap(), 4);
     assert_eq!(store.load().await.unwrap().revision, 4);
+    // The cut is a prefix in revision order: an event stamped before the
+    // cutoff but after one that is not (the clock stepped back) is kept.
+    f.provision(at(20_000), "a4").await;
+    f.provision(at(15_000), "a5").await;
+    assert_eq!(store.compact(at(18_000)).await.unwrap(), 4);
+    let left: Vec<u64> = store
+        .events_after(4, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(left, [5, 6]);
+    assert_eq!(store.compact(at(30_000)).await.unwrap(), 6);
 }
 
 pub async fn rollouts_round_trip_with_their_events(store: &dyn Store) {

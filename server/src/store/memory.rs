@@ -424,13 +424,13 @@ impl Store for MemoryStore {
 
     async fn compact(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
         let mut state = self.available()?;
-        let newest_old = state
-            .events
-            .values()
-            .filter(|e| e.at < cutoff)
-            .map(|e| e.revision)
-            .max();
-        if let Some(up_to) = newest_old {
+        // The events before the first one at or after the cutoff, as the
+        // Postgres store cuts (in revision order, no index on time).
+        let up_to = match state.events.values().find(|e| e.at >= cutoff) {
+            Some(kept) => kept.revision.checked_sub(1),
+            None => state.events.keys().next_back().copied(),
+        };
+        if let Some(up_to) = up_to.filter(|&r| r > 0) {
             state.events = state.events.split_off(&(up_to + 1));
             state.compacted_revision = state.compacted_revision.max(up_to);
         }

@@ -42,6 +42,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_agents_fillfactor",
         include_str!("../../../migrations/0009_agents_fillfactor.sql"),
     ),
+    (
+        "0010_events_without_time_index",
+        include_str!("../../../migrations/0010_events_without_time_index.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming this service's migration lock.

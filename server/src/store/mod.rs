@@ -160,8 +160,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<GatewayTransition>, StoreError>;
 
-    /// Deletes events recorded before `cutoff`; returns the compacted
-    /// revision: events at or below it are gone.
+    /// Deletes the events recorded before `cutoff` up to the first one
+    /// recorded at or after it, in revision order (an event stamped earlier
+    /// than one before it, after a clock step back, is kept with it);
+    /// returns the compacted revision: events at or below it are gone.
     async fn compact(&self, cutoff: Timestamp) -> Result<u64, StoreError>;
 
     async fn compacted_revision(&self) -> Result<u64, StoreError>;

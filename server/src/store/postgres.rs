@@ -638,7 +638,15 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "WITH cut AS (SELECT max(revision) AS up_to FROM agent_events WHERE at < $1),
+                // The events before the first one at or after the cutoff,
+                // found in revision order through the primary key (no index
+                // on `at`: every transition paid for one). Rows older than
+                // the cutoff and still there are one compaction interval's.
+                "WITH first_kept AS (SELECT revision FROM agent_events WHERE at >= $1
+                                     ORDER BY revision LIMIT 1),
+                      cut AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM first_kept)
+                                          THEN (SELECT revision - 1 FROM first_kept)
+                                          ELSE (SELECT max(revision) FROM agent_events) END AS up_to),
                       gone AS (DELETE FROM agent_events WHERE revision <= (SELECT up_to FROM cut))
                  UPDATE event_history
                     SET compacted_revision = GREATEST(compacted_revision,
