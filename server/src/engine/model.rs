@@ -2,9 +2,9 @@
 //! timestamps, agents, gateways and the events that record each transition.
 
 use std::num::NonZeroU64;
-use std::sync::Arc;
 use std::{fmt, time::Duration};
 
+use arcstr::ArcStr;
 use serde::{Deserialize, Serialize};
 
 /// Why a string is not a valid identifier.
@@ -40,19 +40,21 @@ fn check_id(s: &str) -> Result<(), InvalidId> {
 /// indexes (the agent map, the token index, the timer wheel, dirty leases)
 /// and every agent of a gateway or board names the same one, so a clone is
 /// a reference count, and one allocation serves them all (see
-/// BENCHMARKS.md, memory per agent).
+/// BENCHMARKS.md, memory per agent). An `ArcStr` is one word where an
+/// `Arc<str>` is two (pointer and length): the length lives beside the
+/// count, and the engine holds several ids per agent.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(Arc<str>);
+        pub struct $name(ArcStr);
 
         impl $name {
             pub fn parse(s: impl Into<String>) -> Result<Self, InvalidId> {
                 let s = s.into();
                 check_id(&s)?;
-                Ok(Self(Arc::from(s)))
+                Ok(Self(ArcStr::from(s)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -75,7 +77,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0.as_ref().to_owned()
+                id.0.as_str().to_owned()
             }
         }
 
@@ -104,11 +106,15 @@ id_type!(
     RolloutId
 );
 
+// One word each, and nothing for the niche: an agent holds eight such
+// fields and the engine's indexes one more id each.
+const _: () = assert!(size_of::<AgentId>() == 8 && size_of::<Option<SharedStr>>() == 8);
+
 /// Text many agents hold the same copy of: a template version (a fleet
 /// runs a handful), a name that is the agent's id. Cloned by reference
 /// count; compares, hashes, prints and serializes as the string it holds.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct SharedStr(Arc<str>);
+pub struct SharedStr(ArcStr);
 
 impl SharedStr {
     pub fn as_str(&self) -> &str {
@@ -137,19 +143,19 @@ impl std::borrow::Borrow<str> for SharedStr {
 
 impl From<String> for SharedStr {
     fn from(s: String) -> Self {
-        Self(Arc::from(s))
+        Self(ArcStr::from(s))
     }
 }
 
 impl From<&str> for SharedStr {
     fn from(s: &str) -> Self {
-        Self(Arc::from(s))
+        Self(ArcStr::from(s))
     }
 }
 
 impl From<SharedStr> for String {
     fn from(s: SharedStr) -> String {
-        s.0.as_ref().to_owned()
+        s.0.as_str().to_owned()
     }
 }
 

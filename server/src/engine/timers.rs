@@ -6,7 +6,7 @@
 //! that with the agent's current state: a stale entry does nothing.
 //!
 //! Entries live in slots of about a second (2^20 microseconds), each a
-//! dense `Vec` of 32-byte entries in the order armed; only the earliest
+//! dense `Vec` of 24-byte entries in the order armed; only the earliest
 //! slot is kept sorted, from when it becomes the earliest. A B-tree keyed by
 //! deadline filled one by one left its nodes about half full, and every
 //! agent holds two timers once it checks in through the API: its lease
@@ -49,6 +49,8 @@ struct Entry {
     attempt: u32,
     offset_and_kind: u32,
 }
+
+const _: () = assert!(size_of::<Entry>() == 24);
 
 impl Entry {
     fn of(timer: Timer) -> (i64, Entry) {

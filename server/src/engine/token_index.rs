@@ -3,7 +3,7 @@
 //! finds both with one lookup.
 //!
 //! Keyed by the first 8 bytes of the token's SHA-256, not all 32: a slot
-//! of 32 bytes instead of 56 (BENCHMARKS.md, memory per agent). Two tokens
+//! of 24 bytes instead of 48 (BENCHMARKS.md, memory per agent). Two tokens
 //! can share a prefix, so a hit is checked against the agent's own hash,
 //! and a token whose prefix another agent already holds is kept whole in a
 //! second map, which stays empty but for such (astronomically rare) pairs.
