@@ -376,14 +376,15 @@ impl Engine {
     /// it (a clone of the gateway per Provision was about 1,100
     /// instructions of 112,000).
     pub(super) fn has_gateway(&self, batch: &Batch, id: &GatewayId) -> bool {
-        batch.gateways.contains_key(id) || self.gateways.contains_key(id)
+        self.staged_gateway(batch, id).is_some()
     }
 
     pub(super) fn gateway_in(&self, batch: &Batch, id: &GatewayId) -> Option<Gateway> {
-        batch
-            .gateways
-            .get(id)
-            .or_else(|| self.gateways.get(id))
-            .cloned()
+        self.staged_gateway(batch, id).cloned()
+    }
+
+    /// The gateway as staged in `batch`, else as committed.
+    fn staged_gateway<'a>(&'a self, batch: &'a Batch, id: &GatewayId) -> Option<&'a Gateway> {
+        batch.gateways.get(id).or_else(|| self.gateways.get(id))
     }
 }

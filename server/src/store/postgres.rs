@@ -644,9 +644,8 @@ impl Store for PostgresStore {
                 // the cutoff and still there are one compaction interval's.
                 "WITH first_kept AS (SELECT revision FROM agent_events WHERE at >= $1
                                      ORDER BY revision LIMIT 1),
-                      cut AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM first_kept)
-                                          THEN (SELECT revision - 1 FROM first_kept)
-                                          ELSE (SELECT max(revision) FROM agent_events) END AS up_to),
+                      cut AS (SELECT COALESCE((SELECT revision - 1 FROM first_kept),
+                                              (SELECT max(revision) FROM agent_events)) AS up_to),
                       gone AS (DELETE FROM agent_events WHERE revision <= (SELECT up_to FROM cut))
                  UPDATE event_history
                     SET compacted_revision = GREATEST(compacted_revision,

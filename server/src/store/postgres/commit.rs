@@ -516,7 +516,7 @@ pub(super) async fn checkpoint_leases(
     // random: 8-14 us of Postgres CPU per row against 13-18 in the order
     // the dirty set drains (BENCHMARKS.md, Heartbeats).
     let mut sorted: Vec<&LeaseCheckpoint> = leases.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.agent_id.as_str().cmp(b.agent_id.as_str()));
+    sorted.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
     let columns: Vec<LeaseColumns> = sorted
         .chunks(LEASES_PER_STATEMENT)
         .map(LeaseColumns::of)
@@ -600,4 +600,74 @@ async fn run(store: &PostgresStore, statements: Vec<(&str, Params<'_>)>) -> Resu
         drop(deadpool_postgres::Object::take(client));
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(value: &(dyn ToSql + Sync), ty: &Type) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        value.to_sql_checked(ty, &mut out).expect("encodes");
+        out.to_vec()
+    }
+
+    /// The columns written by hand are the bytes postgres-types writes for
+    /// the same values as `Vec`s, times before 2000 and before 1970 included.
+    #[test]
+    fn lease_columns_encode_as_postgres_types_would() {
+        let lease = |id: &str, generation: u64, seen: i64, expires: i64| LeaseCheckpoint {
+            agent_id: AgentId::parse(id).unwrap(),
+            generation,
+            last_seen_at: Timestamp::from_micros(seen),
+            lease_expires_at: Timestamp::from_micros(expires),
+        };
+        let leases = [
+            lease("a", 1, 1_764_547_200_123_456, 1_764_547_230_123_456),
+            lease("agent-with-a-longer-id.0", u64::from(u32::MAX) + 7, 0, 5),
+            lease("z", 0, -86_400_000_001, 946_684_800_000_000),
+        ];
+        let refs: Vec<&LeaseCheckpoint> = leases.iter().collect();
+        let columns = LeaseColumns::of(&refs);
+
+        let ids: Vec<&str> = leases.iter().map(|l| l.agent_id.as_str()).collect();
+        let generations: Vec<i64> = leases.iter().map(|l| l.generation as i64).collect();
+        let seen: Vec<SystemTime> = leases.iter().map(|l| time(l.last_seen_at)).collect();
+        let expires: Vec<SystemTime> = leases.iter().map(|l| time(l.lease_expires_at)).collect();
+        assert_eq!(
+            encoded(&columns.ids, &Type::TEXT_ARRAY),
+            encoded(&ids, &Type::TEXT_ARRAY)
+        );
+        assert_eq!(
+            encoded(&columns.generations, &Type::INT8_ARRAY),
+            encoded(&generations, &Type::INT8_ARRAY)
+        );
+        assert_eq!(
+            encoded(&columns.seen, &Type::TIMESTAMPTZ_ARRAY),
+            encoded(&seen, &Type::TIMESTAMPTZ_ARRAY)
+        );
+        assert_eq!(
+            encoded(&columns.expires, &Type::TIMESTAMPTZ_ARRAY),
+            encoded(&expires, &Type::TIMESTAMPTZ_ARRAY)
+        );
+    }
+
+    #[test]
+    fn a_column_refuses_a_parameter_of_another_element_type() {
+        let lease = LeaseCheckpoint {
+            agent_id: AgentId::parse("a").unwrap(),
+            generation: 1,
+            last_seen_at: Timestamp::from_micros(1),
+            lease_expires_at: Timestamp::from_micros(2),
+        };
+        let columns = LeaseColumns::of(&[&lease]);
+        let mut out = BytesMut::new();
+        assert!(
+            columns
+                .generations
+                .to_sql_checked(&Type::INT4_ARRAY, &mut out)
+                .is_err()
+        );
+        assert!(columns.ids.to_sql_checked(&Type::TEXT, &mut out).is_err());
+    }
 }
