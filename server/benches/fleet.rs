@@ -79,7 +79,7 @@ fn grow(engine: &mut Engine, gateway: &GatewayId, from: usize, to: usize, now: T
                 template_version: "2026.11.1".into(),
                 rotate_token: false,
             };
-            engine.provision(&mut batch, spec, token(n)).unwrap();
+            engine.provision(&mut batch, spec, Some(token(n))).unwrap();
         }
         engine.commit(batch);
         let mut batch = engine.begin(now);

@@ -219,7 +219,7 @@ fn engine_bytes_per_agent() -> f64 {
                 rotate_token: false,
             };
             engine
-                .provision(&mut batch, spec, TokenHash(token))
+                .provision(&mut batch, spec, Some(TokenHash(token)))
                 .unwrap();
         }
         engine.commit(batch);

@@ -47,17 +47,25 @@ pub struct GatewayRegistered {
 impl Engine {
     /// Creates the agent, or updates it; either way a fresh wake cycle.
     /// `new_token` (a freshly minted token's hash) becomes the agent's token
-    /// if the agent is new or asks to rotate it.
+    /// if the agent is new or asks to rotate it; it is needed only then
+    /// (see [`Engine::provision_needs_token`]).
     pub fn provision(
         &mut self,
         batch: &mut Batch,
         spec: ProvisionSpec,
-        new_token: TokenHash,
+        new_token: Option<TokenHash>,
     ) -> Result<Provisioned, EngineError> {
         if !self.has_gateway(batch, &spec.gateway_id) {
             return Err(EngineError::GatewayNotFound(spec.gateway_id));
         }
         let now = batch.now;
+        let minted = |id: &AgentId| {
+            new_token.ok_or_else(|| {
+                EngineError::FailedPrecondition(format!(
+                    "agent {id} needs a new token and none was minted"
+                ))
+            })
+        };
         let existing = self.current(batch, &spec.agent_id);
         let (mut agent, change, token_minted) = match existing {
             None => {
@@ -65,6 +73,7 @@ impl Engine {
                 // self reached: no retire, wake or acknowledgement of that
                 // one can be mistaken for its own.
                 let retired = self.retired_generation(batch, &spec.agent_id);
+                let token_hash = minted(&spec.agent_id)?;
                 let agent = Agent {
                     id: spec.agent_id,
                     name: spec.name.into(),
@@ -86,7 +95,7 @@ impl Engine {
                     updated_at: now,
                     revision: 0,
                     wake_held: false,
-                    token_hash: new_token,
+                    token_hash,
                 };
                 let change = Change {
                     kind: EventKind::Added,
@@ -115,7 +124,7 @@ impl Engine {
                 agent.status = Status::Updating;
                 agent.lease_expires_at = None;
                 if spec.rotate_token {
-                    agent.token_hash = new_token;
+                    agent.token_hash = minted(&agent.id)?;
                 }
                 (agent, change, spec.rotate_token)
             }
@@ -130,6 +139,17 @@ impl Engine {
             created,
             token_minted,
         })
+    }
+
+    /// Whether provisioning `spec` now would give the agent a new token: it
+    /// is new (or deleted), or asks to rotate its token.
+    pub fn provision_needs_token(&self, batch: &Batch, spec: &ProvisionSpec) -> bool {
+        let id = &spec.agent_id;
+        let exists = match batch.agents.get(id) {
+            Some(staged) => staged.is_some(),
+            None => self.agents.contains_key(id),
+        };
+        spec.rotate_token || !exists
     }
 
     /// A heartbeat that is a transition: from any status to online, or a new

@@ -99,7 +99,8 @@ impl Harness {
     fn provision(&mut self, agent: &str) -> (Provisioned, Committed) {
         let spec = self.spec(agent, false);
         let minted = self.new_token();
-        let (result, committed) = self.run(|engine, batch| engine.provision(batch, spec, minted));
+        let (result, committed) =
+            self.run(|engine, batch| engine.provision(batch, spec, Some(minted)));
         (result.unwrap(), committed)
     }
 
@@ -265,7 +266,7 @@ fn a_heartbeat_makes_any_status_online() {
             h.check_in(agent);
             let spec = h.spec(agent, false);
             let minted = h.new_token();
-            h.run(|e, b| e.provision(b, spec, minted)).0.unwrap();
+            h.run(|e, b| e.provision(b, spec, Some(minted))).0.unwrap();
         }
         h.advance_to(t(at));
     }
@@ -288,6 +289,51 @@ fn a_heartbeat_makes_any_status_online() {
         assert_eq!(after.offline_reason, None);
         assert_eq!(after.last_provision_error, None);
     }
+}
+
+#[test]
+fn a_new_token_is_needed_only_by_a_new_agent_or_a_rotation() {
+    let mut h = Harness::new();
+    let spec = h.spec("a", false);
+    let (refused, committed) = h.run(|engine, batch| {
+        assert!(engine.provision_needs_token(batch, &spec));
+        engine.provision(batch, spec, None)
+    });
+    assert!(
+        matches!(refused, Err(EngineError::FailedPrecondition(_))),
+        "{refused:?}"
+    );
+    assert!(committed.events.is_empty(), "nothing staged");
+    assert!(h.engine.agent(&id("a")).is_none());
+
+    h.provision("a");
+    let token = h.agent("a").token_hash;
+    let spec = h.spec("a", false);
+    let (kept, _) = h.run(|engine, batch| {
+        assert!(!engine.provision_needs_token(batch, &spec));
+        engine.provision(batch, spec, None)
+    });
+    assert!(!kept.unwrap().token_minted);
+    assert_eq!(h.agent("a").token_hash, token, "the agent keeps its token");
+
+    let spec = h.spec("a", true);
+    let (refused, committed) = h.run(|engine, batch| {
+        assert!(engine.provision_needs_token(batch, &spec));
+        engine.provision(batch, spec, None)
+    });
+    assert!(
+        matches!(refused, Err(EngineError::FailedPrecondition(_))),
+        "{refused:?}"
+    );
+    assert!(committed.events.is_empty(), "nothing staged");
+    assert_eq!(h.agent("a").token_hash, token);
+
+    // Staged and not yet committed: deleted in the same batch, it needs one.
+    let spec = h.spec("a", false);
+    h.run(|engine, batch| {
+        engine.delete(batch, &id("a")).unwrap();
+        assert!(engine.provision_needs_token(batch, &spec));
+    });
 }
 
 #[test]
@@ -368,7 +414,7 @@ fn wakes_never_rotate_the_token_and_only_rotate_token_does() {
 
     let spec = h.spec("a", true);
     let rotated = h.new_token();
-    let provisioned = h.run(|e, b| e.provision(b, spec, rotated)).0.unwrap();
+    let provisioned = h.run(|e, b| e.provision(b, spec, Some(rotated))).0.unwrap();
     assert!(provisioned.token_minted);
     assert_eq!(h.agent("a").token_hash, rotated);
     assert_eq!(
@@ -671,7 +717,9 @@ fn provision_checks_the_gateway() {
     let mut h = Harness::new();
     let mut spec = h.spec("a", false);
     spec.gateway_id = GatewayId::parse("elsewhere").unwrap();
-    let result = h.run(|e, b| e.provision(b, spec.clone(), token(50))).0;
+    let result = h
+        .run(|e, b| e.provision(b, spec.clone(), Some(token(50))))
+        .0;
     assert!(matches!(result, Err(EngineError::GatewayNotFound(_))));
 
     h.provision("a");
@@ -686,7 +734,7 @@ fn provision_checks_the_gateway() {
             token(2),
         )
     });
-    let moved = h.run(|e, b| e.provision(b, spec, token(51))).0;
+    let moved = h.run(|e, b| e.provision(b, spec, Some(token(51)))).0;
     assert!(matches!(moved, Err(EngineError::FailedPrecondition(_))));
 }
 
@@ -929,7 +977,7 @@ fn a_board_filter_sees_agents_moved_off_the_board() {
     let mut spec = h.spec("a", false);
     spec.board_id = Some(BoardId::parse("board-2").unwrap());
     let minted = h.new_token();
-    let (_, committed) = h.run(|e, b| e.provision(b, spec, minted));
+    let (_, committed) = h.run(|e, b| e.provision(b, spec, Some(minted)));
     let old_board = AgentFilter {
         board_id: Some(BoardId::parse("board-1").unwrap()),
         ..AgentFilter::default()

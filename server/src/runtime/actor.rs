@@ -35,8 +35,11 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
 pub(super) enum Command {
     Provision {
         spec: ProvisionSpec,
-        new_token: TokenHash,
-        reply: Reply<Provisioned>,
+        /// A token and its hash, unless the caller saw the agent keep its
+        /// own.
+        minted: Option<(String, TokenHash)>,
+        /// The agent, and its new token if it got one.
+        reply: Reply<(Provisioned, Option<String>)>,
     },
     CheckIn {
         agent_id: AgentId,

@@ -23,6 +23,7 @@ use super::LifecycleError;
 use super::actor::{Actor, Command, Reply};
 use super::gateways::{CloseReason, Delivery, GatewayCommand};
 use super::metrics::Metrics;
+use super::tokens;
 use crate::engine::rollout::Rollout;
 use crate::engine::{
     Batch, Effect, Engine, EngineError, Event, EventKind, GatewayState, Note, NoteKind, Reason,
@@ -494,9 +495,26 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
     Some(match command {
         Command::Provision {
             spec,
-            new_token,
+            minted,
             reply,
-        } => pending(reply, engine.provision(batch, spec, new_token)),
+        } => {
+            // The caller mints no token for an agent it saw keep its own;
+            // if the agent went meanwhile, it gets one here.
+            let minted = minted.or_else(|| {
+                engine
+                    .provision_needs_token(batch, &spec)
+                    .then(|| tokens::mint(tokens::AGENT_TOKEN_PREFIX))
+            });
+            let (token, hash) = minted.unzip();
+            let provisioned = engine.provision(batch, spec, hash);
+            pending(
+                reply,
+                provisioned.map(|p| {
+                    let token = token.filter(|_| p.token_minted);
+                    (p, token)
+                }),
+            )
+        }
         Command::CheckIn {
             agent_id,
             token,

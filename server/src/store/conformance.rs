@@ -122,7 +122,7 @@ impl<'a> Fixture<'a> {
         };
         let minted = TokenHash([self.tokens; 32]);
         self.run(now, |engine, batch| {
-            engine.provision(batch, spec, minted).unwrap();
+            engine.provision(batch, spec, Some(minted)).unwrap();
         })
         .await
         .unwrap();
@@ -308,7 +308,7 @@ pub async fn a_failed_commit_writes_nothing(store: &dyn Store) {
                 template_version: String::new(),
                 rotate_token: false,
             },
-            TokenHash([201; 32]),
+            Some(TokenHash([201; 32])),
         )
         .unwrap();
     let result = store.commit(&batch).await;
@@ -333,14 +333,14 @@ pub async fn rounds_staged_on_top_of_each_other_commit_in_order(store: &dyn Stor
     };
     let mut open = f.engine.begin(at(2));
     f.engine
-        .provision(&mut open, spec("b"), TokenHash([50; 32]))
+        .provision(&mut open, spec("b"), Some(TokenHash([50; 32])))
         .unwrap();
     let first = open.cut();
     open.advance_to(at(3));
     // Staged on top of the first round: "b" exists, so this updates it.
     let updated = f
         .engine
-        .provision(&mut open, spec("b"), TokenHash([51; 32]))
+        .provision(&mut open, spec("b"), Some(TokenHash([51; 32])))
         .unwrap();
     assert!(!updated.created);
     let second = open.cut();

@@ -34,7 +34,9 @@ impl Harness {
             let mut spec = self.spec(name, false);
             spec.gateway_id = gateway.clone();
             let minted = self.new_token();
-            self.run(|e, b| e.provision(b, spec, minted)).0.unwrap();
+            self.run(|e, b| e.provision(b, spec, Some(minted)))
+                .0
+                .unwrap();
             self.check_in(name);
         }
         names

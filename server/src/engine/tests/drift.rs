@@ -69,7 +69,7 @@ fn a_drift_filter_sees_an_agent_catch_up_and_a_new_desired_version_drift_it() {
     let mut spec = h.spec("a", false);
     spec.template_version = "v2".into();
     let minted = h.new_token();
-    let (_, updated) = h.run(|e, b| e.provision(b, spec, minted));
+    let (_, updated) = h.run(|e, b| e.provision(b, spec, Some(minted)));
     assert!(filter.matches_event(&updated.events[0]));
     assert_eq!(drifted(&h), ["a"]);
 }

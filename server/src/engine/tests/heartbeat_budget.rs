@@ -95,7 +95,7 @@ fn the_budget_stays_spent_across_a_check_in_and_a_new_token() {
     // after, which its budget does not fill again.
     let spec = h.spec("a", true);
     let minted = h.new_token();
-    h.run(|engine, batch| engine.provision(batch, spec, minted))
+    h.run(|engine, batch| engine.provision(batch, spec, Some(minted)))
         .0
         .unwrap();
     assert_eq!(h.agent("a").token_hash, minted);

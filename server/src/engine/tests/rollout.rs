@@ -253,7 +253,7 @@ fn shares_resolve_against_the_selection_and_agents_on_the_version_are_skipped() 
     let mut on_v2 = h.spec("a00", false);
     on_v2.template_version = "v2".into();
     let minted = h.new_token();
-    h.run(|e, b| e.provision(b, on_v2, minted)).0.unwrap();
+    h.run(|e, b| e.provision(b, on_v2, Some(minted))).0.unwrap();
     h.report("a00", "v2");
 
     let (rollout, _) = h

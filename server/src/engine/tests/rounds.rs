@@ -15,7 +15,7 @@ fn a_round_is_staged_over_the_rounds_in_flight_and_applied_in_order() {
     let mut open = h.engine.begin(t(1));
     let created = h
         .engine
-        .provision(&mut open, spec.clone(), first_token)
+        .provision(&mut open, spec.clone(), Some(first_token))
         .unwrap();
     assert!(created.created);
     let a_token = h.agent("a").token_hash;
@@ -27,7 +27,10 @@ fn a_round_is_staged_over_the_rounds_in_flight_and_applied_in_order() {
 
     open.advance_to(t(2));
     // Staged on top of the first round: "b" exists, at generation 1.
-    let updated = h.engine.provision(&mut open, spec, second_token).unwrap();
+    let updated = h
+        .engine
+        .provision(&mut open, spec, Some(second_token))
+        .unwrap();
     assert!(!updated.created);
     assert_eq!(updated.agent.generation, 2);
     let second = open.cut();
@@ -84,11 +87,11 @@ fn aborting_the_rounds_in_flight_forgets_them_all() {
 
     let mut open = h.engine.begin(t(1));
     h.engine
-        .provision(&mut open, spec.clone(), tokens.0)
+        .provision(&mut open, spec.clone(), Some(tokens.0))
         .unwrap();
     let first = open.cut();
     open.advance_to(t(2));
-    h.engine.provision(&mut open, spec, tokens.1).unwrap();
+    h.engine.provision(&mut open, spec, Some(tokens.1)).unwrap();
     let second = open.cut();
 
     h.engine.abort(second);

@@ -128,7 +128,7 @@ fn random_transitions(seed: u64, steps: usize, seen: &mut Seen) {
                 let mut spec = h.spec(&name, false);
                 spec.gateway_id = gateways[rng.usize(..gateways.len())].clone();
                 let minted = h.new_token();
-                let _ = h.run(|e, b| e.provision(b, spec, minted));
+                let _ = h.run(|e, b| e.provision(b, spec, Some(minted)));
             }
             // A check-in, judged in a batch (staged, compared, committed).
             12..30 => {
@@ -240,7 +240,7 @@ fn the_silence_index_is_rebuilt_after_a_restart() {
     let mut h = Harness::with_policy(Policy::DEFAULT);
     let minted = h.new_token();
     let spec = h.spec("a", false);
-    h.run(|e, b| e.provision(b, spec, minted)).0.unwrap();
+    h.run(|e, b| e.provision(b, spec, Some(minted))).0.unwrap();
     h.check_in("a");
     let state = h.engine.warm_state(
         h.engine.gateways().cloned().collect(),

@@ -19,7 +19,7 @@ fn provision_all(h: &mut Harness, agents: &[String]) -> Committed {
         .collect();
     h.run(|engine, batch| {
         for (spec, token) in specs {
-            engine.provision(batch, spec, token).unwrap();
+            engine.provision(batch, spec, Some(token)).unwrap();
         }
     })
     .1
@@ -116,7 +116,7 @@ fn the_total_budget_spans_gateways() {
     }
     let (_, first) = h.run(|engine, batch| {
         for (spec, token) in specs {
-            engine.provision(batch, spec, token).unwrap();
+            engine.provision(batch, spec, Some(token)).unwrap();
         }
     });
     assert_eq!(

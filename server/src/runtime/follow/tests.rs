@@ -182,7 +182,7 @@ impl Leader {
                     template_version: format!("v{}", rng.u8(1..3)),
                     rotate_token: rng.u8(0..4) == 0,
                 };
-                self.run(|engine, batch| drop(engine.provision(batch, spec, token)))
+                self.run(|engine, batch| drop(engine.provision(batch, spec, Some(token))))
                     .await;
             }
             20..35 => {

@@ -223,6 +223,26 @@ async fn re_provision_and_operator_wake_restart_the_cycle_with_the_same_token() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_agent_gone_before_its_re_provision_was_staged_gets_a_token_from_the_writer() {
+    let f = start(fast_settings()).await;
+    // A re-provision that saw the agent (so minted nothing), staged once
+    // the agent was deleted: the agent is new again and needs a token.
+    let (provisioned, token) = f
+        .lifecycle
+        .call(|reply| Command::Provision {
+            spec: spec("a"),
+            minted: None,
+            reply,
+        })
+        .await
+        .unwrap();
+    assert!(provisioned.created && provisioned.token_minted);
+    let token = token.expect("the new agent's token");
+    f.lifecycle.heartbeat(&token, None).await.unwrap();
+    assert_eq!(f.agent("a").status, Status::Online);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_online_agent_that_stops_heartbeating_loses_its_lease() {
     let f = start(fast_settings()).await;
     let token = f.provision("a").await.token.unwrap();
