@@ -89,6 +89,7 @@ pub(super) struct Metrics {
     heartbeat_time_left: Histogram,
     timer_lag: Histogram<{ LAG_BUCKETS.len() }>,
     timer_fire_lag: Histogram<{ LAG_BUCKETS.len() }>,
+    commit_duration: Histogram<{ LAG_BUCKETS.len() }>,
     /// Batches running behind their timers, logged as they go.
     pub storm: super::timer_lag::StormLog,
 }
@@ -152,6 +153,13 @@ impl Metrics {
     pub fn timer_fired_late(&self, fired: Duration, committed: Duration) {
         self.timer_fire_lag.observe(fired);
         self.timer_lag.observe(committed);
+    }
+
+    /// How long the store took to commit a round, from sending it to its
+    /// answer: a durable call waits for the round being committed and then
+    /// its own.
+    pub fn round_committed_after(&self, took: Duration) {
+        self.commit_duration.observe(took);
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -254,6 +262,11 @@ impl Metrics {
             &mut out,
             "mission_control_timer_fire_lag_seconds",
             "Time from a timer's deadline to the batch that fired it (before its commit).",
+        );
+        self.commit_duration.render(
+            &mut out,
+            "mission_control_commit_duration_seconds",
+            "Time from a batch sent to the store to its commit answered (one transaction each).",
         );
         gauge(
             &mut out,

@@ -76,6 +76,8 @@ struct InFlight {
     fired: Vec<Timestamp>,
     now: Timestamp,
     wrote: bool,
+    /// When it was sent to the store.
+    sent: Instant,
     /// Whether the next round may be staged before this one is applied.
     stages_over: bool,
 }
@@ -189,6 +191,7 @@ impl Actor {
             fired,
             now,
             wrote,
+            sent: Instant::now(),
             stages_over,
         });
     }
@@ -219,6 +222,10 @@ impl Actor {
             .expect("an answer for a round in flight");
         match answer {
             (Some(cut), Ok(())) => {
+                if flight.wrote {
+                    let took = flight.sent.elapsed();
+                    self.shared.metrics.round_committed_after(took);
+                }
                 // What was staged meanwhile goes out first: the session is
                 // busy again while this round is applied.
                 if self.pipeline.has_staged()
