@@ -70,6 +70,17 @@ async fn start_at(store: Arc<MemoryStore>, settings: Settings, now: Timestamp) -
     }
 }
 
+/// A sample's value in rendered metrics, by its whole name and labels.
+fn metric(metrics: &str, sample: &str) -> u64 {
+    let prefix = format!("{sample} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {sample} in {metrics}"))
+        .parse()
+        .expect("a whole number")
+}
+
 fn gateway() -> GatewayId {
     GatewayId::parse("gw-1").unwrap()
 }

@@ -170,32 +170,19 @@ async fn two_rounds_in_flight_are_fenced_out_when_another_replica_leads() {
     );
 }
 
-fn histogram_line<'m>(metrics: &'m str, suffix: &str) -> &'m str {
-    let prefix = format!("mission_control_commit_duration_seconds{suffix} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
-}
-
 #[tokio::test(start_paused = true)]
 async fn each_round_written_is_timed_from_sent_to_committed() {
+    const NAME: &str = "mission_control_commit_duration_seconds";
     let f = start(fast_settings()).await;
-    let before: u64 = histogram_line(&f.lifecycle.render_metrics(), "_count")
-        .parse()
-        .unwrap();
+    let before = metric(&f.lifecycle.render_metrics(), &format!("{NAME}_count"));
     f.store.set_commit_delay(COMMIT);
     f.provision("a").await;
     let metrics = f.lifecycle.render_metrics();
-    let count: u64 = histogram_line(&metrics, "_count").parse().unwrap();
+    let count = metric(&metrics, &format!("{NAME}_count"));
     assert_eq!(count, before + 1, "one round: {metrics}");
     // Paused time: the round took the store's 10 ms, no less and no more
     // than the bucket up to 10 ms holds.
-    let within = |bound: &str| -> u64 {
-        histogram_line(&metrics, &format!("_bucket{{le=\"{bound}\"}}"))
-            .parse()
-            .unwrap()
-    };
+    let within = |bound: &str| metric(&metrics, &format!("{NAME}_bucket{{le=\"{bound}\"}}"));
     assert_eq!(within("0.005"), before, "{metrics}");
     assert_eq!(within("0.01"), before + 1, "{metrics}");
 }

@@ -5,12 +5,7 @@ use std::time::Duration;
 use super::*;
 
 fn lag_count(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("mission_control_timer_lag_seconds_count "))
-        .expect("the histogram is rendered")
-        .parse()
-        .expect("a count")
+    metric(metrics, "mission_control_timer_lag_seconds_count")
 }
 
 #[tokio::test(start_paused = true)]
