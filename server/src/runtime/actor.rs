@@ -17,12 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::LifecycleError;
 use super::follow::{CaughtUp, FOLLOW_PAGE, FollowError, Follower, WARM_BACKLOG};
 use super::gateways::CloseReason;
 use super::leader::ReplicaRole;
 use super::metrics::Metrics;
+use super::shared::Shared;
 use super::writer::{Answer, Pipeline};
-use super::{LifecycleError, Shared};
 use crate::engine::rollout::{Limit, Rollout, RolloutSpec};
 use crate::engine::{
     Agent, AgentId, Engine, Event, GatewayId, GatewayRegistered, GatewaySpec, PendingRetire,

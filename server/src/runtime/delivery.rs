@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::actor::Command;
 use super::gateways::{GatewayCommand, Outbound, Redelivered};
 use super::metrics::Metrics;
-use super::{Lifecycle, LifecycleError, Shared, tokens};
+use super::shared::Shared;
+use super::{Lifecycle, LifecycleError, tokens};
 use crate::engine::{Engine, GatewayId};
 
 /// An authenticated gateway's connection. Dropping it disconnects.

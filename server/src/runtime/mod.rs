@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 mod outbox;
 mod rollouts;
+mod shared;
 mod tasks;
 mod template_sync;
 mod timer_lag;
@@ -23,7 +24,7 @@ pub mod tokens;
 mod watch;
 mod writer;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -38,7 +39,10 @@ use crate::engine::{
 use crate::store::{Candidate, LeaderInfo, Store, StoreError};
 use actor::{Actor, Command};
 use leader::Leadership;
+use shared::Shared;
 use writer::Pipeline;
+
+pub use shared::{GATEWAY_ACK_TIMEOUT, MAX_BATCH, Settings};
 
 pub use clock::Clock;
 pub use delivery::GatewaySession;
@@ -47,135 +51,6 @@ pub use gateways::{CloseReason, GatewayCommand, Outbound};
 pub use leader::{LeaseTiming, ReplicaRole};
 pub use template_sync::SyncRequested;
 pub use watch::{HeartbeatSeen, PagedWatch, SnapshotPage, WatchChunk, WatchItem, WatchRequest};
-
-/// Commands (and, separately, due timers) per committed batch, by default.
-pub const MAX_BATCH: usize = 512;
-
-/// How long a gateway has to acknowledge a command before it is resent.
-pub const GATEWAY_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runtime settings beyond the policy. Defaults suit production.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub policy: Policy,
-    /// How often leases renewed in memory are written to the store.
-    pub checkpoint_interval: Duration,
-    /// How long event history is kept (for history and watch resume).
-    pub event_retention: Duration,
-    pub compaction_interval: Duration,
-    /// Events a watcher may fall behind before it is ended.
-    pub watch_buffer: usize,
-    /// An idle watch gets a bookmark this often.
-    pub bookmark_interval: Duration,
-    /// With `include_heartbeats`, at most one per agent this often.
-    pub heartbeat_event_interval: Duration,
-    pub health_check_interval: Duration,
-    /// Commands (and, separately, due timers) per committed batch.
-    pub max_batch: usize,
-    /// Watch streams open at once, at most.
-    pub max_watches: usize,
-    /// The bound within which a dead or stalled leader is replaced; the
-    /// lease's expiry, renewal and proof are fractions of it
-    /// ([`LeaseTiming`]).
-    pub leader_lease: Duration,
-    /// Where other replicas reach this one, published while it leads.
-    pub advertise_address: String,
-    /// A command a gateway has not acknowledged within this goes out again
-    /// on its open stream (same command id).
-    pub gateway_ack_timeout: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            policy: Policy::default(),
-            checkpoint_interval: Duration::from_secs(5),
-            event_retention: Duration::from_secs(7 * 24 * 3600),
-            compaction_interval: Duration::from_secs(60),
-            watch_buffer: 8192,
-            bookmark_interval: Duration::from_secs(15),
-            heartbeat_event_interval: Duration::from_secs(5),
-            health_check_interval: Duration::from_secs(2),
-            max_batch: MAX_BATCH,
-            max_watches: 1024,
-            leader_lease: Duration::from_secs(5),
-            advertise_address: String::new(),
-            gateway_ack_timeout: GATEWAY_ACK_TIMEOUT,
-        }
-    }
-}
-
-/// State shared by the handle, the writer and the background tasks.
-struct Shared {
-    engine: Mutex<Engine>,
-    store: Arc<dyn Store>,
-    clock: Clock,
-    hub: gateways::GatewayHub,
-    events: broadcast::Sender<Arc<Event>>,
-    heartbeats: broadcast::Sender<HeartbeatSeen>,
-    /// Each rollout after every committed change to it.
-    rollouts: broadcast::Sender<Arc<crate::engine::rollout::Rollout>>,
-    database_reachable: tokio_watch::Sender<bool>,
-    /// Set while the writer rebuilds its state after a failed commit: the
-    /// database may answer pings, but no command is served yet.
-    recovering: std::sync::atomic::AtomicBool,
-    /// The writer's queue.
-    commands: mpsc::Sender<Command>,
-    settings: Settings,
-    /// Ends gateway streams: the last step of a drain, once the wakes of
-    /// the calls in flight are sent. Cancelling it also cancels `draining`.
-    streams_stop: CancellationToken,
-    /// The first step of a drain: health turns NOT_SERVING, watches end.
-    draining: CancellationToken,
-    /// Calls waiting for the writer, so a drain knows when they are done.
-    in_flight: InFlight,
-    open_watches: std::sync::atomic::AtomicUsize,
-    /// Whether a return of freed memory is due after watches closed.
-    trim_scheduled: std::sync::atomic::AtomicBool,
-    /// The fleet snapshot watchers opening now share.
-    snapshots: watch::SnapshotCache,
-    metrics: metrics::Metrics,
-    limits: limits::AgentLimits,
-    leadership: Leadership,
-}
-
-impl Shared {
-    fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().expect("engine lock poisoned")
-    }
-
-    /// Marks the writer as recovering until the guard is dropped.
-    fn writer_recovering(&self) -> impl Drop + '_ {
-        use std::sync::atomic::Ordering;
-        struct Recovering<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Recovering<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        self.recovering.store(true, Ordering::Release);
-        Recovering(&self.recovering)
-    }
-
-    fn is_recovering(&self) -> bool {
-        self.recovering.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn set_database_reachable(&self, reachable: bool) {
-        self.database_reachable.send_if_modified(|current| {
-            let changed = *current != reachable;
-            if changed {
-                if reachable {
-                    tracing::info!("database reachable");
-                } else {
-                    tracing::error!("database unreachable");
-                }
-            }
-            *current = reachable;
-            changed
-        });
-    }
-}
 
 /// What a provision produced.
 #[derive(Debug, Clone)]

@@ -8,8 +8,9 @@ use futures_util::Stream;
 use tokio::sync::broadcast;
 
 use super::actor::Command;
+use super::shared::Shared;
 use super::watch::WatchSlot;
-use super::{Lifecycle, LifecycleError, Shared};
+use super::{Lifecycle, LifecycleError};
 use crate::engine::rollout::{Limit, Rollout, RolloutError, RolloutSpec};
 use crate::engine::{AgentFilter, DriftReport, RolloutId};
 

@@ -29,7 +29,8 @@ use tokio::sync::broadcast::{
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::{LifecycleError, Shared};
+use super::LifecycleError;
+use super::shared::Shared;
 use crate::engine::{Agent, AgentFilter, AgentId, BoardId, Event, GatewayId, Status, Timestamp};
 pub use paged::PagedWatch;
 pub(super) use snapshot::SnapshotCache;
