@@ -147,35 +147,35 @@ pub struct Config {
     pub wake_on_lease_expiry: bool,
 
     /// How often heartbeat-renewed leases are written to Postgres.
-    #[arg(long, env = "MC_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub checkpoint_interval: Duration,
+    #[arg(long, env = "MC_CHECKPOINT_INTERVAL", default_value_t = Settings::DEFAULT.checkpoint_interval.into())]
+    pub checkpoint_interval: humantime::Duration,
 
     /// How long transition history is kept (for GetAgentHistory and watch resume).
-    #[arg(long, env = "MC_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
-    pub event_retention: Duration,
+    #[arg(long, env = "MC_EVENT_RETENTION", default_value_t = Settings::DEFAULT.event_retention.into())]
+    pub event_retention: humantime::Duration,
 
     /// How often history older than the retention is deleted.
-    #[arg(long, env = "MC_COMPACTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
-    pub compaction_interval: Duration,
+    #[arg(long, env = "MC_COMPACTION_INTERVAL", default_value_t = Settings::DEFAULT.compaction_interval.into())]
+    pub compaction_interval: humantime::Duration,
 
     /// Events a watcher may fall behind before its stream is ended (at least
     /// 1024: one committed batch must always fit).
-    #[arg(long, env = "MC_WATCH_BUFFER", default_value_t = 8192)]
+    #[arg(long, env = "MC_WATCH_BUFFER", default_value_t = Settings::DEFAULT.watch_buffer)]
     pub watch_buffer: usize,
 
     /// Watch streams open at once, at most; more get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "MC_MAX_WATCHES", default_value_t = 1024)]
+    #[arg(long, env = "MC_MAX_WATCHES", default_value_t = Settings::DEFAULT.max_watches)]
     pub max_watches: usize,
 
     /// How often an idle watch stream gets a bookmark.
-    #[arg(long, env = "MC_WATCH_BOOKMARK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub watch_bookmark_interval: Duration,
+    #[arg(long, env = "MC_WATCH_BOOKMARK_INTERVAL", default_value_t = Settings::DEFAULT.bookmark_interval.into())]
+    pub watch_bookmark_interval: humantime::Duration,
 
     /// A command (wake, retire) a gateway has not acknowledged within this
     /// is sent again on its open stream, with the same command id (a new
     /// stream gets it at once). A third of the default check-in deadline: a
     /// lost wake still reaches the agent well before its deadline.
-    #[arg(long, env = "MC_GATEWAY_ACK_TIMEOUT", default_value_t = crate::runtime::GATEWAY_ACK_TIMEOUT.into())]
+    #[arg(long, env = "MC_GATEWAY_ACK_TIMEOUT", default_value_t = Settings::DEFAULT.gateway_ack_timeout.into())]
     pub gateway_ack_timeout: humantime::Duration,
 
     /// Postgres connections in the pool.
@@ -186,8 +186,8 @@ pub struct Config {
     /// Its parts are fractions of it: the lease row expires 0.6 of it after
     /// each renewal (by the database's clock), the leader renews every 0.1
     /// and stops acting 0.5 after the start of its last good renewal.
-    #[arg(long, env = "MC_LEADER_LEASE", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub leader_lease: Duration,
+    #[arg(long, env = "MC_LEADER_LEASE", default_value_t = Settings::DEFAULT.leader_lease.into())]
+    pub leader_lease: humantime::Duration,
 
     /// The address other replicas use to reach this one (host:port), put in
     /// the lease while this replica leads: followers forward calls there.
@@ -337,7 +337,7 @@ impl Config {
             ("--checkpoint-interval", self.checkpoint_interval),
             ("--compaction-interval", self.compaction_interval),
             ("--watch-bookmark-interval", self.watch_bookmark_interval),
-            ("--gateway-ack-timeout", self.gateway_ack_timeout.into()),
+            ("--gateway-ack-timeout", self.gateway_ack_timeout),
         ] {
             if value.is_zero() {
                 return Err(format!("{flag} must be greater than zero"));
@@ -350,7 +350,7 @@ impl Config {
         {
             return Err("--operator-token must not be empty".into());
         }
-        if self.leader_lease < std::time::Duration::from_millis(100) {
+        if *self.leader_lease < std::time::Duration::from_millis(100) {
             return Err("--leader-lease must be at least 100ms".into());
         }
         if self.watch_buffer < MIN_WATCH_BUFFER {
@@ -360,13 +360,13 @@ impl Config {
         }
         Ok(Settings {
             policy: self.policy().map_err(|e| e.to_string())?,
-            checkpoint_interval: self.checkpoint_interval,
-            event_retention: self.event_retention,
-            compaction_interval: self.compaction_interval,
+            checkpoint_interval: self.checkpoint_interval.into(),
+            event_retention: self.event_retention.into(),
+            compaction_interval: self.compaction_interval.into(),
             watch_buffer: self.watch_buffer,
-            bookmark_interval: self.watch_bookmark_interval,
+            bookmark_interval: self.watch_bookmark_interval.into(),
             max_watches: self.max_watches,
-            leader_lease: self.leader_lease,
+            leader_lease: self.leader_lease.into(),
             gateway_ack_timeout: self.gateway_ack_timeout.into(),
             ..Settings::default()
         })
@@ -468,7 +468,7 @@ impl Config {
             max_connections: self.database_connections.max(2),
             // A stopped leader's open transaction ends by the time its lease
             // row can expire.
-            idle_transaction_timeout: LeaseTiming::new(self.leader_lease).expiry(),
+            idle_transaction_timeout: LeaseTiming::new(self.leader_lease.into()).expiry(),
             ..PoolSettings::default()
         }
     }
@@ -515,6 +515,33 @@ mod tests {
         assert_eq!(set.max_wake_attempts, Policy::DEFAULT.max_wake_attempts);
         let bad = Config::try_parse_from(["mission-control", "--dev", "--heartbeat-jitter", "1.5"]);
         assert_eq!(bad.unwrap().policy().unwrap_err(), PolicyError::Jitter);
+    }
+
+    #[test]
+    fn the_runtime_flags_default_to_the_settings_and_override_them() {
+        let settings = Config::dev().settings().unwrap();
+        assert_eq!(format!("{settings:?}"), format!("{:?}", Settings::DEFAULT));
+
+        let set = Config::try_parse_from([
+            "mission-control",
+            "--dev",
+            "--event-retention",
+            "2h",
+            "--watch-buffer",
+            "4096",
+            "--leader-lease",
+            "3s",
+        ])
+        .unwrap()
+        .settings()
+        .unwrap();
+        assert_eq!(set.event_retention, Duration::from_secs(2 * 3600));
+        assert_eq!(set.watch_buffer, 4096);
+        assert_eq!(set.leader_lease, Duration::from_secs(3));
+        assert_eq!(
+            set.checkpoint_interval,
+            Settings::DEFAULT.checkpoint_interval
+        );
     }
 
     #[test]

@@ -51,23 +51,29 @@ pub struct Settings {
     pub gateway_ack_timeout: Duration,
 }
 
+impl Settings {
+    /// The defaults, suited to production: the one source of the server's
+    /// flag defaults as well.
+    pub const DEFAULT: Self = Self {
+        policy: Policy::DEFAULT,
+        checkpoint_interval: Duration::from_secs(5),
+        event_retention: Duration::from_secs(7 * 24 * 3600),
+        compaction_interval: Duration::from_secs(60),
+        watch_buffer: 8192,
+        bookmark_interval: Duration::from_secs(15),
+        heartbeat_event_interval: Duration::from_secs(5),
+        health_check_interval: Duration::from_secs(2),
+        max_batch: MAX_BATCH,
+        max_watches: 1024,
+        leader_lease: Duration::from_secs(5),
+        advertise_address: String::new(),
+        gateway_ack_timeout: GATEWAY_ACK_TIMEOUT,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            policy: Policy::default(),
-            checkpoint_interval: Duration::from_secs(5),
-            event_retention: Duration::from_secs(7 * 24 * 3600),
-            compaction_interval: Duration::from_secs(60),
-            watch_buffer: 8192,
-            bookmark_interval: Duration::from_secs(15),
-            heartbeat_event_interval: Duration::from_secs(5),
-            health_check_interval: Duration::from_secs(2),
-            max_batch: MAX_BATCH,
-            max_watches: 1024,
-            leader_lease: Duration::from_secs(5),
-            advertise_address: String::new(),
-            gateway_ack_timeout: GATEWAY_ACK_TIMEOUT,
-        }
+        Self::DEFAULT
     }
 }
 
