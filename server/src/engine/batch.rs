@@ -85,7 +85,8 @@ pub struct QueueReport {
     pub backing_up: bool,
 }
 
-/// What the reconciler decided about one timer: the reference's log events.
+/// What the reconciler decided about one timer, as the log events the seed
+/// system writes for it (under the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoteKind {
     /// A check-in deadline was armed.
@@ -106,7 +107,7 @@ pub enum NoteKind {
 }
 
 impl NoteKind {
-    /// The exact event names the reference logs.
+    /// The seed system's exact event name for it.
     pub fn event_name(self) -> &'static str {
         match self {
             NoteKind::Enqueued => "lifecycle.queue.enqueued",
