@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mission_control_client::{AgentRole, AgentStatus};
 
 use crate::bench::BenchArgs;
+use crate::context::Output;
 use crate::rollout::{DriftArgs, RolloutCommand};
 use crate::simulate::SimulateArgs;
 
@@ -52,12 +53,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

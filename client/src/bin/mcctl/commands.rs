@@ -2,36 +2,15 @@
 
 use std::time::SystemTime;
 
-use mission_control_client::Endpoints;
 use mission_control_client::agent::AgentClient;
-use mission_control_client::operator::OperatorClient;
 use mission_control_client::{Agent, ListAgentsRequest, ProvisionRequest};
 use serde_json::{Value, json};
 
-use crate::cli::{Filters, GatewayCommand, Output, ProvisionArgs};
+use crate::cli::{Filters, GatewayCommand, ProvisionArgs};
+use crate::context::Context;
 use crate::failure::Failure;
 use crate::time::{countdown, described, instant, short};
-use crate::{json, names, stdout, table};
-
-/// What every command needs: where the service is and how to print.
-pub struct Context {
-    pub endpoints: Endpoints,
-    pub operator: OperatorClient,
-    pub output: Output,
-    /// For commands that open connections of their own (`bench`).
-    pub tls: mission_control_client::ClientTls,
-    pub operator_token: Option<String>,
-}
-
-impl Context {
-    pub fn print(&self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
-        let _ = match self.output {
-            // A closed stdout is the reader's choice, not an error.
-            Output::Json => stdout::emit_line(&json().to_string()),
-            Output::Table => stdout::emit(&text()),
-        };
-    }
-}
+use crate::{json, names, table};
 
 pub async fn gateway(ctx: &Context, command: GatewayCommand) -> Result<(), Failure> {
     match command {

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod context;
 mod failure;
 mod json;
 mod names;
@@ -21,7 +22,7 @@ use mission_control_client::operator::OperatorClient;
 use mission_control_client::{ClientTls, Endpoints};
 
 use cli::{Cli, Command};
-use commands::Context;
+use context::Context;
 use failure::Failure;
 
 #[tokio::main]

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::commands::Context;
+use crate::context::Context;
 use crate::failure::Failure;
 use load::{Phase, Until, drive};
 use report::Report;

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use super::BenchArgs;
 use super::load::Phase;
 use super::stats::{load_average, resident_bytes};
-use crate::cli::Output;
-use crate::commands::Context;
+use crate::context::Context;
+use crate::context::Output;
 use crate::stdout;
 
 /// What a run must show to pass.

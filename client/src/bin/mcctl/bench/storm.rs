@@ -25,7 +25,7 @@ use mission_control_client::{
 use tonic::metadata::AsciiMetadataValue;
 
 use super::stats::{Latencies, load_average};
-use crate::commands::Context;
+use crate::context::Context;
 use crate::failure::Failure;
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::stats::{Latencies, load_average, resident_bytes};
-use crate::commands::Context;
+use crate::context::Context;
 use crate::failure::Failure;
 
 /// A signal many tasks wait on.

@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use mission_control_client::{Rollout, RolloutState, StartRolloutRequest};
 
-use crate::cli::Output;
-use crate::commands::Context;
+use crate::context::Context;
+use crate::context::Output;
 use crate::failure::Failure;
 use crate::stdout;
 

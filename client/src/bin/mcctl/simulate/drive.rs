@@ -17,7 +17,7 @@ use super::SimulateArgs;
 use super::agent::AgentReport;
 use super::fleet::Fleet;
 use super::outage::Phase;
-use crate::commands::Context;
+use crate::context::Context;
 use crate::failure::Failure;
 use crate::time::short;
 

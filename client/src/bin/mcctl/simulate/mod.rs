@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::Args;
 use mission_control_client::ListAgentsRequest;
 
-use crate::cli::Output;
-use crate::commands::Context;
+use crate::context::Context;
+use crate::context::Output;
 use crate::failure::Failure;
 use crate::stdout;
 use fleet::{Fleet, Settings};

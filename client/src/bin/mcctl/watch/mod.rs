@@ -15,8 +15,9 @@ use futures_util::StreamExt;
 use mission_control_client::{Error, WatchAgentRequest, WatchAgentResponse};
 use tonic::Code;
 
-use crate::cli::{Output, WatchArgs};
-use crate::commands::Context;
+use crate::cli::WatchArgs;
+use crate::context::Context;
+use crate::context::Output;
 use crate::failure::Failure;
 use crate::{json, stdout};
 use view::Fleet;
