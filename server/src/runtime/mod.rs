@@ -42,7 +42,7 @@ use leader::Leadership;
 use shared::Shared;
 use writer::Pipeline;
 
-pub use shared::{GATEWAY_ACK_TIMEOUT, MAX_BATCH, Settings};
+pub use shared::{MAX_BATCH, Settings};
 
 pub use clock::Clock;
 pub use delivery::GatewaySession;

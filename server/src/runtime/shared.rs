@@ -17,9 +17,6 @@ use crate::store::Store;
 /// Commands (and, separately, due timers) per committed batch, by default.
 pub const MAX_BATCH: usize = 512;
 
-/// How long a gateway has to acknowledge a command before it is resent.
-pub const GATEWAY_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runtime settings beyond the policy. Defaults suit production.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,7 +39,7 @@ pub struct Settings {
     pub max_watches: usize,
     /// The bound within which a dead or stalled leader is replaced; the
     /// lease's expiry, renewal and proof are fractions of it
-    /// ([`LeaseTiming`]).
+    /// ([`LeaseTiming`](super::LeaseTiming)).
     pub leader_lease: Duration,
     /// Where other replicas reach this one, published while it leads.
     pub advertise_address: String,
@@ -67,7 +64,7 @@ impl Settings {
         max_watches: 1024,
         leader_lease: Duration::from_secs(5),
         advertise_address: String::new(),
-        gateway_ack_timeout: GATEWAY_ACK_TIMEOUT,
+        gateway_ack_timeout: Duration::from_secs(10),
     };
 }
 
