@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("hash-token") {
         return hash_token();
     }
+    mission_control_server::heap::configure();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -60,7 +60,7 @@ impl Engine {
             .into_iter()
             .map(|agent| (agent.id.clone(), Arc::new(agent)))
             .collect();
-        super::restore::release_freed_memory();
+        crate::heap::release_freed_memory();
         engine
     }
 

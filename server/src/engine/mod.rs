@@ -45,7 +45,7 @@ pub use model::{
     RolloutId, SharedStr, Status, Timestamp, TokenHash,
 };
 pub use policy::Policy;
-pub use restore::{StoredState, release_freed_memory};
+pub use restore::StoredState;
 pub use template_sync::PendingSync;
 pub use wake_queue::RELEASE_ROUND;
 

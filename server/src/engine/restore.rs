@@ -173,28 +173,8 @@ impl Engine {
             }
         }
         self.timers.arm_all(timers);
-        release_freed_memory();
+        crate::heap::release_freed_memory();
         batch
-    }
-}
-
-/// Gives the pages of freed heap back to the system. A start frees far
-/// more than it keeps (the store's rows, the rows' agents before they are
-/// moved into the maps), and glibc returns free memory below the top of
-/// its heaps, and that of other threads' heaps, only when asked: without
-/// this, a million agents kept about 300 MB of freed heap resident
-/// (BENCHMARKS.md, memory per agent).
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns free pages to the system; it
-        // takes the allocator's own locks.
-        unsafe {
-            malloc_trim(0);
-        }
     }
 }
 

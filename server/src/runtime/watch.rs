@@ -180,7 +180,7 @@ fn schedule_trim(shared: &Arc<Shared>) {
     runtime.spawn(async move {
         tokio::time::sleep(TRIM_AFTER_CLOSE).await;
         shared.trim_scheduled.store(false, Ordering::SeqCst);
-        let _ = tokio::task::spawn_blocking(crate::engine::release_freed_memory).await;
+        let _ = tokio::task::spawn_blocking(crate::heap::release_freed_memory).await;
     });
 }
 
