@@ -177,7 +177,7 @@ impl Cursor {
     }
 }
 
-/// Up to [`PAGE`] consecutive agents of a snapshot, in revision order, for a
+/// Up to 256 (`PAGE`) consecutive agents of a snapshot, in revision order, for a
 /// watcher of the whole fleet.
 #[derive(Debug, Clone)]
 pub struct SnapshotPage {
