@@ -231,6 +231,8 @@ fn engine_bytes_per_agent() -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // The heap as the server's binary sets it, for its memory figures.
+    mission_control_server::heap::configure();
     let per_agent = engine_bytes_per_agent();
     println!(
         "engine memory: {per_agent:.0} bytes per agent awaiting check-in (RSS growth over 100,000 agents, timers included)"

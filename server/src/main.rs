@@ -1,25 +1,39 @@
 use clap::Parser;
+use mission_control_server::heap::{self, Thresholds};
 use mission_control_server::{app::App, config::Config, logging};
 
 fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("hash-token") {
         return hash_token();
     }
-    mission_control_server::heap::configure();
+    let thresholds = heap::configure();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let code = runtime.block_on(run());
+    let code = runtime.block_on(run(thresholds));
     // The drain is bounded already; whatever is still blocked (a lookup, a
     // stuck connection) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }
 
-async fn run() -> std::process::ExitCode {
+async fn run(thresholds: Thresholds) -> std::process::ExitCode {
     let config = Config::parse();
     logging::init(config.log_format);
+    match thresholds {
+        Thresholds::Fixed => tracing::debug!(
+            mmap_threshold = heap::MMAP_THRESHOLD,
+            trim_threshold = heap::TRIM_THRESHOLD,
+            "heap thresholds fixed"
+        ),
+        Thresholds::LeftToEnvironment => {
+            tracing::info!("heap thresholds left to glibc's environment")
+        }
+        Thresholds::Unchanged => {
+            tracing::debug!("heap thresholds unchanged (not glibc, or refused)")
+        }
+    }
     if config.operator_token.is_some()
         && mission_control_server::config::operator_token_on_command_line(std::env::args_os())
     {

@@ -167,8 +167,10 @@ const TRIM_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
 /// Returns the heap freed by closed watches to the system, once per burst
 /// of closes. A full-fleet watch's encoding and HTTP/2 buffers are freed
-/// when it ends, but glibc keeps free memory resident until asked (1,000
-/// closed watches on 100,000 agents left 165 MB: BENCHMARKS.md).
+/// when it ends, but glibc keeps free blocks inside its heaps resident
+/// until asked (1,000 closed watches on 100,000 agents left 165 MB:
+/// BENCHMARKS.md); what is free at a heap's top, `heap::configure`'s
+/// thresholds return.
 fn schedule_trim(shared: &Arc<Shared>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
