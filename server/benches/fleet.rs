@@ -10,14 +10,17 @@
 //! start-up work at that size: `Engine::restore` from the stored rows
 //! (timer wheel rebuilt included), beside a plain clone of the same rows
 //! as the baseline. Postgres's own read is not in it (see `mcctl bench`).
+//! Last, the engine's part of a heartbeat of every agent (mean per call)
+//! and the lease checkpoint's drain of them all: the longest it holds the
+//! engine lock at once ("drain ms"), and all of it ("all ms").
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mission_control_server::engine::{
-    AgentId, BoardId, Engine, GatewayId, GatewaySpec, Policy, ProvisionSpec, Role, StoredState,
-    Timestamp, TokenHash,
+    AgentId, BoardId, Engine, GatewayId, GatewaySpec, Policy, ProvisionSpec, Renewal, Role,
+    StoredState, Timestamp, TokenHash,
 };
 
 /// Counts bytes in live allocations.
@@ -106,8 +109,17 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.trim());
     println!(
-        "{:>9} {:>11} {:>11} {:>7} {:>11} {:>11} {:>9}",
-        "agents", "heap B/ag", "RSS B/ag", "timers", "restore s", "clone s", "ratio"
+        "{:>9} {:>11} {:>11} {:>7} {:>11} {:>11} {:>9} {:>10} {:>9} {:>9}",
+        "agents",
+        "heap B/ag",
+        "RSS B/ag",
+        "timers",
+        "restore s",
+        "clone s",
+        "ratio",
+        "renew us",
+        "drain ms",
+        "all ms"
     );
 
     let now = Timestamp::from_micros(1_800_000_000_000_000);
@@ -151,8 +163,36 @@ fn main() {
         assert_eq!(restored.agent_count(), size);
         drop(restored);
 
+        // A heartbeat of every agent, then the lease checkpoint's drain of
+        // them.
+        let later = now.plus(std::time::Duration::from_secs(1));
+        let began = Instant::now();
+        for n in 0..size {
+            let renewal = engine.renew_lease(&token(n), None, later);
+            assert!(
+                matches!(renewal, Renewal::Renewed(_)),
+                "agent {n}: {renewal:?}"
+            );
+        }
+        let renew_us = began.elapsed().as_secs_f64() * 1e6 / size as f64;
+        // As the checkpoint task does it: the ids under the lock, sorted
+        // without it, their leases a slice per lock. The longest hold:
+        let whole = Instant::now();
+        let mut ids = engine.take_dirty_lease_ids();
+        let mut drain_ms = whole.elapsed().as_secs_f64() * 1e3;
+        ids.sort_unstable();
+        let mut drained = Vec::with_capacity(ids.len());
+        for slice in ids.chunks(16_384) {
+            let began = Instant::now();
+            engine.push_leases_of(slice, &mut drained);
+            drain_ms = drain_ms.max(began.elapsed().as_secs_f64() * 1e3);
+        }
+        let drain_all_ms = whole.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(drained.len(), size);
+        drop(drained);
+
         println!(
-            "{size:>9} {:>11} {:>11} {timers:>7} {restore_s:>11.3} {clone_s:>11.3} {:>9.1}",
+            "{size:>9} {:>11} {:>11} {timers:>7} {restore_s:>11.3} {clone_s:>11.3} {:>9.1} {renew_us:>10.2} {drain_ms:>9.1} {drain_all_ms:>9.1}",
             heap / size,
             rss / size,
             restore_s / clone_s.max(1e-9)

@@ -1016,6 +1016,49 @@ fn checkpoints_carry_only_renewed_online_leases() {
 }
 
 #[test]
+fn a_checkpoint_reads_its_leases_as_they_are_when_it_reads_them() {
+    // The checkpoint takes the ids under one lock and reads the leases
+    // later, a slice per lock: what changed meanwhile is what it writes.
+    let mut h = Harness::new();
+    for agent in ["a", "b", "c"] {
+        h.provision(agent);
+        h.check_in(agent);
+    }
+    h.now = t(5);
+    for agent in ["c", "a", "b"] {
+        let token = h.agent(agent).token_hash;
+        assert!(matches!(
+            h.engine.renew_lease(&token, None, h.now),
+            Renewal::Renewed(_)
+        ));
+    }
+    let ids = h.engine.take_dirty_lease_ids();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(h.engine.dirty_lease_count(), 0, "taken");
+
+    h.now = t(7);
+    let token = h.agent("a").token_hash;
+    h.engine.renew_lease(&token, None, h.now);
+    h.run(|engine, batch| engine.delete(batch, &id("b")).unwrap());
+
+    let mut ids = ids;
+    ids.sort_unstable();
+    let mut leases = Vec::new();
+    h.engine.push_leases_of(&ids[..1], &mut leases);
+    h.engine.push_leases_of(&ids[1..], &mut leases);
+    let read: Vec<(String, Timestamp)> = leases
+        .iter()
+        .map(|lease| (lease.agent_id.to_string(), lease.last_seen_at))
+        .collect();
+    assert_eq!(
+        read,
+        [("a".to_owned(), t(7)), ("c".to_owned(), t(5))],
+        "a as renewed since, b deleted, in id order"
+    );
+    assert_eq!(h.engine.dirty_lease_count(), 1, "a's renewal is due again");
+}
+
+#[test]
 fn leases_a_takeover_extended_are_checkpointed_a_slice_at_a_time() {
     let mut h = Harness::new();
     h.provision("template");
