@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mission_control_server::engine::{
-    AgentId, BoardId, Engine, GatewayId, GatewaySpec, Policy, ProvisionSpec, Renewal, Role,
-    StoredState, Timestamp, TokenHash,
+    AgentId, BoardId, Engine, GatewayId, GatewaySpec, LEASES_READ_PER_LOCK, Policy, ProvisionSpec,
+    Renewal, Role, StoredState, Timestamp, TokenHash,
 };
 
 /// Counts bytes in live allocations.
@@ -182,7 +182,7 @@ fn main() {
         let mut drain_ms = whole.elapsed().as_secs_f64() * 1e3;
         ids.sort_unstable();
         let mut drained = Vec::with_capacity(ids.len());
-        for slice in ids.chunks(16_384) {
+        for slice in ids.chunks(LEASES_READ_PER_LOCK) {
             let began = Instant::now();
             engine.push_leases_of(slice, &mut drained);
             drain_ms = drain_ms.max(began.elapsed().as_secs_f64() * 1e3);

@@ -22,10 +22,11 @@ pub const TRIM_THRESHOLD: usize = 2 << 20;
 
 const _: () = assert!(MMAP_THRESHOLD <= 32 << 20 && TRIM_THRESHOLD <= i32::MAX as usize);
 
-/// The variables through which glibc takes these settings itself: set,
-/// they rule, and [`configure`] leaves the thresholds alone.
-const GLIBC_VARIABLES: [&str; 2] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"];
-const GLIBC_TUNABLES: [&str; 2] = ["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"];
+/// How glibc takes these settings itself, as variables or as tunables in
+/// `GLIBC_TUNABLES`: set, they rule, and [`configure`] leaves them alone.
+const THRESHOLD_VARIABLES: [&str; 2] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"];
+const THRESHOLD_TUNABLES: [&str; 2] =
+    ["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"];
 
 /// What [`configure`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +74,11 @@ fn left_to_glibc(variable: impl Fn(&str) -> Option<String>) -> bool {
     let tuned = tunables
         .split(':')
         .filter_map(|entry| entry.split_once('=').map(|(name, _)| name))
-        .any(|name| GLIBC_TUNABLES.contains(&name));
-    tuned || GLIBC_VARIABLES.iter().any(|name| variable(name).is_some())
+        .any(|name| THRESHOLD_TUNABLES.contains(&name));
+    tuned
+        || THRESHOLD_VARIABLES
+            .iter()
+            .any(|name| variable(name).is_some())
 }
 
 /// Gives the pages of freed heap back to the system. A start frees far

@@ -8,6 +8,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::Shared;
+use crate::engine::LEASES_READ_PER_LOCK;
 use crate::store::StoreError;
 
 pub(super) fn every(period: Duration) -> tokio::time::Interval {
@@ -15,9 +16,6 @@ pub(super) fn every(period: Duration) -> tokio::time::Interval {
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
 }
-
-/// Leases read from the engine per hold of its lock, at a checkpoint.
-const LEASES_PER_LOCK: usize = 16_384;
 
 /// Writes leases renewed in memory to the store, in one statement per
 /// interval however many heartbeats arrived. Flushes once more on stop.
@@ -47,7 +45,7 @@ pub(super) async fn checkpoint_once(shared: &Shared) {
     // held heartbeats up for seconds; in id order they stay in the cache.
     ids.sort_unstable();
     let mut leases = Vec::with_capacity(ids.len());
-    for slice in ids.chunks(LEASES_PER_LOCK) {
+    for slice in ids.chunks(LEASES_READ_PER_LOCK) {
         shared.engine().push_leases_of(slice, &mut leases);
         tokio::task::yield_now().await;
     }

@@ -177,7 +177,7 @@ impl Cursor {
     }
 }
 
-/// Up to 256 (`PAGE`) consecutive agents of a snapshot, in revision order, for a
+/// Up to `PAGE` consecutive agents of a snapshot, in revision order, for a
 /// watcher of the whole fleet.
 #[derive(Debug, Clone)]
 pub struct SnapshotPage {

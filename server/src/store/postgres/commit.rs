@@ -514,7 +514,9 @@ pub(super) async fn checkpoint_leases(
     // In id order: each statement then walks the primary key (and, for
     // agents provisioned in id order, the table's pages) in order, not at
     // random: 8-14 us of Postgres CPU per row against 13-18 in the order
-    // the dirty set drains (BENCHMARKS.md, Heartbeats).
+    // the dirty set drains (BENCHMARKS.md, Heartbeats). The engine's
+    // checkpoint already reads them in id order, and sorting sorted input
+    // is one pass; the order is still this statement's to ensure.
     let mut sorted: Vec<&LeaseCheckpoint> = leases.iter().collect();
     sorted.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
     let columns: Vec<LeaseColumns> = sorted
