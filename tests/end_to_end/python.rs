@@ -12,10 +12,16 @@ async fn a_python_agent_checks_in_and_a_python_watcher_sees_it() {
     set_flag(&mut flags, "--lease-ttl", "5m");
     let app = spawn_app(flags).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/interop.py");
-    let output = tokio::process::Command::new("python3")
+    // Each wait in the script has a 30 s timeout of its own; this bounds
+    // the process as a whole (a hung interpreter), and kills it if it runs
+    // past that or the test ends first.
+    let run = tokio::process::Command::new("python3")
         .args([script, "--endpoint", &app.app.addr().to_string()])
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE * 5, run)
         .await
+        .expect("interop.py ends within five minutes")
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
