@@ -11,7 +11,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::LogFormat;
 
 mod clock;
+mod gathered;
 mod text_fields;
+
+pub use gathered::in_one_write;
 
 /// Libraries whose debug and trace output can carry credentials (query
 /// parameters hold token hashes; HTTP/2 headers hold tokens). They stay at
@@ -28,7 +31,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(gathered::Gathering(std::io::stdout))
         .with_timer(clock::LineClock)
         .with_ansi(std::io::stdout().is_terminal());
     let no_credentials = filter_fn(may_log);

@@ -26,8 +26,8 @@ use super::metrics::Metrics;
 use super::tokens;
 use crate::engine::rollout::Rollout;
 use crate::engine::{
-    Batch, Effect, Engine, EngineError, Event, EventKind, GatewayState, Note, NoteKind, Reason,
-    Timestamp,
+    Batch, Committed, Effect, Engine, EngineError, Event, EventKind, GatewayState, Note, NoteKind,
+    Reason, Timestamp,
 };
 use crate::store::StoreError;
 
@@ -342,68 +342,8 @@ impl Actor {
                 self.shared.metrics.checked_in_after(seen.since(woken));
             }
         }
-        // One line per transition: a wake it enqueued is said on the same
-        // line (two lines per provision were a tenth of the server's CPU).
-        let mut enqueued = enqueued_by(&committed.notes);
-        let mut folded = vec![false; committed.notes.len()];
-        for event in &committed.events {
-            let key = (
-                event.agent.id.as_str(),
-                event.agent.generation,
-                event.attempt,
-            );
-            let note = enqueued.remove(&key);
-            if let Some(i) = note {
-                folded[i] = true;
-            }
-            log_transition(event, note.map(|i| &committed.notes[i]), now);
-        }
-        for transition in &committed.gateway_events {
-            if transition.from == transition.to {
-                // A history entry that left the link as it was (a sync).
-                tracing::info!(gateway_id = %transition.gateway_id, reason = %transition.reason, "gateway.history");
-                continue;
-            }
-            let braked = matches!(
-                transition.to,
-                GatewayState::Suspected | GatewayState::Draining
-            );
-            if braked {
-                // The one line that says why a gateway's agents get no
-                // verdict (or a slow one).
-                tracing::warn!(
-                    gateway_id = %transition.gateway_id,
-                    from = transition.from.as_str(),
-                    to = transition.to.as_str(),
-                    reason = %transition.reason,
-                    "gateway.state"
-                );
-                continue;
-            }
-            tracing::info!(
-                gateway_id = %transition.gateway_id,
-                from = transition.from.as_str(),
-                to = transition.to.as_str(),
-                reason = %transition.reason,
-                wakes_released = transition.wakes_released,
-                "gateway.state"
-            );
-        }
         let rate = self.shared.settings.policy.gateway_wake_rate;
-        for report in &committed.queue_reports {
-            let (gateway_id, queued) = (&report.gateway_id, report.queued);
-            if report.backing_up {
-                tracing::warn!(%gateway_id, queued, rate, "gateway.wakes.backing_up");
-            } else {
-                tracing::info!(%gateway_id, "gateway.wakes.caught_up");
-            }
-        }
-        for (note, folded) in committed.notes.iter().zip(folded) {
-            if !folded {
-                log_note(note, now);
-            }
-        }
-        committed.rollouts.iter().for_each(log_rollout);
+        crate::logging::in_one_write(|| log_committed(&committed, now, rate));
         // Committed while the lease held (the fence saw to it), but the
         // proof may have run out since: then another replica may lead, and
         // no wake may go out from here. The deadlines they armed stand.
@@ -606,6 +546,72 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
         Command::CancelRollout { id, reply } => pending(reply, engine.cancel_rollout(batch, &id)),
     })
 }
+/// A committed round's lines: its transitions, gateway changes, wake queue
+/// reports, notes and rollouts.
+fn log_committed(committed: &Committed, now: Timestamp, rate: u32) {
+    // One line per transition: a wake it enqueued is said on the same
+    // line (two lines per provision were a tenth of the server's CPU).
+    let mut enqueued = enqueued_by(&committed.notes);
+    let mut folded = vec![false; committed.notes.len()];
+    for event in &committed.events {
+        let key = (
+            event.agent.id.as_str(),
+            event.agent.generation,
+            event.attempt,
+        );
+        let note = enqueued.remove(&key);
+        if let Some(i) = note {
+            folded[i] = true;
+        }
+        log_transition(event, note.map(|i| &committed.notes[i]), now);
+    }
+    for transition in &committed.gateway_events {
+        if transition.from == transition.to {
+            // A history entry that left the link as it was (a sync).
+            tracing::info!(gateway_id = %transition.gateway_id, reason = %transition.reason, "gateway.history");
+            continue;
+        }
+        let braked = matches!(
+            transition.to,
+            GatewayState::Suspected | GatewayState::Draining
+        );
+        if braked {
+            // The one line that says why a gateway's agents get no
+            // verdict (or a slow one).
+            tracing::warn!(
+                gateway_id = %transition.gateway_id,
+                from = transition.from.as_str(),
+                to = transition.to.as_str(),
+                reason = %transition.reason,
+                "gateway.state"
+            );
+            continue;
+        }
+        tracing::info!(
+            gateway_id = %transition.gateway_id,
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            reason = %transition.reason,
+            wakes_released = transition.wakes_released,
+            "gateway.state"
+        );
+    }
+    for report in &committed.queue_reports {
+        let (gateway_id, queued) = (&report.gateway_id, report.queued);
+        if report.backing_up {
+            tracing::warn!(%gateway_id, queued, rate, "gateway.wakes.backing_up");
+        } else {
+            tracing::info!(%gateway_id, "gateway.wakes.caught_up");
+        }
+    }
+    for (note, folded) in committed.notes.iter().zip(folded) {
+        if !folded {
+            log_note(note, now);
+        }
+    }
+    committed.rollouts.iter().for_each(log_rollout);
+}
+
 /// A rollout after a committed change: where it is, and why if it stopped.
 fn log_rollout(rollout: &Rollout) {
     let counts = rollout.counts();
