@@ -7,7 +7,7 @@
 mod assets;
 mod grpc_web;
 
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tonic::service::Routes;
@@ -29,11 +29,14 @@ pub fn routes(lifecycle: Lifecycle, dashboard: bool) -> Routes {
         get(move || {
             let lifecycle = lifecycle.clone();
             async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    lifecycle.render_metrics(),
-                )
-                    .into_response()
+                // Counting a large fleet takes a while even in slices: off
+                // the runtime's workers, so calls queued on the worker that
+                // would run it are not held until it ends.
+                match tokio::task::spawn_blocking(move || lifecycle.render_metrics()).await {
+                    Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
             }
         }),
     );
