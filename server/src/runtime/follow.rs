@@ -6,9 +6,9 @@
 //! rollouts) instead of loading everything.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
-use crate::engine::{AgentId, Diverged, Engine, Event};
+use super::engine_lock::{EngineGuard, EngineLock};
+use crate::engine::{AgentId, Diverged, Event};
 use crate::store::{ChangesRequest, Directory, Store, StoreError};
 
 /// Events read per page while following.
@@ -92,7 +92,7 @@ impl Follower {
     pub async fn catch_up(
         &mut self,
         store: &dyn Store,
-        engine: &Mutex<Engine>,
+        engine: &EngineLock,
         announce: &(dyn Fn(Event) + Sync),
         directory: bool,
         max_events: usize,
@@ -146,7 +146,7 @@ impl Follower {
     /// The state a full load would give, from the copy after a complete
     /// catch-up with `directory`.
     #[cfg(test)]
-    pub fn warm_state(&self, engine: &Engine, directory: Directory) -> StoredState {
+    pub fn warm_state(&self, engine: &crate::engine::Engine, directory: Directory) -> StoredState {
         engine.warm_state(
             directory.gateways,
             directory.pending_retires,
@@ -163,6 +163,6 @@ mod tests;
 #[cfg(test)]
 use crate::engine::StoredState;
 
-fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
-    engine.lock().expect("engine lock poisoned")
+fn lock(engine: &EngineLock) -> EngineGuard<'_> {
+    engine.lock()
 }

@@ -8,6 +8,7 @@
 mod actor;
 mod clock;
 mod delivery;
+mod engine_lock;
 mod error;
 mod follow;
 mod gateways;
@@ -185,7 +186,7 @@ impl Lifecycle {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let streams_stop = CancellationToken::new();
         let shared = Arc::new(Shared {
-            engine: Mutex::new(engine),
+            engine: engine_lock::EngineLock::new(engine),
             store,
             clock,
             hub: gateways::GatewayHub::default(),

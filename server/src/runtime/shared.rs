@@ -1,17 +1,18 @@
 //! The runtime's settings, and the state the handle, the writer and the
 //! background tasks share.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch as tokio_watch};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::Command;
+use super::engine_lock::{EngineGuard, EngineLock};
 use super::leader::Leadership;
 use super::watch::{self, HeartbeatSeen};
 use super::{Clock, InFlight, gateways, limits, metrics};
-use crate::engine::{Engine, Event, Policy};
+use crate::engine::{Event, Policy};
 use crate::store::Store;
 
 /// Commands (and, separately, due timers) per committed batch, by default.
@@ -76,7 +77,7 @@ impl Default for Settings {
 
 /// State shared by the handle, the writer and the background tasks.
 pub(super) struct Shared {
-    pub(super) engine: Mutex<Engine>,
+    pub(super) engine: EngineLock,
     pub(super) store: Arc<dyn Store>,
     pub(super) clock: Clock,
     pub(super) hub: gateways::GatewayHub,
@@ -109,8 +110,8 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().expect("engine lock poisoned")
+    pub(super) fn engine(&self) -> EngineGuard<'_> {
+        self.engine.lock()
     }
 
     /// Marks the writer as recovering until the guard is dropped.

@@ -8,7 +8,6 @@
 //! notifications were lost), or that start late, must each hold what a
 //! fresh load of the database holds, field for field.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{FollowError, Follower};
@@ -17,6 +16,9 @@ use crate::engine::{
     AgentId, Batch, BoardId, Engine, Event, GatewayId, GatewaySpec, PendingRetire, Policy,
     ProvisionSpec, Renewal, Role, RolloutId, Status, StoredState, Timestamp, TokenHash,
 };
+use std::sync::Mutex;
+
+use crate::runtime::engine_lock::EngineLock;
 use crate::store::{Candidate, PostgresStore, Store};
 use crate::testing::TestDatabase;
 
@@ -263,7 +265,7 @@ impl Leader {
 struct Copy {
     name: &'static str,
     follower: Follower,
-    engine: Mutex<Engine>,
+    engine: EngineLock,
     /// Percent of changes after which it reads.
     reads: u32,
     /// Every revision announced to its watchers, in order.
@@ -279,7 +281,7 @@ impl Copy {
             name,
             follower,
             announced: Mutex::new(vec![state.revision]),
-            engine: Mutex::new(Engine::from_stored(Policy::default(), state)),
+            engine: EngineLock::new(Engine::from_stored(Policy::default(), state)),
             reads,
         }
     }
@@ -308,9 +310,7 @@ impl Copy {
     async fn check(&mut self, store: &PostgresStore, seed: u64, step: usize) {
         let mut read = self.catch_up(store, true).await;
         let directory = read.directory.take().expect("asked for the directory");
-        let warm = self
-            .follower
-            .warm_state(&self.engine.lock().unwrap(), directory);
+        let warm = self.follower.warm_state(&self.engine.lock(), directory);
         let loaded = store.load().await.unwrap();
         let context = format!("{} (seed {seed}, step {step})", self.name);
         assert_same(normalized(warm), normalized(loaded), &context);

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::engine::{Agent, AgentId, Engine};
+use crate::runtime::engine_lock::EngineLock;
 
 /// A snapshot is shared while at most this old...
 const MAX_AGE: Duration = Duration::from_secs(1);
@@ -89,17 +90,13 @@ impl SnapshotCache {
     /// A recent fleet snapshot, or a new one. Changes after its revision
     /// must still be in stored history: it is reused for at most half the
     /// retention (and [`MAX_AGE`]), so compaction cannot have reached them.
-    pub(super) async fn get(
-        &self,
-        engine: &std::sync::Mutex<Engine>,
-        retention: Duration,
-    ) -> Arc<FleetSnapshot> {
+    pub(super) async fn get(&self, engine: &EngineLock, retention: Duration) -> Arc<FleetSnapshot> {
         let max_age = MAX_AGE.min(retention / 2);
         // One build at a time: watchers opening together wait for it and
         // share it, instead of each copying the fleet's pointers.
         let mut latest = self.latest.lock().await;
         let (revision, agents) = {
-            let engine = engine.lock().expect("engine lock poisoned");
+            let engine = engine.lock();
             let current = engine.revision();
             if let Some(snapshot) = latest.upgrade()
                 && snapshot.reusable(current, max_age)

@@ -63,6 +63,8 @@ pub struct StormArgs {
 
 /// Heartbeats in the first this long after they start are not counted.
 const WARM_UP: Duration = Duration::from_secs(2);
+/// The slowest heartbeats of each window listed with when they went out.
+const SLOWEST_SHOWN: usize = 12;
 
 fn unix_ms() -> i64 {
     SystemTime::now()
@@ -167,6 +169,8 @@ pub async fn run(ctx: &Context, args: StormArgs) -> Result<(), Failure> {
         ("storm", Latencies::default(), 0, 0),
         ("after_storm", Latencies::default(), 0, 0),
     ];
+    // When the slowest of each window went out: a stall shows as a cluster.
+    let mut slowest: [Vec<(Duration, i64)>; 4] = Default::default();
     for (sent_ms, outcome) in beats.iter() {
         let window = if *sent_ms < warm_until {
             0
@@ -181,18 +185,26 @@ pub async fn run(ctx: &Context, args: StormArgs) -> Result<(), Failure> {
             Ok(latency) => {
                 windows[window].1.record(*latency);
                 windows[window].2 += 1;
+                slowest[window].push((*latency, *sent_ms));
             }
             Err(_) => windows[window].3 += 1,
         }
     }
     let mut heartbeats = serde_json::Map::new();
-    for (name, latencies, ok, failed) in &mut windows {
+    for ((name, latencies, ok, failed), slowest) in windows.iter_mut().zip(&mut slowest) {
         let s = latencies.summary();
+        slowest.sort_unstable_by(|a, b| b.cmp(a));
+        let slowest: Vec<_> = slowest
+            .iter()
+            .take(SLOWEST_SHOWN)
+            .map(|(latency, sent_ms)| serde_json::json!([sent_ms, latency.as_secs_f64() * 1e3]))
+            .collect();
         heartbeats.insert(
             (*name).to_owned(),
             serde_json::json!({
                 "ok": ok, "failed": failed,
                 "p50_ms": s.p50, "p99_ms": s.p99, "p999_ms": s.p999, "max_ms": s.max,
+                "slowest_sent_after_due_ms_and_ms": slowest,
             }),
         );
     }
