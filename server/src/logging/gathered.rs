@@ -55,16 +55,16 @@ fn gathered_into<W: Write, R>(out: impl FnOnce() -> W, f: impl FnOnce() -> R) ->
 pub struct Gathering<M>(pub M);
 
 impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Gathering<M> {
-    type Writer = LineWriter<M::Writer>;
+    type Writer = GatheringWriter<M::Writer>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(self.0.make_writer())
+        GatheringWriter(self.0.make_writer())
     }
 }
 
-pub struct LineWriter<W>(W);
+pub struct GatheringWriter<W>(W);
 
-impl<W: Write> Write for LineWriter<W> {
+impl<W: Write> Write for GatheringWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let gathered = GATHERED.with_borrow_mut(|gathered| match gathered {
             Some(lines) => {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::engine_lock::{EngineGuard, EngineLock};
+use super::engine_lock::EngineLock;
 use crate::engine::{AgentId, Diverged, Event};
 use crate::store::{ChangesRequest, Directory, Store, StoreError};
 
@@ -99,7 +99,7 @@ impl Follower {
     ) -> Result<CaughtUp, FollowError> {
         let mut read = CaughtUp::default();
         loop {
-            let revision = lock(engine).revision();
+            let revision = engine.lock().revision();
             let named: Vec<AgentId> = self.named.iter().cloned().collect();
             let changes = store
                 .changes_since(ChangesRequest {
@@ -124,7 +124,7 @@ impl Follower {
             if read.events > max_events {
                 return Err(FollowError::TooFarBehind(max_events));
             }
-            let mut engine = lock(engine);
+            let mut engine = engine.lock();
             for event in changes.events {
                 engine.apply_event(&event);
                 self.named.insert(event.agent.id.clone());
@@ -146,7 +146,7 @@ impl Follower {
     /// The state a full load would give, from the copy after a complete
     /// catch-up with `directory`.
     #[cfg(test)]
-    pub fn warm_state(&self, engine: &crate::engine::Engine, directory: Directory) -> StoredState {
+    pub fn warm_state(&self, engine: &Engine, directory: Directory) -> StoredState {
         engine.warm_state(
             directory.gateways,
             directory.pending_retires,
@@ -161,8 +161,4 @@ impl Follower {
 mod tests;
 
 #[cfg(test)]
-use crate::engine::StoredState;
-
-fn lock(engine: &EngineLock) -> EngineGuard<'_> {
-    engine.lock()
-}
+use crate::engine::{Engine, StoredState};

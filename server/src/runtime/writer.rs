@@ -546,6 +546,7 @@ fn stage(engine: &mut Engine, batch: &mut Batch, command: Command) -> Option<Pen
         Command::CancelRollout { id, reply } => pending(reply, engine.cancel_rollout(batch, &id)),
     })
 }
+
 /// A committed round's lines: its transitions, gateway changes, wake queue
 /// reports, notes and rollouts.
 fn log_committed(committed: &Committed, now: Timestamp, rate: u32) {

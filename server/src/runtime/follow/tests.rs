@@ -8,6 +8,7 @@
 //! notifications were lost), or that start late, must each hold what a
 //! fresh load of the database holds, field for field.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{FollowError, Follower};
@@ -16,8 +17,6 @@ use crate::engine::{
     AgentId, Batch, BoardId, Engine, Event, GatewayId, GatewaySpec, PendingRetire, Policy,
     ProvisionSpec, Renewal, Role, RolloutId, Status, StoredState, Timestamp, TokenHash,
 };
-use std::sync::Mutex;
-
 use crate::runtime::engine_lock::EngineLock;
 use crate::store::{Candidate, PostgresStore, Store};
 use crate::testing::TestDatabase;
