@@ -7,10 +7,7 @@ fn main() -> std::process::ExitCode {
         return hash_token();
     }
     let thresholds = heap::configure();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = runtime();
     let code = runtime.block_on(run(thresholds));
     // The drain is bounded already; whatever is still blocked (a lookup, a
     // stuck connection) must not hold the exit.
@@ -18,9 +15,24 @@ fn main() -> std::process::ExitCode {
     code
 }
 
+/// The multi-threaded runtime, without tokio's LIFO slot where the build
+/// allows it (`--cfg tokio_unstable`, set in `.cargo/config.toml`). With the
+/// slot, a task that finishes a call wakes its connection's task into the
+/// slot, which runs next and writes that one answer: one write call per
+/// answer. Without it the woken connection waits its turn behind the other
+/// calls finished in the same round and writes them all at once (0.07-0.11
+/// write calls per call instead of 0.61-0.75; BENCHMARKS.md).
+fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.enable_all().build().expect("a tokio runtime")
+}
+
 async fn run(thresholds: Thresholds) -> std::process::ExitCode {
     let config = Config::parse();
     logging::init(config.log_format);
+    tracing::debug!(lifo_slot = cfg!(not(tokio_unstable)), "runtime");
     match thresholds {
         Thresholds::Fixed => tracing::debug!(
             mmap_threshold = heap::MMAP_THRESHOLD,
