@@ -273,7 +273,7 @@ impl Actor {
             let carried = self.followups.len().min(max_batch);
             let mut commands: Vec<Command> = self.followups.drain(..carried).collect();
             if commands.is_empty() {
-                let next_timer = self.shared.engine().next_timer_at();
+                let next_timer = self.shared.engine.lock().next_timer_at();
                 let wake_at = next_timer.map(|at| self.shared.clock.instant_at(at));
                 let proof_ends = self.shared.leadership.valid_until();
                 tokio::select! {
@@ -384,7 +384,7 @@ impl Actor {
             Takeover::Warm(read) => read,
             Takeover::Full => &CaughtUp::default(),
         };
-        let engine = self.shared.engine();
+        let engine = self.shared.engine.lock();
         tracing::info!(
             agents = engine.agent_count(),
             timers = engine.timer_count(),
@@ -436,7 +436,7 @@ impl Actor {
     async fn lead_copy(&mut self, directory: Directory) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
         let grace = {
-            let mut engine = self.shared.engine();
+            let mut engine = self.shared.engine.lock();
             engine.replace_directory(
                 directory.gateways,
                 directory.pending_retires,
@@ -446,12 +446,12 @@ impl Actor {
             engine.lead_from(now)
         };
         if let Err(error) = self.shared.store.commit(&grace).await {
-            self.shared.engine().abort(grace);
+            self.shared.engine.lock().abort(grace);
             self.follower = Follower::distrusted("a takeover from it failed half-way");
             return Err(error);
         }
         self.followups.clear();
-        let mut engine = self.shared.engine();
+        let mut engine = self.shared.engine.lock();
         let committed = engine.commit(grace);
         for event in committed.events {
             let _ = self.shared.events.send(Arc::new(event));
@@ -538,7 +538,7 @@ impl Actor {
         let checkpoint = state.checkpoint;
         let engine = Engine::from_stored(self.shared.settings.policy.clone(), state);
         {
-            let mut guard = self.shared.engine();
+            let mut guard = self.shared.engine.lock();
             *guard = engine;
             for event in missed {
                 let _ = self.shared.events.send(Arc::new(event));
@@ -552,7 +552,7 @@ impl Actor {
     /// Events after the engine's revision, up to `until`, that this
     /// replica's watchers were not told of.
     async fn missed_events(&self, until: u64) -> Result<Vec<Event>, StoreError> {
-        let mut after = self.shared.engine().revision();
+        let mut after = self.shared.engine.lock().revision();
         let mut missed = Vec::new();
         while after < until {
             let page = self.shared.store.events_after(after, FOLLOW_PAGE).await?;
@@ -642,7 +642,7 @@ impl Actor {
     async fn resync(&mut self) -> Result<(), StoreError> {
         let mut state = self.shared.store.load().await?;
         // Heartbeats answered from memory meanwhile are not in the store.
-        state.merge_leases(&self.shared.engine().online_leases());
+        state.merge_leases(&self.shared.engine.lock().online_leases());
         // Events the store has that no watcher was told of: a commit whose
         // answer was lost may still have succeeded.
         let missed = self.missed_events(state.revision).await?;
@@ -657,7 +657,7 @@ impl Actor {
         let (engine, grace) = Engine::restore(self.shared.settings.policy.clone(), state, now);
         self.shared.store.commit(&grace).await?;
         self.followups.clear();
-        let mut guard = self.shared.engine();
+        let mut guard = self.shared.engine.lock();
         let renewed_meanwhile = guard.online_leases();
         let old = std::mem::replace(&mut *guard, engine);
         let committed = guard.commit(grace);

@@ -127,7 +127,7 @@ impl Lifecycle {
         let shared = &self.shared;
         let hash = tokens::hash(token);
         // The engine lock is taken before the hub's, everywhere.
-        let engine = shared.engine();
+        let engine = shared.engine.lock();
         let gateway_id = engine
             .authenticate_gateway(&hash)
             .cloned()
@@ -240,7 +240,7 @@ pub(super) fn resend_overdue(shared: &Shared) {
     };
     for gateway_id in shared.hub.gateways_with_pending() {
         let redelivered = {
-            let engine = shared.engine();
+            let engine = shared.engine.lock();
             shared
                 .hub
                 .redeliver(&gateway_id, Some(sent_before), now, |c| {

@@ -400,7 +400,7 @@ impl Lifecycle {
         // re-provision's 109,000 server instructions). Minted here, off the
         // writer's path, for every other call.
         let keeps_token =
-            !spec.rotate_token && self.shared.engine().agent(&spec.agent_id).is_some();
+            !spec.rotate_token && self.shared.engine.lock().agent(&spec.agent_id).is_some();
         let minted = (!keeps_token).then(|| tokens::mint(tokens::AGENT_TOKEN_PREFIX));
         let (provisioned, token) = self
             .call(|reply| Command::Provision {
@@ -427,7 +427,7 @@ impl Lifecycle {
         let hash = tokens::hash(token);
         let now = self.shared.clock.now();
         let limits = &self.shared.limits;
-        let renewal = self.shared.engine().renew_lease_admitted(
+        let renewal = self.shared.engine.lock().renew_lease_admitted(
             &hash,
             reported_template.as_deref(),
             now,
@@ -507,7 +507,7 @@ impl Lifecycle {
             return;
         }
         let seen = {
-            let engine = self.shared.engine();
+            let engine = self.shared.engine.lock();
             let Some(agent) = engine.agent(agent_id) else {
                 return;
             };
@@ -534,7 +534,8 @@ impl Lifecycle {
 
     pub fn get(&self, agent_id: &AgentId) -> Result<Agent, LifecycleError> {
         self.shared
-            .engine()
+            .engine
+            .lock()
             .agent(agent_id)
             .cloned()
             .ok_or_else(|| LifecycleError::NotFound(format!("agent {agent_id} not found")))
@@ -547,7 +548,7 @@ impl Lifecycle {
         after: Option<&AgentId>,
         limit: usize,
     ) -> (Vec<Agent>, Option<AgentId>) {
-        self.shared.engine().list(filter, after, limit)
+        self.shared.engine.lock().list(filter, after, limit)
     }
 
     /// An agent's events, newest first, before revision `before`.
@@ -562,7 +563,10 @@ impl Lifecycle {
             .store
             .agent_history(agent_id, before, limit)
             .await?;
-        if events.is_empty() && before.is_none() && self.shared.engine().agent(agent_id).is_none() {
+        if events.is_empty()
+            && before.is_none()
+            && self.shared.engine.lock().agent(agent_id).is_none()
+        {
             return Err(LifecycleError::NotFound(format!(
                 "agent {agent_id} not found"
             )));
@@ -590,7 +594,7 @@ impl Lifecycle {
     }
 
     pub fn list_gateways(&self) -> Vec<GatewayView> {
-        let gateways: Vec<Gateway> = self.shared.engine().gateways().cloned().collect();
+        let gateways: Vec<Gateway> = self.shared.engine.lock().gateways().cloned().collect();
         gateways.into_iter().map(|g| self.gateway_view(g)).collect()
     }
 
@@ -610,7 +614,7 @@ impl Lifecycle {
         gateway: &GatewayId,
         limit: usize,
     ) -> Result<Vec<GatewayTransition>, LifecycleError> {
-        if self.shared.engine().gateway(gateway).is_none() {
+        if self.shared.engine.lock().gateway(gateway).is_none() {
             return Err(LifecycleError::NotFound(format!(
                 "gateway {gateway} is not registered"
             )));
@@ -667,7 +671,8 @@ impl Lifecycle {
         loop {
             let next =
                 self.shared
-                    .engine()
+                    .engine
+                    .lock()
                     .count_agents(&mut gauges, after.as_ref(), METRICS_SLICE);
             match next {
                 Some(id) => after = Some(id),
@@ -675,7 +680,7 @@ impl Lifecycle {
             }
         }
         let (timers, wakes_queued, (gateways_away, suspected, draining)) = {
-            let engine = self.shared.engine();
+            let engine = self.shared.engine.lock();
             let away = engine.gateways().filter(|g| !g.link.is_connected()).count();
             let braked = |state| engine.gateways().filter(|g| g.state() == state).count();
             (

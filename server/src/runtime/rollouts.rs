@@ -67,7 +67,8 @@ impl Lifecycle {
 
     pub fn get_rollout(&self, id: &RolloutId) -> Result<Rollout, LifecycleError> {
         self.shared
-            .engine()
+            .engine
+            .lock()
             .rollout(id)
             .cloned()
             .ok_or_else(|| RolloutError::NotFound(id.clone()).into())
@@ -76,7 +77,8 @@ impl Lifecycle {
     /// Every rollout, newest first.
     pub fn list_rollouts(&self) -> Vec<Rollout> {
         self.shared
-            .engine()
+            .engine
+            .lock()
             .rollouts()
             .into_iter()
             .cloned()
@@ -85,7 +87,7 @@ impl Lifecycle {
 
     /// Drift per gateway and board, among the agents the filter matches.
     pub fn drift(&self, filter: &AgentFilter) -> DriftReport {
-        self.shared.engine().drift_of(filter)
+        self.shared.engine.lock().drift_of(filter)
     }
 
     /// The rollout now, then after every committed change; ends after it
@@ -100,7 +102,7 @@ impl Lifecycle {
         // Subscribed under the engine lock, which the writer publishes
         // under: no change falls between the first item and the rest.
         let (first, updates) = {
-            let engine = self.shared.engine();
+            let engine = self.shared.engine.lock();
             let first = engine
                 .rollout(id)
                 .cloned()
@@ -166,7 +168,7 @@ impl RolloutWatch {
                 Ok(_) => {}
                 // Each item is the whole rollout: one read catches up.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Some(rollout) = self.shared.engine().rollout(&id) {
+                    if let Some(rollout) = self.shared.engine.lock().rollout(&id) {
                         return Ok(rollout.clone());
                     }
                 }

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc, watch as tokio_watch};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::Command;
-use super::engine_lock::{EngineGuard, EngineLock};
+use super::engine_lock::EngineLock;
 use super::leader::Leadership;
 use super::watch::{self, HeartbeatSeen};
 use super::{Clock, InFlight, gateways, limits, metrics};
@@ -110,10 +110,6 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn engine(&self) -> EngineGuard<'_> {
-        self.engine.lock()
-    }
-
     /// Marks the writer as recovering until the guard is dropped.
     pub(super) fn writer_recovering(&self) -> impl Drop + '_ {
         use std::sync::atomic::Ordering;

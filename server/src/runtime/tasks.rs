@@ -37,7 +37,7 @@ pub(super) async fn checkpoint_once(shared: &Shared) {
     if !shared.leadership.may_act() {
         return;
     }
-    let mut ids = shared.engine().take_dirty_lease_ids();
+    let mut ids = shared.engine.lock().take_dirty_lease_ids();
     if ids.is_empty() {
         return;
     }
@@ -46,7 +46,7 @@ pub(super) async fn checkpoint_once(shared: &Shared) {
     ids.sort_unstable();
     let mut leases = Vec::with_capacity(ids.len());
     for slice in ids.chunks(LEASES_READ_PER_LOCK) {
-        shared.engine().push_leases_of(slice, &mut leases);
+        shared.engine.lock().push_leases_of(slice, &mut leases);
         tokio::task::yield_now().await;
     }
     if leases.is_empty() {
@@ -59,7 +59,7 @@ pub(super) async fn checkpoint_once(shared: &Shared) {
                 shared.set_database_reachable(false);
             }
             tracing::warn!(%error, leases = leases.len(), "lease checkpoint failed; will retry");
-            shared.engine().return_dirty_leases(leases);
+            shared.engine.lock().return_dirty_leases(leases);
         }
     }
 }

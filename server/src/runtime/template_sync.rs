@@ -30,7 +30,7 @@ impl Lifecycle {
     ) -> Result<SyncRequested, LifecycleError> {
         self.ensure_leader()?;
         let shared = &self.shared;
-        if shared.engine().gateway(gateway_id).is_none() {
+        if shared.engine.lock().gateway(gateway_id).is_none() {
             return Err(LifecycleError::NotFound(format!(
                 "gateway {gateway_id} is not registered"
             )));
@@ -58,7 +58,7 @@ impl Lifecycle {
         // Under the engine lock (taken before the hub's, everywhere), so a
         // sync replaced or answered meanwhile is not given out again.
         let delivery = {
-            let engine = shared.engine();
+            let engine = shared.engine.lock();
             let current = engine
                 .pending_sync(gateway_id)
                 .is_some_and(|pending| pending.command_id == command_id);

@@ -196,7 +196,7 @@ impl Watcher {
         let (position, snapshot) = match request.start_revision {
             0 => {
                 let snapshot = match &filter.agent_id {
-                    Some(id) => Arc::new(FleetSnapshot::of_one(&shared.engine(), id)),
+                    Some(id) => Arc::new(FleetSnapshot::of_one(&shared.engine.lock(), id)),
                     None => {
                         let retention = shared.settings.event_retention;
                         shared.snapshots.get(&shared.engine, retention).await
@@ -209,7 +209,7 @@ impl Watcher {
                 if start < compacted {
                     return Err(too_old(start, compacted));
                 }
-                let current = shared.engine().revision();
+                let current = shared.engine.lock().revision();
                 if start > current {
                     return Err(too_new(start, current));
                 }
@@ -331,7 +331,7 @@ impl Watcher {
     /// this subscription: none is lost, and the live stream skips the
     /// replayed ones.
     fn subscribe(&mut self) {
-        let engine = self.shared.engine();
+        let engine = self.shared.engine.lock();
         self.events = Some(self.shared.events.subscribe());
         self.heartbeats = self.include_heartbeats.then(|| Heartbeats {
             receiver: self.shared.heartbeats.subscribe(),

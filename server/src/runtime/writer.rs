@@ -147,7 +147,7 @@ impl Actor {
             return;
         }
         let now = self.shared.clock.now();
-        let mut engine = self.shared.engine();
+        let mut engine = self.shared.engine.lock();
         let open = self.pipeline.open.get_or_insert_with(|| engine.begin(now));
         open.advance_to(now);
         self.pipeline.staged_commands += commands.len();
@@ -165,7 +165,7 @@ impl Actor {
         let now = self.shared.clock.now();
         let max_batch = self.shared.settings.max_batch;
         let cut = {
-            let mut engine = self.shared.engine();
+            let mut engine = self.shared.engine.lock();
             let open = self.pipeline.open.get_or_insert_with(|| engine.begin(now));
             open.advance_to(now);
             engine.fire_due_at_most(open, max_batch);
@@ -202,7 +202,7 @@ impl Actor {
         if self.pipeline.in_flight.is_empty()
             && let Some(open) = self.pipeline.open.take()
         {
-            self.shared.engine().abort(open);
+            self.shared.engine.lock().abort(open);
         }
         self.pipeline.staged_commands = 0;
         for reply in std::mem::take(&mut self.pipeline.staged) {
@@ -264,7 +264,7 @@ impl Actor {
             failed.push((cut, flight.replies));
         }
         {
-            let mut engine = self.shared.engine();
+            let mut engine = self.shared.engine.lock();
             for cut in failed.iter_mut().rev().filter_map(|(cut, _)| cut.take()) {
                 engine.abort(cut);
             }
@@ -308,7 +308,7 @@ impl Actor {
             ..
         } = flight;
         let committed = {
-            let mut engine = self.shared.engine();
+            let mut engine = self.shared.engine.lock();
             let committed = match self.pipeline.open.as_mut() {
                 Some(open) => engine.commit_cut(cut, open),
                 None => engine.commit(cut),

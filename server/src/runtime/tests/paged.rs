@@ -149,7 +149,7 @@ async fn a_filtered_watch_by_pages_gets_its_snapshot_agent_by_agent() {
 async fn events_already_received_are_taken_without_waiting_in_order() {
     let f = start(settings()).await;
     f.provision("first").await;
-    let from = f.lifecycle.shared.engine().revision();
+    let from = f.lifecycle.shared.engine.lock().revision();
     let mut w = paged(
         &f,
         WatchRequest {
@@ -163,7 +163,7 @@ async fn events_already_received_are_taken_without_waiting_in_order() {
     for n in 0..10 {
         f.provision(&format!("a{n}")).await;
     }
-    let until = f.lifecycle.shared.engine().revision();
+    let until = f.lifecycle.shared.engine.lock().revision();
     let mut revisions = Vec::new();
     // Each one ready at once: no waiting (and no time passing) between them.
     while let Some(next) = w.next().now_or_never() {
@@ -183,7 +183,7 @@ async fn a_paged_watcher_that_falls_behind_is_ended_with_its_resume_point() {
     })
     .await;
     f.provision("first").await;
-    let from = f.lifecycle.shared.engine().revision();
+    let from = f.lifecycle.shared.engine.lock().revision();
     let mut w = paged(
         &f,
         WatchRequest {

@@ -91,7 +91,7 @@ type State = BTreeMap<AgentId, (u64, Status, u64)>;
 
 /// The engine's revision and its agents then.
 fn engine_state(f: &Fixture) -> (u64, State) {
-    let engine = f.lifecycle.shared.engine();
+    let engine = f.lifecycle.shared.engine.lock();
     let state = engine
         .agents()
         .map(|agent| (agent.id.clone(), committed(agent)))
@@ -184,7 +184,7 @@ async fn watchers_opening_while_changes_commit_see_every_change_once() {
             } else {
                 AgentFilter::default()
             };
-            let at = f.lifecycle.shared.engine().revision();
+            let at = f.lifecycle.shared.engine.lock().revision();
             opened.push((at, filter.clone(), watch(&f, filter).await));
             tokio::time::sleep(Duration::from_millis(70)).await;
         }
@@ -224,13 +224,14 @@ async fn a_snapshot_is_shared_then_let_go() {
         tokens.push(f.provision(name).await.token.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let taken_at = f.lifecycle.shared.engine().revision();
+    let taken_at = f.lifecycle.shared.engine.lock().revision();
     let mut first = watch(&f, AgentFilter::default()).await;
     // Held by the snapshot: the engine's agent is not copied until changed.
     let held = f
         .lifecycle
         .shared
-        .engine()
+        .engine
+        .lock()
         .shared_agent(&id("a"))
         .cloned()
         .unwrap();
@@ -270,7 +271,7 @@ async fn a_snapshot_is_shared_then_let_go() {
     // Streamed and past its age: nothing holds the engine's agents now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let current = {
-        let engine = f.lifecycle.shared.engine();
+        let engine = f.lifecycle.shared.engine.lock();
         for agent in engine.shared_agents() {
             assert_eq!(Arc::strong_count(agent), 1, "{} is held", agent.id);
         }

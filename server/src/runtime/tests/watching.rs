@@ -357,7 +357,7 @@ async fn an_idle_watch_gets_bookmarks_and_a_shutdown_ends_it() {
         bookmark > revision,
         "the bookmark moves past events that did not match"
     );
-    assert_eq!(bookmark, f.lifecycle.shared.engine().revision());
+    assert_eq!(bookmark, f.lifecycle.shared.engine.lock().revision());
 
     f.lifecycle.end_streams();
     assert!(matches!(
@@ -431,7 +431,7 @@ async fn heartbeats_can_be_included_at_a_limited_rate() {
     .await;
     let token = f.provision("a").await.token.unwrap();
     f.lifecycle.heartbeat(&token, None).await.unwrap();
-    let now = f.lifecycle.shared.engine().revision();
+    let now = f.lifecycle.shared.engine.lock().revision();
     let mut w = watch(
         &f,
         WatchRequest {
